@@ -1,0 +1,3 @@
+from sdxs.cli import main
+
+raise SystemExit(main())

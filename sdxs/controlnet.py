@@ -1,0 +1,41 @@
+"""A student ControlNet that mirrors a (possibly mid-block-free) student UNet's down path.
+
+``ControlNetModel.from_unet`` fails on a UNet with ``mid_block_type=None`` while the UNet still adds the ControlNet's
+mid residual, so the student ControlNet gets the cheapest mid block diffusers has (``UNetMidBlock2D`` with one resnet;
+its zero-initialised output conv makes it a no-op at the start) and the down path's weights are copied by hand.
+"""
+
+from __future__ import annotations
+
+from diffusers import ControlNetModel, UNet2DConditionModel
+
+_SHARED_KEYS = (
+    "in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "only_cross_attention", "block_out_channels",
+    "layers_per_block", "downsample_padding", "act_fn", "norm_num_groups", "norm_eps", "cross_attention_dim",
+    "transformer_layers_per_block", "encoder_hid_dim", "encoder_hid_dim_type", "attention_head_dim",
+    "num_attention_heads", "use_linear_projection", "class_embed_type", "addition_embed_type",
+    "addition_time_embed_dim", "num_class_embeds", "upcast_attention", "resnet_time_scale_shift",
+    "projection_class_embeddings_input_dim",
+)
+_COPIED_MODULES = ("conv_in", "time_proj", "time_embedding", "class_embedding", "add_embedding", "down_blocks")
+
+
+def controlnet_config(unet_config, conditioning_channels: int = 3) -> dict:
+    """ControlNet config matching ``unet_config``'s down path, with a one-resnet mid block."""
+    cfg = {k: unet_config[k] for k in _SHARED_KEYS if k in unet_config}
+    cfg.update(mid_block_type="UNetMidBlock2D", conditioning_channels=conditioning_channels)
+    return cfg
+
+
+def build_student_controlnet(
+    unet: UNet2DConditionModel, conditioning_channels: int = 3, copy_weights: bool = True
+) -> ControlNetModel:
+    """A ControlNet for ``unet`` with its embeddings and down blocks initialised from ``unet`` (ControlNet paper init)."""
+    controlnet = ControlNetModel.from_config(controlnet_config(unet.config, conditioning_channels))
+    controlnet.to(device=unet.device, dtype=unet.dtype)
+    if copy_weights:
+        for name in _COPIED_MODULES:
+            source = getattr(unet, name, None)
+            if source is not None and getattr(controlnet, name, None) is not None:
+                getattr(controlnet, name).load_state_dict(source.state_dict())
+    return controlnet

@@ -1,0 +1,61 @@
+"""Finding model folders: a Hub id (downloaded with progress into the Hugging Face cache), a local folder, or
+``tiny`` (a random-weight development model written once into the local cache)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sdxs.errors import WeightsUnavailable
+
+DEFAULT_MODEL = "IDKiro/sdxs-512-dreamshaper"
+DEFAULT_SKETCH_CONTROLNET = "IDKiro/sdxs-512-dreamshaper-sketch"
+DEFAULT_ANIME_LORA = "IDKiro/sdxs-512-dreamshaper-anime"
+TINY = "tiny"
+
+
+def sdxs_cache_dir() -> Path:
+    return Path(os.environ.get("SDXS_CACHE", Path.home() / ".cache" / "sdxs"))
+
+
+def hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def resolve_folder(model: str) -> Path:
+    """A local folder holding ``model``: the folder itself, the tiny model (written on first use) or a Hub snapshot.
+
+    Raises ``WeightsUnavailable`` (naming the repo, the cache and the alternatives) when a Hub id can be neither
+    found in the cache nor downloaded.
+    """
+    if model == TINY:
+        from sdxs.tiny import write_tiny_model
+
+        folder = sdxs_cache_dir() / "tiny-v1"
+        if not (folder / "model_index.json").exists():
+            write_tiny_model(folder)
+        return folder
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"--model {model}: expected a diffusers folder, got a file")
+        return path
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ValueError(f"--model {model}: no such folder, and not a Hub id of the form owner/name")
+    return _download(model)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.bin", "*.model"]
+    try:
+        # tqdm progress bars are huggingface_hub's default; nothing is fetched when the cache is complete
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as first:  # offline, DNS, HTTP or missing repo: try the cache alone, then explain
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        except Exception:
+            raise WeightsUnavailable(repo_id, hf_cache_dir(), f"{type(first).__name__}: {first}"[:300]) from None

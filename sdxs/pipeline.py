@@ -1,0 +1,290 @@
+"""The batched one-step image-conditioned SDXS pipeline.
+
+One call takes a list of requests (prompt, seed, mode, strength, control scale, style and an input image), groups
+the ones that can share a forward (``batch_key``), and for each group runs: 1. prompt embeddings (cached), 2. input
+images, 3. latents (fixed noise per seed), 4. ControlNet, 5. one UNet forward, 6. the one-step update, 7. decode.
+Images come back in request order as PIL RGB or uint8 (H, W, 3) arrays of ``size`` x ``size``.
+
+Guidance is 0 and there is one step: negative prompts and guidance scales do not apply to SDXS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdxs import preprocess
+from sdxs.caches import LRUCache
+from sdxs.device import resolve_device, resolve_dtype
+from sdxs.errors import InvalidRequest
+from sdxs.loading import DEFAULT_MODEL, DEFAULT_SKETCH_CONTROLNET, TINY, resolve_folder
+from sdxs.onestep import add_noise
+from sdxs.params import GenerationParams, Mode
+from sdxs.schedule import OneStepSchedule
+from sdxs.tiny import MARKER
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Parameters plus the input frame (PIL image or uint8 (H, W, 3) array; ``None`` in text mode)."""
+
+    params: GenerationParams = field(default_factory=GenerationParams)
+    image: Any = None
+
+
+class SDXSPipeline:
+    """One-step SDXS inference over batches of requests.  Build it with ``from_pretrained``."""
+
+    def __init__(self, *, tokenizer, text_encoder, unet, vae, scheduler, controlnet=None, decoder=None,
+                 adapters: Sequence[str] = (), device: torch.device, dtype: torch.dtype, is_random: bool = False,
+                 source: str = ""):
+        self.tokenizer, self.text_encoder, self.unet, self.controlnet = tokenizer, text_encoder, unet, controlnet
+        self.encoder_vae = vae  # tiny autoencoder: encodes image-mode inputs
+        self.decoder_vae = decoder or vae  # tiny by default; the full AutoencoderKL when asked for
+        self.schedule = OneStepSchedule.from_scheduler(scheduler)
+        self.device, self.dtype = device, dtype
+        self.adapters = tuple(adapters)
+        self.is_random, self.source = is_random, source
+        self.size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        self.last_timings: dict[str, float] = {}
+        self._prompts = LRUCache(256)
+        self._noise = LRUCache(64)
+
+    # ---- construction ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, *, controlnet: str | None = "auto",
+                        adapters: dict[str, str] | None = None, device: str = "auto", dtype: str = "auto",
+                        decoder: str = "tiny", decoder_fp32: bool = False, channels_last: bool = False,
+                        compile: bool = False, attention: str = "auto") -> SDXSPipeline:
+        """Load a Hub id, a local diffusers folder or ``"tiny"``.
+
+        ``controlnet``: ``"auto"`` (the sketch ControlNet for the default model, ``DIR/controlnet`` for a local
+        folder that has one), ``None``, a Hub id or a folder.  ``adapters``: style name -> PEFT LoRA (Hub id or
+        folder).  ``decoder``: ``"tiny"`` or ``"large"`` (``vae_large/``).  ``decoder_fp32`` keeps the decoder in
+        float32 (the model card's advice for fp16).  ``attention``: ``auto`` (xformers on CUDA when installed, else
+        PyTorch SDPA), ``sdpa`` or ``xformers``.
+        """
+        from sdxs import components
+
+        folder = resolve_folder(model)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        parts = components.load_folder(folder, dt, decoder=decoder)
+        cn_folder = _controlnet_folder(model, folder, controlnet)
+        if cn_folder is not None:
+            parts["controlnet"] = components.load_controlnet(cn_folder, dt)
+        for name, ref in (adapters or {}).items():
+            components.load_lora(parts["unet"], resolve_folder(ref), name)
+        pipe = cls(**parts, adapters=tuple(adapters or ()), device=dev, dtype=dt,
+                   is_random=(folder / MARKER).exists(), source=model)
+        pipe._place(decoder_fp32=decoder_fp32, channels_last=channels_last, compile=compile, attention=attention)
+        return pipe
+
+    def _place(self, *, decoder_fp32: bool, channels_last: bool, compile: bool, attention: str) -> None:
+        from sdxs import components
+
+        nets = [self.text_encoder, self.unet, self.encoder_vae, self.decoder_vae, self.controlnet]
+        for net in filter(None, nets):
+            net.to(self.device).eval().requires_grad_(False)
+        self.decoder_dtype = torch.float32 if decoder_fp32 else self.dtype
+        self.decoder_vae.to(dtype=self.decoder_dtype)
+        components.set_attention(self, attention)
+        if channels_last:
+            for net in filter(None, [self.unet, self.controlnet, self.encoder_vae, self.decoder_vae]):
+                net.to(memory_format=torch.channels_last)
+        if compile:
+            self.unet = torch.compile(self.unet)
+            self.decoder_vae.decoder = torch.compile(self.decoder_vae.decoder)
+
+    # ---- public helpers ----------------------------------------------------------------------------------------
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        return tuple(m for m in Mode if self.controlnet is not None or m in (Mode.text, Mode.image))
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "size": self.size, "device": str(self.device), "dtype": str(self.dtype),
+                "modes": [m.value for m in self.modes], "styles": list(self.adapters), "random_weights": self.is_random}
+
+    def batch_key(self, request: GenerationRequest) -> Hashable:
+        """Requests with equal keys run in one UNet forward (text and image mix; sketch and edges mix)."""
+        return (request.params.uses_controlnet, request.params.style)
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raise ``InvalidRequest`` naming the field when the request cannot run on this pipeline."""
+        p = request.params
+        if p.mode not in self.modes:
+            raise InvalidRequest("mode", f"{p.mode.value!r} needs a ControlNet; this server has modes "
+                                         f"{[m.value for m in self.modes]}")
+        if p.style is not None and p.style not in self.adapters:
+            raise InvalidRequest("style", f"unknown style {p.style!r}; loaded: {list(self.adapters) or 'none'}")
+        if p.uses_image and request.image is None:
+            raise InvalidRequest("image", f"mode {p.mode.value!r} needs an input image")
+
+    def control_image(self, request: GenerationRequest) -> Image.Image:
+        """The control image the ControlNet sees: sketch inverted, or Canny edges (white on black, size x size)."""
+        image = preprocess.to_rgb_square(request.image, self.size)
+        if request.params.mode is Mode.sketch:
+            return preprocess.sketch_control(image)
+        return preprocess.edge_control(image, request.params.edge_low, request.params.edge_high)
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run every mode once per batch size so kernels are picked (and compiled) before the first visitor."""
+        still = np.full((self.size, self.size, 3), 200, np.uint8)
+        for n in batch_sizes:
+            for mode in self.modes:
+                self([GenerationRequest(GenerationParams(mode=mode), None if mode is Mode.text else still)] * n)
+
+    # ---- the call ----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(self, requests: Sequence[GenerationRequest], output_type: str = "pil") -> list:
+        """Generate one image per request, in order.  ``output_type``: ``pil`` or ``np`` (uint8 (S, S, 3))."""
+        if output_type not in ("pil", "np"):
+            raise InvalidRequest("output_type", "must be 'pil' or 'np'")
+        for request in requests:
+            self.check(request)
+        self.last_timings = defaultdict(float)
+        groups: dict[Hashable, list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            groups[self.batch_key(request)].append(i)
+        results: list[Any] = [None] * len(requests)
+        for indices in groups.values():
+            images = self._run_group([requests[i] for i in indices])
+            with self._timed("postprocess"):
+                arrays = images.cpu().numpy()
+                for i, array in zip(indices, arrays):
+                    results[i] = Image.fromarray(array) if output_type == "pil" else array
+        self.last_timings = dict(self.last_timings)
+        return results
+
+    def _run_group(self, requests: list[GenerationRequest]) -> torch.Tensor:
+        """One forward for requests sharing a batch key.  Returns uint8 (B, S, S, 3) on the device."""
+        params = [r.params for r in requests]
+        # 1. prompt embeddings
+        with self._timed("prompt"):
+            embeds = torch.cat([self.encode_prompt(p.prompt) for p in params])
+        # 2. input images, resized once
+        with self._timed("preprocess"):
+            frames = [preprocess.to_rgb_square(r.image, self.size) if r.params.uses_image else None for r in requests]
+        # 3. latents: fixed noise per seed; image-mode inputs encoded and noised to their strength's timestep
+        timesteps = torch.tensor([self.schedule.timestep(p.strength if p.mode is Mode.image else None)
+                                  for p in params])
+        noise = torch.cat([self.noise(p.seed) for p in params])
+        latents = self._prepare_latents(params, frames, noise, timesteps)
+        timesteps = timesteps.to(self.device)
+        # 4. ControlNet residuals (sketch and edge modes), scaled per request
+        extra = self._control_residuals(requests, frames, latents, timesteps, embeds) if params[0].uses_controlnet else {}
+        # 5. one UNet forward
+        with self._timed("unet"), self._style(params[0].style):
+            model_output = self.unet(latents, timesteps, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
+        # 6. the one-step update
+        with self._timed("step"):
+            x0 = self.schedule.step(model_output, latents, timesteps)
+        # 7. decode to uint8 pixels
+        return self.decode(x0)
+
+    # ---- phases ------------------------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """(1, 77, D) text embeddings in the UNet's dtype, cached per prompt (as diffusers' ``encode_prompt``)."""
+        def compute() -> torch.Tensor:
+            ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids
+            return self.text_encoder(ids.to(self.device))[0].to(self.dtype)
+
+        return self._prompts.get(prompt, compute)
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """(1, 4, S/8, S/8) standard normal noise for ``seed``, drawn on the CPU (same on every device), cached."""
+        shape = (1, self.unet.config.in_channels, self.size // 8, self.size // 8)
+
+        def compute() -> torch.Tensor:
+            generator = torch.Generator("cpu").manual_seed(seed)
+            return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+
+        return self._noise.get((seed, shape), compute)
+
+    def _prepare_latents(self, params, frames, noise, timesteps) -> torch.Tensor:
+        image_rows = [i for i, p in enumerate(params) if p.mode is Mode.image]
+        if not image_rows:
+            return noise
+        with self._timed("encode"):
+            pixels = torch.cat([preprocess.to_pixels(frames[i]) for i in image_rows]).to(self.device, self.dtype)
+            encoded = self.encoder_vae.encode(pixels).latents * self.encoder_vae.config.scaling_factor
+            alphas = self.schedule.alphas(timesteps[image_rows]).float()
+            latents = noise.clone()
+            latents[image_rows] = add_noise(encoded.float(), noise[image_rows].float(), alphas).to(self.dtype)
+        return latents
+
+    def _control_residuals(self, requests, frames, latents, timesteps, embeds) -> dict[str, Any]:
+        with self._timed("preprocess"):
+            controls = [self._control_from(r.params, f) for r, f in zip(requests, frames)]
+            cond = torch.cat([preprocess.pil_to_unit_tensor(c) for c in controls]).to(self.device, self.dtype)
+            scale = torch.tensor([r.params.control_scale for r in requests], device=self.device, dtype=self.dtype)
+        with self._timed("control"):
+            down, mid = self.controlnet(latents, timesteps, encoder_hidden_states=embeds, controlnet_cond=cond,
+                                        conditioning_scale=scale.view(-1, 1, 1, 1), return_dict=False)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    @staticmethod
+    def _control_from(params: GenerationParams, frame: Image.Image) -> Image.Image:
+        if params.mode is Mode.sketch:
+            return preprocess.sketch_control(frame)
+        return preprocess.edge_control(frame, params.edge_low, params.edge_high)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (UNet scale) -> uint8 (B, S, S, 3) pixels, rounded as diffusers' ``numpy_to_pil``."""
+        with self._timed("decode"):
+            scaled = latents.to(self.decoder_dtype) / self.decoder_vae.config.scaling_factor
+            pixels = self.decoder_vae.decode(scaled, return_dict=False)[0]
+            unit = (pixels.float() / 2 + 0.5).clamp(0, 1)
+            return (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+    # ---- plumbing ----------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _style(self, style: str | None):
+        if self.adapters:
+            if style is None:
+                self.unet.disable_adapters()
+            else:
+                self.unet.enable_adapters()
+                self.unet.set_adapter(style)
+        yield
+
+    @contextmanager
+    def _timed(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda" and getattr(self, "profile", False):
+                torch.cuda.synchronize(self.device)
+            self.last_timings[stage] += (time.perf_counter() - start) * 1000.0
+
+
+def _controlnet_folder(model: str, folder: Path, controlnet: str | None) -> Path | None:
+    if controlnet is None:
+        return None
+    if controlnet != "auto":
+        return resolve_folder(controlnet)
+    if model == DEFAULT_MODEL:
+        return resolve_folder(DEFAULT_SKETCH_CONTROLNET)
+    local = folder / "controlnet"
+    return local if (local / "config.json").exists() else None
+
+
+__all__ = ["SDXSPipeline", "GenerationRequest", "TINY"]
