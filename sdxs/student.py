@@ -76,8 +76,11 @@ _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)\.(\d
 _SAMPLERS = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(downsamplers|upsamplers)\.(.*)$")
 
 
-def _teacher_key(key: str, recipe: RemovalRecipe) -> str | None:
-    """Map a student parameter name to the teacher parameter it is initialised from (None: no teacher source)."""
+def _teacher_key(key: str, recipe: RemovalRecipe, stages: int) -> str | None:
+    """Map a student parameter name to the teacher parameter it is initialised from (None: no teacher source).
+
+    Cross-attention-only transformers take their attn1 key/value projections from the teacher's attn2.
+    """
     offset = 1 if recipe.drop_lowest_stage else 0
     if key.startswith("mid_block."):
         return None
@@ -85,6 +88,9 @@ def _teacher_key(key: str, recipe: RemovalRecipe) -> str | None:
         path, stage, kind, j, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
         keep = recipe.keep_down if path == "down_blocks" else recipe.keep_up
         t_stage = stage if path == "down_blocks" else stage + offset
+        resolution = stage if path == "down_blocks" else stages - 1 - stage
+        if kind == "attentions" and resolution in recipe.only_cross_attention_stages:
+            rest = re.sub(r"\.attn1\.to_([kv])\.", r".attn2.to_\1.", rest)
         return f"{path}.{t_stage}.{kind}.{keep[stage][j]}.{rest}"
     if m := _SAMPLERS.match(key):
         path, stage = m.group(1), int(m.group(2))
@@ -106,10 +112,9 @@ def derive_student(
     student = UNet2DConditionModel.from_config(config).to(device=teacher.device, dtype=teacher.dtype)
     source = teacher.state_dict()
     copied, missing = {}, []
+    stages = len(student.down_blocks)
     for key, value in student.state_dict().items():
-        t_key = _teacher_key(key, recipe)
-        if t_key is not None and t_key not in source or (t_key and source[t_key].shape != value.shape):
-            t_key = t_key.replace(".attn1.to_k.", ".attn2.to_k.").replace(".attn1.to_v.", ".attn2.to_v.") if t_key else None
+        t_key = _teacher_key(key, recipe, stages)
         if t_key is not None and t_key in source and source[t_key].shape == value.shape:
             copied[key] = source[t_key]
         else:

@@ -71,11 +71,14 @@ def _scale_(module: torch.nn.Module, factor: float) -> None:
 
 
 @torch.no_grad()
-def _randomize_zero_convs_(controlnet: ControlNetModel, std: float = 0.3) -> None:
+def _randomize_zero_convs_(controlnet: ControlNetModel, std: float = 1.0) -> None:
     """ControlNet's zero convs start at 0 (no effect); give them weights so the control image matters."""
     for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
                  controlnet.controlnet_cond_embedding.conv_out]:
         conv.weight.normal_(0, std / conv.weight[0].numel() ** 0.5)
+    for conv in controlnet.controlnet_cond_embedding.modules():  # keep the control signal alive through the SiLUs
+        if isinstance(conv, torch.nn.Conv2d):
+            conv.weight.mul_(3.0)
 
 
 def _write_model_index(root: Path) -> None:
@@ -117,6 +120,10 @@ def write_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     vae = build_tiny_autoencoder(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
                                  num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
     with torch.no_grad():
+        for conv in vae.encoder.modules():  # He-like gain: the ReLU chain neither dies nor ignores its input
+            if isinstance(conv, torch.nn.Conv2d):
+                conv.weight.mul_(2.5)
+        vae.encoder.layers[-1].weight.mul_(0.5)  # latents of about unit scale
         last = vae.decoder.layers[-1]
         last.weight.mul_(4.0)
         last.bias.fill_(0.5)  # mid-grey plus structure, rather than a clipped image
