@@ -48,7 +48,7 @@ class SDXSPipeline:
 
     def __init__(self, *, tokenizer, text_encoder, unet, vae, scheduler, controlnet=None, decoder=None,
                  adapters: Sequence[str] = (), device: torch.device, dtype: torch.dtype, is_random: bool = False,
-                 source: str = ""):
+                 source: str = "", size: int | None = None):
         self.tokenizer, self.text_encoder, self.unet, self.controlnet = tokenizer, text_encoder, unet, controlnet
         self.encoder_vae = vae  # tiny autoencoder: encodes image-mode inputs
         self.decoder_vae = decoder or vae  # tiny by default; the full AutoencoderKL when asked for
@@ -56,7 +56,11 @@ class SDXSPipeline:
         self.device, self.dtype = device, dtype
         self.adapters = tuple(adapters)
         self.is_random, self.source = is_random, source
-        self.size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        native = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        if size is not None and (size < 64 or size % 64):
+            raise ValueError(f"size must be a multiple of 64 (at least 64), got {size}")
+        self.size = size or native
+        self.memory_format = torch.contiguous_format
         self.last_timings: dict[str, float] = {}
         self._prompts = LRUCache(256)
         self._noise = LRUCache(64)
@@ -66,15 +70,17 @@ class SDXSPipeline:
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, *, controlnet: str | None = "auto",
                         adapters: dict[str, str] | None = None, device: str = "auto", dtype: str = "auto",
-                        decoder: str = "tiny", decoder_fp32: bool = False, channels_last: bool = False,
-                        compile: bool = False, attention: str = "auto") -> SDXSPipeline:
+                        decoder: str = "tiny", decoder_fp32: bool = False, channels_last: bool | str = "auto",
+                        compile: bool = False, attention: str = "auto", size: int | None = None) -> SDXSPipeline:
         """Load a Hub id, a local diffusers folder or ``"tiny"``.
 
         ``controlnet``: ``"auto"`` (the sketch ControlNet for the default model, ``DIR/controlnet`` for a local
         folder that has one), ``None``, a Hub id or a folder.  ``adapters``: style name -> PEFT LoRA (Hub id or
         folder).  ``decoder``: ``"tiny"`` or ``"large"`` (``vae_large/``).  ``decoder_fp32`` keeps the decoder in
         float32 (the model card's advice for fp16).  ``attention``: ``auto`` (xformers on CUDA when installed, else
-        PyTorch SDPA), ``sdpa`` or ``xformers``.
+        PyTorch SDPA), ``sdpa`` or ``xformers``.  ``channels_last``: ``auto`` turns it on for the CPU, where oneDNN's
+        convolutions run several times faster in NHWC (``bench/pipeline.py`` measures it).  ``size``: square output
+        size in pixels (a multiple of 64; the model's native size by default).
         """
         from sdxs import components
 
@@ -88,7 +94,9 @@ class SDXSPipeline:
         for name, ref in (adapters or {}).items():
             components.load_lora(parts["unet"], resolve_folder(ref), name)
         pipe = cls(**parts, adapters=tuple(adapters or ()), device=dev, dtype=dt,
-                   is_random=(folder / MARKER).exists(), source=model)
+                   is_random=(folder / MARKER).exists(), source=model, size=size)
+        if channels_last == "auto":
+            channels_last = dev.type == "cpu"
         pipe._place(decoder_fp32=decoder_fp32, channels_last=channels_last, compile=compile, attention=attention)
         return pipe
 
@@ -102,6 +110,7 @@ class SDXSPipeline:
         self.decoder_vae.to(dtype=self.decoder_dtype)
         components.set_attention(self, attention)
         if channels_last:
+            self.memory_format = torch.channels_last
             for net in filter(None, [self.unet, self.controlnet, self.encoder_vae, self.decoder_vae]):
                 net.to(memory_format=torch.channels_last)
         if compile:
@@ -213,7 +222,8 @@ class SDXSPipeline:
 
         def compute() -> torch.Tensor:
             generator = torch.Generator("cpu").manual_seed(seed)
-            return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+            return noise.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
 
         return self._noise.get((seed, shape), compute)
 
@@ -223,6 +233,7 @@ class SDXSPipeline:
             return noise
         with self._timed("encode"):
             pixels = torch.cat([preprocess.to_pixels(frames[i]) for i in image_rows]).to(self.device, self.dtype)
+            pixels = pixels.contiguous(memory_format=self.memory_format)
             encoded = self.encoder_vae.encode(pixels).latents * self.encoder_vae.config.scaling_factor
             alphas = self.schedule.alphas(timesteps[image_rows]).float()
             latents = noise.clone()
@@ -233,6 +244,7 @@ class SDXSPipeline:
         with self._timed("preprocess"):
             controls = [self._control_from(r.params, f) for r, f in zip(requests, frames)]
             cond = torch.cat([preprocess.pil_to_unit_tensor(c) for c in controls]).to(self.device, self.dtype)
+            cond = cond.contiguous(memory_format=self.memory_format)
             scale = torch.tensor([r.params.control_scale for r in requests], device=self.device, dtype=self.dtype)
         with self._timed("control"):
             down, mid = self.controlnet(latents, timesteps, encoder_hidden_states=embeds, controlnet_cond=cond,

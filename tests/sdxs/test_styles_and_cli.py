@@ -1,0 +1,60 @@
+"""Style adapters (PEFT LoRA folders, as the released anime style) chosen per request, and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image
+
+from sdxs import GenerationParams, GenerationRequest, SDXSPipeline
+from sdxs.cli import main
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_model_dir, tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                        init_lora_weights=False)
+    folder = tmp_path_factory.mktemp("lora") / "style"
+    get_peft_model(unet, config).save_pretrained(folder)
+    return folder
+
+
+def test_style_adapters_are_chosen_per_request(tiny_model_dir, lora_dir, pipe):
+    styled = SDXSPipeline.from_pretrained(str(tiny_model_dir), adapters={"ink": str(lora_dir)}, device="cpu",
+                                          dtype="float32")
+    plain_req = GenerationRequest(GenerationParams(prompt="a cat", mode="text", seed=4))
+    ink_req = GenerationRequest(GenerationParams(prompt="a cat", mode="text", seed=4, style="ink"))
+    plain, ink, plain_again = styled([plain_req, ink_req, plain_req], output_type="np")
+    reference = pipe([plain_req], output_type="np")[0]
+    assert np.abs(plain.astype(int) - reference).max() <= 1, "no style: the base model's image"
+    assert np.array_equal(plain, plain_again)
+    assert np.abs(ink.astype(int) - plain).max() > 2, "the style changes the image"
+    assert styled.describe()["styles"] == ["ink"]
+
+
+def test_cli_generate_writes_what_diffusers_gives(tiny_model_dir, tmp_path):
+    out = tmp_path / "out.png"
+    assert main(["generate", "--prompt", "a lighthouse", "--model", str(tiny_model_dir), "--seed", "11",
+                 "--mode", "text", "--dtype", "float32", "--out", str(out)]) == 0
+    ref = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+    ref.set_progress_bar_config(disable=True)
+    expected = ref("a lighthouse", num_inference_steps=1, guidance_scale=0,
+                   generator=torch.Generator().manual_seed(11)).images[0]
+    assert np.abs(np.asarray(Image.open(out)).astype(int) - np.asarray(expected).astype(int)).max() <= 1
+
+
+def test_cli_reports_bad_input_without_a_traceback(tiny_model_dir, tmp_path, capsys):
+    code = main(["generate", "--prompt", "x", "--model", str(tiny_model_dir), "--strength", "3",
+                 "--out", str(tmp_path / "o.png")])
+    assert code == 2 and "strength" in capsys.readouterr().err
+
+
+def test_cli_info_prints_counts(capsys):
+    assert main(["info", "sdxs-512-dreamshaper"]) == 0
+    assert "315,746,244" in capsys.readouterr().out
