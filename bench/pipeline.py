@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,12 @@ def test_frame(size: int) -> Image.Image:
 
 
 def stock_pipelines(folder: Path, dtype: torch.dtype, device: torch.device) -> dict:
-    from diffusers import (ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline,
-                           StableDiffusionPipeline)
+    from diffusers import (
+        ControlNetModel,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionPipeline,
+    )
 
     text = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, safety_checker=None).to(device)
     controlnet = ControlNetModel.from_pretrained(folder / "controlnet", torch_dtype=dtype).to(device)
@@ -119,14 +124,14 @@ def main(argv=None) -> int:
             ours.profile = True
             frame = test_frame(size)
             for mode in args.modes:
-                gflop = count_gflops(lambda: run_ours(ours, mode, 1, frame))
+                gflop = count_gflops(partial(run_ours, ours, mode, 1, frame))
                 for batch in args.batches:
                     base = dict(dtype=dtype_name, size=size, mode=mode, batch=batch, gflop_per_frame=gflop,
                                 floor_ms=gflop / peaks[dtype_name] * 1000)
-                    variants = [("ours", ours, lambda: run_ours(ours, mode, batch, frame))]
+                    variants = [("ours", ours, partial(run_ours, ours, mode, batch, frame))]
                     if stock:
                         pipe = stock["text" if mode == "text" else "image" if mode == "image" else "control"]
-                        variants.append(("stock", pipe, lambda: run_stock(stock, mode, batch, size, frame)))
+                        variants.append(("stock", pipe, partial(run_stock, stock, mode, batch, size, frame)))
                     for name, pipe, call in variants:
                         ms = measure(call, modules_of(pipe), device, args.iters)
                         inside = sum(v for k, v in ms.items() if k != "total")
@@ -136,9 +141,9 @@ def main(argv=None) -> int:
                         rows.append(row)
                         print_table([row], COLUMNS)
                         sys.stdout.flush()
-            del ours
+            ours = None
             gc.collect()
-        del stock
+        stock = None
         gc.collect()
 
     summary = summarize(rows)
@@ -170,7 +175,8 @@ def summarize(rows: list[dict]) -> dict:
         if batch != 1 and (dtype, size, mode, 1, "ours") in index:
             out[f"b{batch}/b1 per frame {mode} {size} {dtype}"] = round(ms / index[(dtype, size, mode, 1, "ours")], 3)
         if dtype == "bfloat16" and ("float32", size, mode, batch, "ours") in index:
-            out[f"fp32/bf16 speedup {mode} {size} b{batch}"] = round(index[("float32", size, mode, batch, "ours")] / ms, 3)
+            fp32 = index[("float32", size, mode, batch, "ours")]
+            out[f"fp32/bf16 speedup {mode} {size} b{batch}"] = round(fp32 / ms, 3)
     outside = [r["outside_pct"] for r in rows if r["pipeline"] == "ours"]
     if outside:
         out["ours max time outside module forwards (%)"] = round(max(outside), 2)

@@ -44,15 +44,9 @@ def _generate(args) -> int:
                                   seed=args.seed, strength=args.strength, control_scale=args.control_scale,
                                   style=args.style)
         image = Image.open(args.image) if args.image else None
-        pipe = SDXSPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+        pipe = SDXSPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, size=args.size,
                                             controlnet="auto" if params.uses_controlnet else None)
-        if args.size and args.size != pipe.size:
-            print(f"note: this model generates {pipe.size}x{pipe.size}; --size {args.size} resizes the output",
-                  file=sys.stderr)
-        out = pipe([GenerationRequest(params, image)])[0]
-        if args.size and args.size != pipe.size:
-            out = out.resize((args.size, args.size), Image.Resampling.LANCZOS)
-        out.save(args.out)
+        pipe([GenerationRequest(params, image)])[0].save(args.out)
     except (WeightsUnavailable, InvalidRequest, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -84,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--strength", type=float, default=0.5)
     gen.add_argument("--control-scale", type=float, default=0.8)
     gen.add_argument("--style", default=None)
-    gen.add_argument("--size", type=int, default=None, help="output size (the model's own size by default)")
+    gen.add_argument("--size", type=int, default=None, help="square size, a multiple of 64 (default: the model's)")
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     gen.add_argument("--out", required=True)

@@ -6,9 +6,10 @@ Defaults equal the released checkpoints' topology where it is known (REFERENCE.m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 # ---- teachers -------------------------------------------------------------------------------------------------
 
@@ -124,7 +125,9 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType(
             # SDXL has no attention at 320 and only 3 stages, so no stage is dropped.  Drop the mid block, keep one
             # resnet per down stage and two per up stage (as SDXS-512), and cut the 1280 stage's 10-layer transformers
             # to their first 4 layers on the down path and 5 on the up path, which carries the detail: 748.1M (0.74B).
-            recipe=RemovalRecipe(drop_lowest_stage=False, transformer_layers=(1, 2, 4), transformer_layers_up=(5, 2, 1)),
+            recipe=RemovalRecipe(
+                drop_lowest_stage=False, transformer_layers=(1, 2, 4), transformer_layers_up=(5, 2, 1)
+            ),
             hub_id=None,
             size=1024,
             text_dim=2048,

@@ -30,7 +30,7 @@ def controlnet_config(unet_config, conditioning_channels: int = 3) -> dict:
 def build_student_controlnet(
     unet: UNet2DConditionModel, conditioning_channels: int = 3, copy_weights: bool = True
 ) -> ControlNetModel:
-    """A ControlNet for ``unet`` with its embeddings and down blocks initialised from ``unet`` (ControlNet paper init)."""
+    """A ControlNet for ``unet``, its embeddings and down blocks initialised from ``unet`` (the ControlNet paper's)."""
     controlnet = ControlNetModel.from_config(controlnet_config(unet.config, conditioning_channels))
     controlnet.to(device=unet.device, dtype=unet.dtype)
     if copy_weights:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from diffusers import AutoencoderTiny
 
 
-
 def build_tiny_autoencoder(upsample_fn: str = "nearest", **overrides) -> AutoencoderTiny:
     """A randomly initialised tiny autoencoder with the released shapes (or ``overrides``)."""
     return AutoencoderTiny(upsample_fn=upsample_fn, **overrides)

@@ -41,7 +41,9 @@ class GenerationParams(BaseModel):
     )
     style: str | None = Field(None, max_length=64, title="Style", description="A loaded style adapter (LoRA) or none.")
     edge_low: int = Field(80, ge=0, le=255, title="Edge low threshold", description="Edge mode: Canny low threshold.")
-    edge_high: int = Field(160, ge=0, le=255, title="Edge high threshold", description="Edge mode: Canny high threshold.")
+    edge_high: int = Field(
+        160, ge=0, le=255, title="Edge high threshold", description="Edge mode: Canny high threshold."
+    )
 
     @property
     def uses_controlnet(self) -> bool:

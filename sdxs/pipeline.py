@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Hashable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -195,7 +196,9 @@ class SDXSPipeline:
         latents = self._prepare_latents(params, frames, noise, timesteps)
         timesteps = timesteps.to(self.device)
         # 4. ControlNet residuals (sketch and edge modes), scaled per request
-        extra = self._control_residuals(requests, frames, latents, timesteps, embeds) if params[0].uses_controlnet else {}
+        extra = {}
+        if params[0].uses_controlnet:
+            extra = self._control_residuals(requests, frames, latents, timesteps, embeds)
         # 5. one UNet forward
         with self._timed("unet"), self._style(params[0].style):
             model_output = self.unet(latents, timesteps, encoder_hidden_states=embeds, return_dict=False, **extra)[0]

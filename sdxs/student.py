@@ -7,8 +7,9 @@ A student stage ``i`` descends from teacher stage ``i`` (down path) and teacher 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel

@@ -117,8 +117,8 @@ def write_tiny_model(directory: str | Path, seed: int = 0) -> Path:
         elif name.endswith("attn2.to_out.0"):
             _scale_(module, 10.0)
     unet.save_pretrained(root / "unet")
-    vae = build_tiny_autoencoder(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
-                                 num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+    vae = build_tiny_autoencoder(encoder_block_out_channels=(16,) * 4, decoder_block_out_channels=(16,) * 4,
+                                 num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4)
     with torch.no_grad():
         for conv in vae.encoder.modules():  # He-like gain: the ReLU chain neither dies nor ignores its input
             if isinstance(conv, torch.nn.Conv2d):
