@@ -108,7 +108,8 @@ class SDXSPipeline:
         for net in filter(None, nets):
             net.to(self.device).eval().requires_grad_(False)
         self.decoder_dtype = torch.float32 if decoder_fp32 else self.dtype
-        self.decoder_vae.to(dtype=self.decoder_dtype)
+        if self.decoder_dtype != self.dtype:
+            self.decoder_vae.to(dtype=self.decoder_dtype)
         components.set_attention(self, attention)
         if channels_last:
             self.memory_format = torch.channels_last
