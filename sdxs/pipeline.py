@@ -236,7 +236,8 @@ class SDXSPipeline:
         if not image_rows:
             return noise
         with self._timed("encode"):
-            pixels = torch.cat([preprocess.to_pixels(frames[i]) for i in image_rows]).to(self.device, self.dtype)
+            pixels = torch.cat([preprocess.to_pixels(frames[i]) for i in image_rows])
+            pixels = pixels.to(self.device, self.encoder_vae.dtype)  # fp32 when decoder_fp32 shares the tiny VAE
             pixels = pixels.contiguous(memory_format=self.memory_format)
             encoded = self.encoder_vae.encode(pixels).latents * self.encoder_vae.config.scaling_factor
             alphas = self.schedule.alphas(timesteps[image_rows]).float()

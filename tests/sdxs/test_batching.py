@@ -62,3 +62,15 @@ def test_bfloat16_is_close_to_float32(tiny_model_dir, pipe, photo, sketch):
     for a, b in zip(pipe(reqs, output_type="np"), bf16(reqs, output_type="np")):
         diff = np.abs(a.astype(int) - b.astype(int))
         assert diff.mean() <= BF16_MEAN_TOLERANCE and np.percentile(diff, 99) <= BF16_P99_TOLERANCE
+
+
+def test_decoder_in_float32_with_a_bfloat16_model(tiny_model_dir, photo, sketch):
+    mixed = SDXSPipeline.from_pretrained(str(tiny_model_dir), device="cpu", dtype="bfloat16", decoder_fp32=True)
+    images = mixed(requests(photo, sketch), output_type="np")
+    assert all(image.shape == (mixed.size, mixed.size, 3) for image in images)
+
+
+def test_full_decoder_from_vae_large(tiny_model_dir, photo):
+    large = SDXSPipeline.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32", decoder="large")
+    image = large([GenerationRequest(GenerationParams(mode="image"), photo)], output_type="np")[0]
+    assert image.shape == (large.size, large.size, 3)
