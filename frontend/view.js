@@ -1,0 +1,105 @@
+// The output side: draws generated frames (newest only), and owns snapshot, recording, full screen and the
+// control image overlay.
+
+import { snapshot, Recorder, toggleFullscreen } from "./output.js";
+
+const $ = (id) => document.getElementById(id);
+const CONTROL_EVERY_MS = 500;
+
+export class OutputView {
+  constructor({ session, sketch, controls, onError }) {
+    this.session = session;
+    this.sketch = sketch;
+    this.controls = controls;
+    this.onError = onError;
+    this.canvas = $("output");
+    this.ctx = this.canvas.getContext("2d");
+    this.recorder = new Recorder(this.canvas);
+    this.params = {};
+    this.frames = 0;
+    this.drawing = null; // the frame being decoded; newer ones replace `next`
+    this.next = null;
+    this.#bind();
+  }
+
+  setSize(size) {
+    if (this.canvas.width === size) return;
+    this.canvas.width = this.canvas.height = size;
+  }
+
+  show(frame) {
+    this.next = frame;
+    if (!this.drawing) this.#drawNext();
+  }
+
+  async #drawNext() {
+    const frame = this.next;
+    this.next = null;
+    this.drawing = frame;
+    try {
+      const bitmap = await createImageBitmap(frame.image);
+      this.ctx.drawImage(bitmap, 0, 0, this.canvas.width, this.canvas.height);
+      bitmap.close();
+      this.frames += 1;
+      Object.assign(this.canvas.dataset, { frames: this.frames, frameId: frame.frameId, reused: frame.reused });
+    } catch {
+      // An undecodable frame is skipped; the next one replaces it.
+    }
+    this.drawing = null;
+    if (this.next) this.#drawNext();
+  }
+
+  async showControl(frame) {
+    const img = $("control-image");
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(frame.image);
+  }
+
+  stopRecording() {
+    this.recorder.stop();
+    $("record").setAttribute("aria-pressed", "false");
+    $("record").textContent = "Record";
+  }
+
+  /** Ask the server for the control image; without that feature, show the inverted sketch ourselves. */
+  #refreshControl(explain = false) {
+    const img = $("control-image");
+    if (!$("show-control").checked) return;
+    const mode = this.params.mode || this.controls.values.mode;
+    if (mode !== "sketch" && mode !== "edges") {
+      img.hidden = true;
+      if (explain) this.onError("The control image exists in sketch and edges modes only.");
+      return;
+    }
+    img.hidden = false;
+    if (this.session.features.includes("control")) return this.session.requestControl();
+    if (mode === "edges") {
+      img.hidden = true;
+      if (explain) this.onError("This server does not send the edge map.");
+      return;
+    }
+    const c = document.createElement("canvas");
+    c.width = c.height = this.sketch.canvas.width;
+    const ctx = c.getContext("2d");
+    ctx.filter = "invert(1)";
+    ctx.drawImage(this.sketch.canvas, 0, 0);
+    img.src = c.toDataURL("image/png");
+  }
+
+  #bind() {
+    $("snapshot").addEventListener("click", () => snapshot(this.canvas, { ...this.controls.values, ...this.params }));
+    const record = $("record");
+    record.hidden = !Recorder.supported();
+    record.addEventListener("click", () => {
+      const on = this.recorder.toggle();
+      record.setAttribute("aria-pressed", String(on));
+      record.textContent = on ? "Stop recording" : "Record";
+    });
+    $("fullscreen").addEventListener("click", () => toggleFullscreen($("output-view")));
+    $("show-control").addEventListener("change", (e) => {
+      if (!e.target.checked) $("control-image").hidden = true;
+      this.#refreshControl(true);
+    });
+    setInterval(() => this.#refreshControl(), CONTROL_EVERY_MS);
+  }
+}

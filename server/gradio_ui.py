@@ -1,0 +1,211 @@
+"""The Gradio UI and API, mounted on the same server (docs/protocol.md section 10).
+
+Contract with app.py (building is cheap and touches no model; the worker is looked up on every call):
+
+    from server.gradio_ui import build_gradio
+    blocks = build_gradio(app_state)                 # app_state: server.state.AppState
+    app = gr.mount_gradio_app(app, blocks, path="/gradio")
+
+`app_state` must offer `ready`, `loading`, `model_info` (dict or None, with `size`, `modes`, `is_random`) and
+`worker` (None until ready; `await worker.submit_one(params, image)` with image uint8 RGB (size, size, 3) or None,
+returning uint8 RGB (size, size, 3)). If it has `config` (a ServerConfig), the webcam stream takes its
+`max_sessions` as concurrency limit and `session_time_limit_s` as time limit. Every request goes through that
+worker, so batching, limits and `/metrics` cover Gradio too.
+
+Named endpoints for `gradio_client` (images come back as file paths):
+
+    from gradio_client import Client, handle_file
+    c = Client("http://127.0.0.1:7860/gradio/")
+    c.predict("a cat", 0, api_name="/text_to_image")
+    c.predict(handle_file("photo.png"), "a cat", 0, 0.5, api_name="/image_to_image")
+    c.predict(handle_file("sketch.png"), "a cat", 0, 0.8, api_name="/sketch_to_image")  # dark lines on light
+    c.predict({"background": None, "layers": [], "composite": handle_file("sketch.png")}, "a cat", 0, 0.8,
+              api_name="/sketchpad_to_image")                                          # the sketchpad's own value
+
+`/webcam_frame` is the webcam tab's streaming event (`.stream`); gradio_client 2.7 cannot consume streaming events
+(it fails on the `process_streaming` message), so single frames from scripts go to `/image_to_image`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageOps
+from pydantic import ValidationError
+
+from sdxs.errors import InvalidRequest
+from sdxs.params import GenerationParams
+from server.worker import InferenceError, NotReady
+
+DEFAULT_PROMPT = GenerationParams.model_fields["prompt"].default
+STREAM_EVERY_S = 0.2
+
+
+# ---- one request through the shared worker ----------------------------------------------------------------------
+
+
+def _params(**fields: Any) -> GenerationParams:
+    try:
+        return GenerationParams(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "parameters"
+        raise gr.Error(f"{field}: {first['msg']}") from None
+
+
+def _model_input(image: np.ndarray | Image.Image | None, size: int) -> np.ndarray | None:
+    """Any RGB(A)/L picture -> uint8 RGB (size, size, 3), centre-cropped; transparency becomes white paper."""
+    if image is None:
+        return None
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    if pil.mode in ("RGBA", "LA", "P"):
+        pil = pil.convert("RGBA")
+        paper = Image.new("RGBA", pil.size, (255, 255, 255, 255))
+        pil = Image.alpha_composite(paper, pil)
+    pil = ImageOps.fit(pil.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+    return np.asarray(pil, dtype=np.uint8)
+
+
+async def _generate(app_state: Any, params: GenerationParams, image: Any = None) -> np.ndarray:
+    """Submit one request to the worker; turn every failure into a message the visitor understands."""
+    worker = app_state.worker
+    if worker is None or not app_state.ready:
+        progress = round(100 * float(app_state.loading.get("progress") or 0))
+        raise gr.Error(f"The model is still loading ({progress}%). Try again in a moment.")
+    size = int(app_state.model_info["size"])
+    if params.uses_image and image is None:
+        raise gr.Error("This mode needs an input picture.")
+    try:
+        return await worker.submit_one(params, _model_input(image, size) if params.uses_image else None)
+    except InvalidRequest as err:
+        raise gr.Error(f"{err.field}: {err.message}") from None
+    except NotReady:
+        raise gr.Error("The model is still loading. Try again in a moment.") from None
+    except InferenceError as err:
+        raise gr.Error(f"The model failed on this request: {err}") from None
+
+
+def _sketch_composite(value: dict | None) -> Image.Image | None:
+    """The sketchpad's flattened picture (or None for an untouched pad)."""
+    if not value or value.get("composite") is None:
+        return None
+    composite = value["composite"]
+    return composite if isinstance(composite, Image.Image) else Image.fromarray(np.asarray(composite))
+
+
+# ---- the UI ----------------------------------------------------------------------------------------------------
+
+
+def _status(app_state: Any) -> str:
+    if not app_state.ready:
+        loading = app_state.loading
+        percent = round(100 * float(loading.get("progress") or 0))
+        return f"**Loading the model** ({loading.get('stage')}, {percent}%). Reload the page when it is ready."
+    info = app_state.model_info or {}
+    size, modes = info.get("size"), ", ".join(info.get("modes", []))
+    text = f"Model **{info.get('id', '?')}**, {size}x{size}, modes: {modes}."
+    if info.get("is_random"):
+        text += "  \n⚠️ **Development model with random weights: the pictures are noise on purpose.**"
+    return text
+
+
+def _limits(app_state: Any) -> tuple[int, int | None, int]:
+    """(webcam streams at once, seconds per stream or None, concurrent one-shot requests per endpoint)."""
+    config = getattr(app_state, "config", None)
+    sessions = int(getattr(config, "max_sessions", 4) or 4)
+    time_limit = getattr(config, "session_time_limit_s", 600) or None
+    # Handlers only await the worker, so letting several run at once is cheap and lets the worker batch them.
+    concurrency = int(getattr(config, "max_batch", 8) or 8)
+    return sessions, int(time_limit) if time_limit else None, concurrency
+
+
+def _webcam_modes(app_state: Any) -> gr.Radio:
+    modes = [m for m in ("image", "edges") if m in (app_state.model_info or {}).get("modes", ["image"])]
+    return gr.Radio(choices=modes or ["image"], value="image")
+
+
+def build_gradio(app_state: Any) -> gr.Blocks:
+    """Build the Blocks app; no model access here (the worker may not exist yet)."""
+
+    async def text_to_image(prompt: str, seed: int) -> np.ndarray:
+        return await _generate(app_state, _params(prompt=prompt, mode="text", seed=int(seed)))
+
+    async def image_to_image(image: np.ndarray, prompt: str, seed: int, strength: float) -> np.ndarray:
+        params = _params(prompt=prompt, mode="image", seed=int(seed), strength=strength)
+        return await _generate(app_state, params, image)
+
+    async def sketch_to_image(sketch: np.ndarray, prompt: str, seed: int, control_scale: float) -> np.ndarray:
+        modes = (app_state.model_info or {}).get("modes", [])
+        mode = "sketch" if "sketch" in modes else "image"  # without a ControlNet: image-to-image on the drawing
+        params = _params(prompt=prompt, mode=mode, seed=int(seed), control_scale=control_scale)
+        return await _generate(app_state, params, sketch)
+
+    async def sketchpad_to_image(pad: dict | None, prompt: str, seed: int, control_scale: float) -> np.ndarray:
+        sketch = _sketch_composite(pad)
+        if sketch is None:
+            raise gr.Error("Draw something first.")
+        return await sketch_to_image(np.asarray(sketch), prompt, seed, control_scale)
+
+    async def webcam_frame(frame: np.ndarray | None, prompt: str, seed: int, strength: float, mode: str):
+        if frame is None:
+            return None
+        params = _params(prompt=prompt, mode=mode, seed=int(seed), strength=strength)
+        return await _generate(app_state, params, frame)
+
+    sessions, time_limit, concurrency = _limits(app_state)
+    # Gradio keeps its own uploads and results as files; delete them after a few minutes (docs/hosting.md).
+    with gr.Blocks(title="SDXS", delete_cache=(60, 300)) as demo:
+        gr.Markdown("# SDXS: one-step image generation\nThe real-time page is at [`../`](../).")
+        status = gr.Markdown()
+        demo.load(lambda: _status(app_state), None, status, api_visibility="private")
+        with gr.Row():
+            prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", max_length=1000, scale=4)
+            seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1, scale=1)
+
+        with gr.Tab("Text to image"):
+            t_button = gr.Button("Generate", variant="primary")
+            t_out = gr.Image(label="Result", format="png", height=420)
+            t_button.click(text_to_image, [prompt, seed], t_out, api_name="text_to_image")
+            prompt.submit(text_to_image, [prompt, seed], t_out, api_visibility="private")
+
+        with gr.Tab("Sketch to image"):
+            with gr.Row():
+                pad = gr.Sketchpad(
+                    label="Sketch: pick the brush on the left, then draw", type="pil", image_mode="RGBA",
+                    canvas_size=(512, 512),
+                    brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
+                )
+                s_out = gr.Image(label="Result", format="png", height=420)
+            s_scale = gr.Slider(0, 1, 0.8, step=0.05, label="Control scale")
+            s_button = gr.Button("Generate", variant="primary")
+            s_button.click(sketchpad_to_image, [pad, prompt, seed, s_scale], s_out, api_name="sketchpad_to_image")
+            pad.change(sketchpad_to_image, [pad, prompt, seed, s_scale], s_out, api_visibility="private",
+                       trigger_mode="always_last", show_progress="hidden")
+            s_plain = gr.Image(visible=False, label="Sketch")
+            gr.Button(visible=False).click(sketch_to_image, [s_plain, prompt, seed, s_scale], s_out,
+                                           api_name="sketch_to_image")
+
+        with gr.Tab("Image to image"):
+            with gr.Row():
+                i_in = gr.Image(label="Input", sources=["upload", "clipboard", "webcam"])
+                i_out = gr.Image(label="Result", format="png", height=420)
+            i_strength = gr.Slider(0.02, 1, 0.5, step=0.02, label="Strength")
+            i_button = gr.Button("Generate", variant="primary")
+            i_button.click(image_to_image, [i_in, prompt, seed, i_strength], i_out, api_name="image_to_image")
+
+        with gr.Tab("Webcam (live)"):
+            gr.Markdown(f"Streams a frame every {STREAM_EVERY_S} s; at most {sessions} viewers at once"
+                        + (f", {time_limit} s each." if time_limit else "."))
+            with gr.Row():
+                w_in = gr.Image(label="Webcam", sources=["webcam"], streaming=True)
+                w_out = gr.Image(label="Result", format="jpeg", streaming=True, height=420)
+            with gr.Row():
+                w_strength = gr.Slider(0.02, 1, 0.5, step=0.02, label="Strength")
+                w_mode = gr.Radio(["image", "edges"], value="image", label="Mode")
+            demo.load(lambda: _webcam_modes(app_state), None, w_mode, api_visibility="private")
+            w_in.stream(webcam_frame, [w_in, prompt, seed, w_strength, w_mode], w_out, api_name="webcam_frame",
+                        stream_every=STREAM_EVERY_S, time_limit=time_limit, concurrency_limit=sessions)
+    demo.queue(default_concurrency_limit=concurrency)
+    return demo

@@ -1,0 +1,179 @@
+"""The real-time page against the real app (tiny random model): webcam, prompt changes, sketching, Gradio."""
+
+from __future__ import annotations
+
+import re
+import time
+from urllib.parse import urlparse
+
+import pytest
+from browser_helpers import canvas_hash, draw_stroke, frames_drawn, free_port, wait_frames, wait_status
+from prefix_proxy import ProxyServer
+
+
+def settled_output(page, after_frames: int, timeout_s: float = 30) -> int:
+    """Wait for a REUSED frame newer than `after_frames`: the server saw the current input and parameters again, so
+    the output canvas shows their result. Returns the output hash."""
+    page.wait_for_function(
+        "(n) => { const c = document.getElementById('output');"
+        " return Number(c.dataset.frames || 0) > n && c.dataset.reused === 'true'; }",
+        arg=after_frames, timeout=timeout_s * 1000)
+    return canvas_hash(page)
+
+
+def use_sketch(page) -> None:
+    page.click("text=Sketch")
+    page.wait_for_selector("#sketch", state="visible")
+    page.wait_for_function("() => document.getElementById('p-mode')?.value === 'image' || "
+                           "document.getElementById('p-mode')?.value === 'sketch'")
+
+
+def test_webcam_frames_flow_and_readouts_show_numbers(app, open_page):
+    hosts = set()
+    page = open_page(app.url)
+    page.on("request", lambda r: hosts.add(urlparse(r.url).hostname))
+    wait_status(page, "Live")
+    first = wait_frames(page, 0)
+    before = canvas_hash(page)
+    wait_frames(page, first + 3)
+    assert canvas_hash(page) != before, "the output canvas did not change while the webcam streams"
+    page.wait_for_function("() => parseFloat(document.getElementById('m-out').textContent) > 0", timeout=10_000)
+    assert float(page.inner_text("#m-in")) > 0
+    assert re.fullmatch(r"\d+ ms", page.inner_text("#m-latency"))
+    assert re.match(r"\d+ ms \(\d+%\)", page.inner_text("#m-server"))
+    assert page.is_visible("#random-banner"), "the tiny model has random weights: the page must say so"
+    assert hosts <= {"127.0.0.1"}, f"requests to other hosts: {hosts}"
+    assert not page.errors
+
+
+def test_page_works_behind_a_reverse_proxy_under_a_path_prefix(app, open_page):
+    with ProxyServer("/some/prefix", app.url.rstrip("/"), free_port()) as proxy:
+        page = open_page(proxy.url)
+        wait_status(page, "Live")
+        wait_frames(page, 1)
+        assert not page.errors
+
+
+def test_snapshot_carries_prompt_and_seed_and_recording_gives_webm(app, open_page):
+    from PIL import Image
+
+    page = open_page(app.url)
+    wait_status(page, "Live")
+    wait_frames(page, 0)
+    with page.expect_download() as snap:
+        page.click("#snapshot")
+    png = Image.open(snap.value.path())
+    assert png.format == "PNG"
+    assert png.text["prompt"] == page.input_value("#p-prompt") and png.text["seed"] == page.input_value("#p-seed")
+
+    page.click("#record")
+    wait_frames(page, frames_drawn(page) + 3)
+    with page.expect_download() as rec:
+        page.click("#record")
+    assert open(rec.value.path(), "rb").read(4) == b"\x1aE\xdf\xa3", "not a WebM (EBML) file"
+    assert not page.errors
+
+
+def test_prompt_change_reaches_the_server_and_later_frames_use_it(app, open_page):
+    page = open_page(app.url)
+    wait_status(page, "Live")
+    use_sketch(page)
+    draw_stroke(page, [(0.2, 0.2), (0.8, 0.5), (0.3, 0.8)])
+    cat = settled_output(page, frames_drawn(page))
+
+    page.fill("#p-prompt", "a red bicycle on a beach")
+    page.wait_for_function("() => window.sdxs.output.params.prompt === 'a red bicycle on a beach'")
+    bicycle = settled_output(page, frames_drawn(page))
+    assert bicycle != cat, "frames after the prompt change look the same as before"
+
+    page.fill("#p-prompt", "a photo of a cat, highly detailed")
+    page.wait_for_function("() => window.sdxs.output.params.prompt === 'a photo of a cat, highly detailed'")
+    assert settled_output(page, frames_drawn(page)) == cat, "same input, prompt and seed gave another picture"
+    assert not page.errors
+
+
+def test_sketch_strokes_produce_output_undo_removes_one_and_idle_costs_nothing(app, open_page):
+    page = open_page(app.url)
+    wait_status(page, "Live")
+    use_sketch(page)
+    draw_stroke(page, [(0.1, 0.5), (0.9, 0.5)])
+    one_stroke = canvas_hash(page, "sketch")
+    out_one = settled_output(page, frames_drawn(page))
+
+    draw_stroke(page, [(0.5, 0.1), (0.5, 0.9)])
+    assert canvas_hash(page, "sketch") != one_stroke
+    out_two = settled_output(page, frames_drawn(page))
+    assert out_two != out_one, "a second stroke did not change the output"
+
+    page.click("#undo")
+    assert page.evaluate("() => window.sdxs.sketch.strokes.length") == 1
+    assert canvas_hash(page, "sketch") == one_stroke, "undo did not restore the one-stroke sketch"
+    assert settled_output(page, frames_drawn(page)) == out_one
+
+    page.check("#show-control")  # the control image the ControlNet sees, from the server (or the page itself)
+    page.wait_for_function("() => { const i = document.getElementById('control-image');"
+                           " return !i.hidden && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+
+    # Idle canvas: the page keeps refreshing, the server answers from its cache, the model does not run.
+    calls = app.metric("sdxs_inference_seconds_count")
+    reused = app.metric("sdxs_frames_total", result="reused")
+    time.sleep(3)
+    assert app.metric("sdxs_inference_seconds_count") == calls, "an idle sketch canvas caused inference"
+    assert app.metric("sdxs_frames_total", result="reused") > reused
+    assert not page.errors
+
+
+def test_text_only_mode_generates_while_typing_and_sources_work_by_keyboard(app, open_page):
+    page = open_page(app.url)
+    wait_status(page, "Live")
+    page.focus('input[name="source"][value="camera"]')
+    page.keyboard.press("ArrowRight")  # a radio group: arrows move between sources
+    page.wait_for_selector("#sketch", state="visible")
+    page.click("text=Text only")
+    page.wait_for_function("() => document.getElementById('p-mode').value === 'text'")
+    start = frames_drawn(page)
+    page.fill("#p-prompt", "a lighthouse at night")
+    first = settled_output(page, start)
+    page.fill("#p-prompt", "a lighthouse at dawn")
+    page.wait_for_function("() => window.sdxs.output.params.prompt === 'a lighthouse at dawn'")
+    assert settled_output(page, frames_drawn(page)) != first
+    assert not page.errors
+
+
+def test_gradio_webcam_tab_streams_through_the_shared_worker(app, open_page):
+    page = open_page(app.url + "gradio/")
+    page.get_by_role("tab", name="Webcam (live)").click()
+    page.get_by_text("Click to Access Webcam").click()
+    calls = app.metric("sdxs_inference_seconds_count")
+    page.get_by_role("button", name="capture photo").click()  # Gradio's label for "Record"
+    page.wait_for_function("() => [...document.querySelectorAll('img')].some((i) => i.naturalWidth > 0)",
+                           timeout=30_000)
+    deadline = time.monotonic() + 20
+    while app.metric("sdxs_inference_seconds_count") < calls + 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert app.metric("sdxs_inference_seconds_count") >= calls + 3, "the Gradio stream did not reach the worker"
+
+
+def test_gradio_endpoints_answer_through_gradio_client(app, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image, ImageDraw
+
+    calls = app.metric("sdxs_inference_seconds_count")
+    sketch = Image.new("RGB", (300, 200), "white")
+    ImageDraw.Draw(sketch).line([(20, 20), (280, 180)], fill="black", width=6)
+    sketch.save(tmp_path / "sketch.png")
+    client = Client(app.url + "gradio/", verbose=False, download_files=str(tmp_path))
+    try:
+        outputs = [
+            client.predict("a cat", 1, api_name="/text_to_image"),
+            client.predict(handle_file(str(tmp_path / "sketch.png")), "a cat", 2, 0.5, api_name="/image_to_image"),
+            client.predict(handle_file(str(tmp_path / "sketch.png")), "a cat", 3, 0.8, api_name="/sketch_to_image"),
+        ]
+        with pytest.raises(AppError, match="prompt"):
+            client.predict("", 1, api_name="/text_to_image")
+    finally:
+        client.close()
+    sizes = {Image.open(path).size for path in outputs}
+    assert len(sizes) == 1 and next(iter(sizes))[0] == next(iter(sizes))[1]
+    assert app.metric("sdxs_inference_seconds_count") >= calls + 3, "Gradio requests bypassed the shared worker"
