@@ -11,7 +11,8 @@ load runs, one session with one frame in flight measures the server's overhead: 
 
 Reported per run: per-session FPS, aggregate FPS, end-to-end latency p50/p95/p99 (client send -> output received,
 same clock), inference p50, overhead p50, fairness (slowest session FPS / fastest), mean batch size, errors and
-server RSS at start and end (from /metrics). JSON goes to bench/results/load-<model>-<time>.json.
+server RSS at start and end (from /metrics, sampled ~30 times per run; growth is counted from 20% into the run).
+JSON goes to bench/results/load-<name>-<time>.json.
 """
 
 from __future__ import annotations
@@ -131,11 +132,27 @@ def summarize(sessions: int, in_flight: int, stats: list[SessionStats], rss: tup
     }
 
 
+async def sample_rss(http: str, every_s: float, samples: list[tuple[float, float]]) -> None:
+    """Append (seconds since start, server RSS MB) every `every_s` until cancelled."""
+    start = time.perf_counter()
+    while True:
+        rss = await asyncio.to_thread(server_rss_mb, http)
+        samples.append((round(time.perf_counter() - start, 1), round(rss, 1)))
+        await asyncio.sleep(every_s)
+
+
 async def measure(url: str, http: str, sessions: int, in_flight: int, duration: float, frames: list[bytes],
                   params: dict) -> dict:
-    rss_start = server_rss_mb(http)
+    samples: list[tuple[float, float]] = []
+    sampler = asyncio.create_task(sample_rss(http, max(1.0, duration / 30), samples))
     stats = await asyncio.gather(*(run_session(url, frames, duration, in_flight, params) for _ in range(sessions)))
-    return summarize(sessions, in_flight, list(stats), (rss_start, server_rss_mb(http)))
+    sampler.cancel()
+    result = summarize(sessions, in_flight, list(stats), (samples[0][1], server_rss_mb(http)))
+    # growth after warm-up: from the first sample past 20% of the run to the end
+    warm = next((rss for t, rss in samples if t >= duration * 0.2), samples[0][1])
+    result["rss_mb_growth_after_20pct"] = round(result["rss_mb_end"] - warm, 1)
+    result["rss_samples"] = samples
+    return result
 
 
 def spawn(args: str, port: int) -> subprocess.Popen:
@@ -178,7 +195,7 @@ async def main_async(args: argparse.Namespace, url: str, http: str, config: dict
     params = {"mode": "image", "prompt": "a portrait photo, detailed", "strength": 0.5}
     runs, load_start = [], os.getloadavg()
     if not args.skip_overhead:  # one session, one frame in flight: nothing waits for another batch
-        runs.append(await measure(url, http, 1, 1, min(args.duration, 10), frames, params))
+        runs.append(await measure(url, http, 1, 1, args.overhead_duration or args.duration, frames, params))
     for n in args.sessions:
         runs.append(await measure(url, http, n, args.in_flight, args.duration, frames, params))
     by_n = {r["sessions"]: r for r in runs if r["in_flight"] == args.in_flight}
@@ -201,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per run")
     parser.add_argument("--in-flight", type=int, default=2, help="frames each session keeps unanswered")
     parser.add_argument("--skip-overhead", action="store_true", help="skip the 1-session, 1-in-flight run")
+    parser.add_argument("--overhead-duration", type=float, default=None, help="seconds of it (default: --duration)")
     parser.add_argument("--name", default=None, help="label for the JSON file name")
     args = parser.parse_args(argv)
     args.sessions = [int(n) for n in args.sessions.split(",")]

@@ -1,0 +1,104 @@
+"""SDXS real-time server: routes and the lifespan. `python app.py --help` lists every option.
+
+The model loads on a background thread started by the lifespan; until it is ready `/`, `/healthz`, `/readyz` and
+`/config.json` answer and WebSocket clients are told to come back (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from sdxs.params import GenerationParams
+from server.config import ServerConfig, parse_config
+from server.connection import Connection
+from server.protocol import FEATURES, PROTOCOL_VERSION, GoodbyeReason
+from server.state import AppState
+
+FRONTEND = Path(__file__).resolve().parent / "frontend"
+log = logging.getLogger("sdxs.server")
+
+
+def create_app(config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None = None) -> FastAPI:
+    """Build the ASGI app; `wrap_pipeline` is a test hook applied to the loaded pipeline."""
+    state = AppState(config, wrap_pipeline)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.start_loading()
+        yield
+        for connection in list(state.connections):
+            connection.close(GoodbyeReason.SERVER_SHUTDOWN)
+        state.shutdown()
+
+    app = FastAPI(title="SDXS real-time", lifespan=lifespan, root_path=config.root_path, docs_url=None,
+                  redoc_url=None)
+    app.state.sdxs = state
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        return JSONResponse(state.loading, status_code=200 if state.ready else 503)
+
+    @app.get("/config.json")
+    def config_json() -> dict:
+        model = state.model_info
+        return {"protocol_version": PROTOCOL_VERSION, "ws_path": "ws", "loading": state.loading,
+                "model": model, "limits": config.limits(model["size"] if model else config.resolution or 0),
+                "schema": GenerationParams.model_json_schema(), "features": list(FEATURES), "gradio": gradio_mounted}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await Connection(websocket, state).run()
+
+    gradio_mounted = config.gradio and _mount_gradio(app, state)
+    if FRONTEND.is_dir():
+        app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
+    return app
+
+
+def _mount_gradio(app: FastAPI, state: AppState) -> bool:
+    """Mount the optional Gradio UI (server/gradio_ui.py, owned by the frontend) at /gradio."""
+    if importlib.util.find_spec("server.gradio_ui") is None:
+        return False
+    import gradio as gr
+
+    from server.gradio_ui import build_gradio
+
+    gr.mount_gradio_app(app, build_gradio(state), path="/gradio")
+    return True
+
+
+def uvicorn_options(config: ServerConfig) -> dict:
+    """uvicorn settings: the transport cuts messages over 4x the protocol limit (close 1009); the app answers the
+    ones in between with `message_too_big`. No per-message deflate: JPEG/WebP do not compress."""
+    return {"host": config.host, "port": config.port, "log_level": config.log_level,
+            "ws_max_size": 4 * config.max_message_bytes, "ws_per_message_deflate": False,
+            "proxy_headers": config.forwarded_allow_ips is not None,
+            "forwarded_allow_ips": config.forwarded_allow_ips}
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(argv)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(config), **uvicorn_options(config))
+
+
+if __name__ == "__main__":
+    main()

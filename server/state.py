@@ -1,0 +1,163 @@
+"""Application state shared by the routes: config, loading progress, the pipeline's worker, admission, metrics.
+
+The pipeline is loaded and warmed up on a background thread started by the lifespan, so `/`, `/healthz` and
+`/readyz` answer while it loads. Non-WebSocket callers (Gradio) use `app_state.worker.submit_one(...)`; see
+docs/protocol.md section 10.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sdxs.errors import WeightsUnavailable
+from server.admission import Admission
+from server.codec import ImageLimits
+from server.config import ServerConfig
+from server.metrics import Metrics
+from server.worker import Worker
+
+log = logging.getLogger("sdxs.server")
+
+
+class LoadingStatus:
+    """Thread-safe progress of the model load (the `loading` object of docs/protocol.md section 1)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self.stage, self.progress, self.error = "starting", 0.0, None
+
+    def set(self, stage: str, progress: float, error: str | None = None) -> None:
+        with self._lock:
+            self.stage, self.progress, self.error = stage, progress, error
+        log.info("model %s (%.0f%%)%s", stage, progress * 100, f": {error}" if error else "")
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return {"ready": self.stage == "ready", "stage": self.stage, "progress": round(self.progress, 3),
+                    "error": self.error, "elapsed_s": round(time.monotonic() - self._started, 1)}
+
+
+class AppState:
+    def __init__(self, config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None = None):
+        self.config = config
+        self.wrap_pipeline = wrap_pipeline  # test hook: e.g. a wrapper that injects inference errors
+        self.metrics = Metrics()
+        self.load_status = LoadingStatus()
+        self.codec_pool = ThreadPoolExecutor(config.codec_threads, thread_name_prefix="sdxs-codec")
+        self.admission = Admission(config.max_sessions, config.max_queue, config.max_sessions_per_client,
+                                   self.metrics)
+        self.image_limits = ImageLimits(config.min_image_side, config.max_image_side, config.max_image_pixels)
+        self.pipe: Any = None
+        self.worker: Worker | None = None
+        self.connections: set = set()
+        self._loader: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def loading(self) -> dict:
+        """The `loading` object of docs/protocol.md section 1."""
+        return self.load_status.as_dict()
+
+    @property
+    def model_info(self) -> dict | None:
+        """`model` of /config.json and `welcome`; None until the model is loaded."""
+        if self.pipe is None:
+            return None
+        return {"id": self.config.model, "is_random": bool(self.pipe.is_random), "size": int(self.pipe.size),
+                "modes": [getattr(m, "value", str(m)) for m in self.pipe.modes],
+                "controlnet": any(getattr(m, "value", m) in ("sketch", "edges") for m in self.pipe.modes),
+                "styles": list(getattr(self.pipe, "adapters", ()))}
+
+    def start_loading(self) -> None:
+        self._loader = threading.Thread(target=self._load, name="sdxs-loader", daemon=True)
+        self._loader.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        if self._loader is not None:
+            self._loader.join(timeout)
+        return self.ready
+
+    def shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self.codec_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _load(self) -> None:
+        try:
+            pipe = load_pipeline(self.config, self.load_status)
+            safety = load_safety(self.config.safety_checker)
+        except WeightsUnavailable as exc:  # already says how to pass a local folder or use --model tiny
+            log.error("%s", exc)
+            self.load_status.set("failed", 0.0, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - reported on /readyz, /config.json and in the log
+            log.error("model load failed:\n%s", traceback.format_exc())
+            self.load_status.set("failed", 0.0, f"{type(exc).__name__}: {exc}{_load_hint(self.config)}")
+            return
+        if self.wrap_pipeline is not None:
+            pipe = self.wrap_pipeline(pipe)
+        self.pipe = pipe
+        worker = Worker(pipe, self.metrics, self.config.max_batch, self.config.batch_wait_ms, safety=safety)
+        worker.start()
+        self.worker = worker
+        self.metrics.model_ready.set(1)
+        self.load_status.set("ready", 1.0)
+
+
+def _load_hint(config: ServerConfig) -> str:
+    if config.model == "tiny":
+        return ""
+    return ("\nTo run without these weights, pass a local diffusers folder with --model DIR (or SDXS_MODEL=DIR), "
+            "or --model tiny for a random-weight development model.")
+
+
+def load_pipeline(config: ServerConfig, status: LoadingStatus) -> Any:
+    """Load (`tiny`: built on first use) and warm up the pipeline; raises WeightsUnavailable when unreachable."""
+    status.set("loading", 0.05)
+    import torch
+
+    from sdxs import SDXSPipeline  # torch + diffusers: imported on the loader thread, never at app import
+
+    torch.set_num_threads(torch_threads(config))
+
+    status.set("loading", 0.2)
+    controlnet = None if config.controlnet.lower() == "none" else config.controlnet
+    # "tiny" is written once into $SDXS_CACHE and then loads like any local folder
+    pipe = SDXSPipeline.from_pretrained(config.model, controlnet=controlnet, device=config.device, dtype=config.dtype)
+    if config.resolution is not None:
+        pipe.size = config.resolution  # the UNet is convolutional: any multiple of 64 works (e.g. 256 on a CPU)
+    status.set("warming_up", 0.8)
+    pipe.warmup()
+    return pipe
+
+
+def torch_threads(config: ServerConfig) -> int:
+    """Intra-op threads for inference. On a CPU, threads that wait for each other at every op stall badly when a
+    core is also busy with image codecs (measured: tiny model 35 ms with 1 thread vs 3.3 s with 2 on a busy 2-core
+    machine), so auto keeps one core free."""
+    import torch
+
+    if config.torch_threads:
+        return config.torch_threads
+    on_gpu = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+    return torch.get_num_threads() if on_gpu else max(1, (os.cpu_count() or 2) - 1)
+
+
+def load_safety(spec: str | None) -> Callable | None:
+    """The optional safety checker (off by default): a callable images -> list of flagged booleans."""
+    if spec is None:
+        return None
+    from server.safety import load_safety_checker
+
+    return load_safety_checker(spec)

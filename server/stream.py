@@ -1,0 +1,163 @@
+"""The frame path of one session: decode -> one-slot mailbox -> worker -> encode -> the connection's outbox.
+
+`FrameStream` is also the worker's *Source* for its session. Threads: `prepare` and `control_frame` run on the event
+loop and push CPU work (decode, encode, control image) to the codec pool; `take_job`, `return_job` and the job
+callback run on the worker thread; results return to the loop with `call_soon_threadsafe`. Nothing here is shared
+with another session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sdxs.errors import InvalidRequest
+from sdxs.params import GenerationParams
+from server import codec
+from server.outbox import OutgoingFrame
+from server.protocol import (
+    ErrorCode,
+    FrameTimings,
+    ImageFormat,
+    InputFrame,
+    OutputFlag,
+    ProtocolError,
+    SessionState,
+)
+from server.session import CachedOutput, PendingFrame, Session
+from server.worker import Job, JobResult, make_request
+
+if TYPE_CHECKING:
+    from server.state import AppState
+
+log = logging.getLogger("sdxs.session")
+
+
+class FrameStream:
+    def __init__(self, session: Session, app: AppState, loop: asyncio.AbstractEventLoop,
+                 deliver: Callable[[OutgoingFrame], None], report: Callable[[ProtocolError], None],
+                 fail: Callable[[str], None]):
+        """`deliver`, `report` (a non-fatal error) and `fail` (an internal error: close) run on the event loop."""
+        self.session, self.app, self.loop = session, app, loop
+        self.deliver, self.report, self.fail = deliver, report, fail
+        self.output_format = ImageFormat.from_name(app.config.output_format)
+        self.quality = app.config.output_quality
+        self.last_served = 0.0  # worker fairness
+        self.last_input: PendingFrame | None = None  # event loop only
+
+    # --- event loop: incoming frames ----------------------------------------------------------------------------
+    async def prepare(self, frame: InputFrame, received_at: float) -> None:
+        """Decode off the loop (skipped for an unchanged input) and post the frame to the mailbox."""
+        if frame.frame_id < self.session.last_frame_id:  # superseded before decoding started: newest wins
+            self.app.metrics.frames.labels("dropped").inc()
+            return
+        digest = hashlib.blake2b(bytes([frame.fmt]) + frame.payload, digest_size=16).digest()
+        known, image = self.session.known_input(digest)
+        start = time.perf_counter()
+        if not known and frame.fmt is not ImageFormat.NONE:
+            decode = functools.partial(codec.decode, frame.payload, frame.fmt, int(self.app.pipe.size),
+                                       self.app.image_limits, frame.frame_id)
+            try:
+                image = await self.loop.run_in_executor(self.app.codec_pool, decode)
+            except ProtocolError as err:
+                self.report(err)
+                return
+            self.session.remember_input(digest, image)
+        pending = PendingFrame(frame.frame_id, frame.client_ts, received_at, image, digest,
+                               (time.perf_counter() - start) * 1000.0)
+        if not self.session.open:
+            return
+        self.last_input = pending
+        if self.session.mailbox.put(pending) is not None:
+            self.app.metrics.frames.labels("dropped").inc()
+        self.app.worker.notify()
+
+    async def control_frame(self) -> OutgoingFrame:
+        """The control image (inverted sketch / edges) of the latest input under the current parameters."""
+        params, frame = self.session.params, self.last_input
+        if not params.uses_controlnet:
+            raise ProtocolError(ErrorCode.NO_CONTROL, f"mode {params.mode.value!r} has no control image")
+        if frame is None or frame.image is None:
+            raise ProtocolError(ErrorCode.NO_CONTROL, "no input frame yet")
+        start = time.perf_counter()
+        payload = await self.loop.run_in_executor(self.app.codec_pool, self._encode_control, frame, params)
+        timings = FrameTimings(encode_ms=(time.perf_counter() - start) * 1000.0)
+        return OutgoingFrame(frame.frame_id, frame.client_ts, start, self.output_format, payload, timings,
+                             OutputFlag.CONTROL, 0)
+
+    def _encode_control(self, frame: PendingFrame, params: GenerationParams) -> bytes:
+        control = self.app.pipe.control_image(make_request(params, frame.image))
+        return codec.encode(np.asarray(control.convert("RGB")), self.output_format, self.quality)
+
+    # --- worker thread: the Source protocol ---------------------------------------------------------------------
+    @property
+    def pending(self) -> bool:
+        return self.session.mailbox.pending and self.session.state is SessionState.ACTIVE
+
+    def take_job(self) -> Job | None:
+        """The pending frame as a job with the parameters in force now; an unchanged input is answered here."""
+        frame = self.session.mailbox.take()
+        if frame is None:
+            return None
+        params = self.session.params
+        cached = self.session.reusable(frame, params)
+        if cached is not None:
+            queue_ms = (time.perf_counter() - frame.received_at) * 1000.0
+            self._to_loop(self.deliver, OutgoingFrame(frame.frame_id, frame.client_ts, frame.received_at, cached.fmt,
+                                                      cached.payload, FrameTimings(queue_ms, frame.decode_ms),
+                                                      OutputFlag.REUSED, 0))
+            return None
+        on_done = functools.partial(self._on_result, frame, params)
+        return Job(make_request(params, frame.image), frame.received_at, on_done, tag=frame)
+
+    def return_job(self, job: Job) -> None:
+        self.session.mailbox.put_back(job.tag)
+
+    def _on_result(self, frame: PendingFrame, params: GenerationParams, result: JobResult) -> None:
+        if not self.session.open:
+            return  # the client left mid-inference: the result is simply dropped
+        if result.error is not None:
+            self._to_loop(self.report, inference_error(result.error, frame.frame_id))
+            return
+        future = self.app.codec_pool.submit(self._encode, frame, params, result)
+        future.add_done_callback(self._encode_failed)
+
+    # --- codec threads ------------------------------------------------------------------------------------------
+    def _encode(self, frame: PendingFrame, params: GenerationParams, result: JobResult) -> None:
+        """Encode, remember for reuse, hand to the loop."""
+        start = time.perf_counter()
+        payload = codec.encode(result.image, self.output_format, self.quality)
+        encode_ms = (time.perf_counter() - start) * 1000.0
+        if not result.flagged:
+            self.session.remember_output(CachedOutput(frame.digest, params, self.output_format, payload))
+        flags = OutputFlag.SAFETY_REPLACED if result.flagged else OutputFlag(0)
+        timings = FrameTimings(result.queue_ms, frame.decode_ms, result.inference_ms, encode_ms)
+        self._to_loop(self.deliver, OutgoingFrame(frame.frame_id, frame.client_ts, frame.received_at,
+                                                  self.output_format, payload, timings, flags, result.batch_size))
+
+    def _encode_failed(self, future: Future) -> None:
+        if future.cancelled() or future.exception() is None:
+            return
+        log.error("session %s: encode failed", self.session.id[:8], exc_info=future.exception())
+        self._to_loop(self.fail, "could not encode the output image")
+
+    def _to_loop(self, fn: Callable, *args) -> None:
+        if self.session.open and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn, *args)
+
+
+def inference_error(exc: BaseException, frame_id: int) -> ProtocolError:
+    """The `error` a client gets when its batch failed (or the pipeline refused its request)."""
+    if isinstance(exc, InvalidRequest):
+        code = ErrorCode.IMAGE_REQUIRED if exc.field == "image" else ErrorCode.INVALID_PARAMS
+        return ProtocolError(code, exc.message, frame_id=frame_id, field=exc.field)
+    return ProtocolError(ErrorCode.INFERENCE_FAILED, f"inference failed: {type(exc).__name__}: {exc}"[:500],
+                         frame_id=frame_id)
