@@ -24,6 +24,8 @@ class ServerConfig(BaseModel):
     model: str = Field("IDKiro/sdxs-512-dreamshaper", description="Hub id, local diffusers folder, or 'tiny'.")
     controlnet: str = Field("auto", description="ControlNet: 'auto' (the model's sketch ControlNet / DIR/controlnet "
                             "when present), 'none', a hub id or a folder.")
+    styles: str = Field("", description="Style adapters loaded at start, 'name=hub_id_or_folder' separated by commas "
+                        "(e.g. 'anime=IDKiro/sdxs-512-dreamshaper-anime'); visitors choose one per request.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field("auto", description="'auto', 'float32', 'float16', 'bfloat16'.")
     resolution: int | None = Field(None, ge=64, le=2048, multiple_of=64,
@@ -54,6 +56,16 @@ class ServerConfig(BaseModel):
     root_path: str = Field("", description="ASGI root_path when served under a path prefix by a proxy.")
     log_level: str = Field("info", description="uvicorn log level.")
     gradio: bool = Field(True, description="Mount server/gradio_ui.py at /gradio when it exists.")
+
+    def style_adapters(self) -> dict[str, str]:
+        """``styles`` as name -> Hub id or folder; a malformed entry is a ValueError naming it."""
+        adapters = {}
+        for entry in filter(None, (part.strip() for part in self.styles.split(","))):
+            name, sep, ref = entry.partition("=")
+            if not sep or not name.strip() or not ref.strip():
+                raise ValueError(f"--styles: expected name=hub_id_or_folder, got {entry!r}")
+            adapters[name.strip()] = ref.strip()
+        return adapters
 
     def limits(self, size: int) -> dict:
         """The `limits` object of the `welcome` message (docs/protocol.md section 2)."""

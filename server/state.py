@@ -134,9 +134,9 @@ def load_pipeline(config: ServerConfig, status: LoadingStatus) -> Any:
     status.set("loading", 0.2)
     controlnet = None if config.controlnet.lower() == "none" else config.controlnet
     # "tiny" is written once into $SDXS_CACHE and then loads like any local folder
-    pipe = SDXSPipeline.from_pretrained(config.model, controlnet=controlnet, device=config.device, dtype=config.dtype)
-    if config.resolution is not None:
-        pipe.size = config.resolution  # the UNet is convolutional: any multiple of 64 works (e.g. 256 on a CPU)
+    # the UNet is convolutional: any multiple of 64 works as the resolution (e.g. 256 on a CPU)
+    pipe = SDXSPipeline.from_pretrained(config.model, controlnet=controlnet, device=config.device, dtype=config.dtype,
+                                        size=config.resolution, adapters=config.style_adapters())
     status.set("warming_up", 0.8)
     pipe.warmup()
     return pipe
