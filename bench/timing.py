@@ -7,7 +7,7 @@ import platform
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -93,7 +93,7 @@ def machine() -> dict:
 
 def write_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     kind = "cuda" if torch.cuda.is_available() else "cpu"
     path = RESULTS / f"{name}-{kind}-{stamp}.json"
     path.write_text(json.dumps({"machine": machine(), "created": stamp, **payload}, indent=2))

@@ -5,7 +5,7 @@ SDXS runs one step with guidance 0: there is no negative prompt and no guidance 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 MAX_PROMPT_CHARS = 1000  # CLIP sees 77 tokens; longer prompts are truncated by the tokenizer, absurd ones refused
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """What the input image is used for."""
 
     text = "text"  # no input image: text to image
