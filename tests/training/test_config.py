@@ -1,0 +1,33 @@
+"""Config files with command-line overrides."""
+
+import pytest
+
+from training.config import DataConfig, load_config, parse_args, save_config
+from training.stages.onestep import OneStepConfig
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1.0e-4\nmax_steps: 10\ndata:\n  path: /a\n  resolution: 64\nadam_betas: [0.5, 0.9]\n")
+    cfg = load_config(OneStepConfig, path, ["max_steps=20", "data.path=/b", "ema_decay=0.99", "segment_alpha=0.25"])
+    assert cfg.lr == 1e-4 and cfg.max_steps == 20 and cfg.ema_decay == 0.99 and cfg.segment_alpha == 0.25
+    assert isinstance(cfg.data, DataConfig) and cfg.data.path == "/b" and cfg.data.resolution == 64
+    assert cfg.adam_betas == (0.5, 0.9)
+
+
+def test_json_and_round_trip(tmp_path):
+    cfg = parse_args(OneStepConfig, ["--set", "warmup_steps=3", "--set", "score_on=all"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(OneStepConfig, tmp_path / "c.yaml")
+    assert again == cfg
+    (tmp_path / "c.json").write_text('{"fake_updates": 7}')
+    assert load_config(OneStepConfig, tmp_path / "c.json").fake_updates == 7
+
+
+def test_unknown_keys_raise(tmp_path):
+    with pytest.raises(KeyError):
+        load_config(OneStepConfig, None, ["lerning_rate=1"])
+    with pytest.raises(KeyError):
+        load_config(OneStepConfig, None, ["data.resolutoin=1"])
+    with pytest.raises(ValueError):
+        load_config(OneStepConfig, None, ["max_steps"])

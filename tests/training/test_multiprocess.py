@@ -1,0 +1,66 @@
+"""One stage under ``accelerate launch`` with two CPU processes (DDP over gloo): trains, checkpoints, saves.
+
+accelerate 1.x's ``--cpu`` flag always takes its single-process launcher; two CPU processes come from its torchrun
+launcher (``--multi_gpu``) with ``ACCELERATE_USE_CPU=true``, which makes the state MULTI_CPU (gloo)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from training.mini.models import RECIPE_DICT
+
+
+@pytest.mark.timeout(600)
+def test_distill_unet_under_accelerate_launch_with_two_cpu_processes(toy, tmp_path):
+    if shutil.which("accelerate") is None and not os.path.exists(
+        os.path.join(os.path.dirname(sys.executable), "accelerate")
+    ):
+        pytest.skip("accelerate CLI not installed")
+    out = tmp_path / "ddp"
+    cfg = dict(
+        output_dir=str(out),
+        teacher=str(toy.teacher),
+        recipe=RECIPE_DICT,
+        data=toy.data_cfg(),
+        max_steps=2,
+        batch_size=2,
+        checkpoint_every=2,
+        num_validation=2,
+        validation_steps=2,
+        progress=False,
+    )
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "true",
+        "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    cmd = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "training.stages.distill_unet",
+        "--config",
+        str(tmp_path / "c.yaml"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=550)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "final" / "unet" / "config.json").exists()
+    assert "MULTI_CPU" in proc.stdout + proc.stderr, "expected two processes"
+    ckpt = out / "checkpoints" / "step_0000002"
+    assert (ckpt / "random_states_0.pkl").exists() and (ckpt / "random_states_1.pkl").exists()

@@ -1,0 +1,216 @@
+"""Smoke tests of every stage entry point (a few steps on an untrained toy teacher), resume included, and the export
+loaded back by diffusers' own pipeline.  The stages run once per module, in the order the paper chains them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from diffusers import AutoencoderTiny, ControlNetModel, UNet2DConditionModel
+
+from training.mini.models import RECIPE_DICT
+from training.stages import distill_controlnet, distill_decoder, distill_unet, export, onestep, onestep_controlnet
+
+FAST = dict(batch_size=4, log_every=1, num_validation=2, progress=False, checkpoint_limit=2)
+
+
+def _run(module, out: Path, **config):
+    path = out.with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"output_dir": str(out), **FAST, **config}))
+    return module.main(["--config", str(path)])
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(next(path.glob("*.safetensors")))
+
+
+@pytest.fixture(scope="module")
+def runs(toy, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    base = dict(teacher=str(toy.teacher), recipe=RECIPE_DICT, data=toy.data_cfg())
+    unet_cfg = dict(**base, max_steps=4, checkpoint_every=2, ema_decay=0.9, validation_steps=2, lr=1e-3)
+    _run(distill_unet, root / "unet", **unet_cfg)
+    # the same run interrupted after 2 steps, then resumed from its latest checkpoint
+    _run(distill_unet, root / "unet_resumed", **{**unet_cfg, "max_steps": 2})
+    resumed = _run(distill_unet, root / "unet_resumed", **unet_cfg)
+    student = str(root / "unet" / "final" / "unet")
+    _run(
+        distill_decoder,
+        root / "decoder",
+        teacher=str(toy.teacher),
+        data=toy.data_cfg(),
+        max_steps=3,
+        checkpoint_every=2,
+        gan_start=1,
+        teacher_samples=4,
+        sample_steps=2,
+        disc_channels=[8, 16],
+        downsample=4,
+        tiny_overrides={
+            "encoder_block_out_channels": [8, 8, 8],
+            "decoder_block_out_channels": [8, 8, 8],
+            "num_encoder_blocks": [1, 1, 1],
+            "num_decoder_blocks": [1, 1, 1],
+        },
+    )
+    _run(
+        distill_controlnet,
+        root / "controlnet",
+        **base,
+        student=student,
+        max_steps=2,
+        checkpoint_every=2,
+        teacher_controlnet=str(toy.teacher_controlnet),
+        embedding_channels=[16, 32, 64],
+        control_kind="sobel",
+        validation_steps=2,
+    )
+    one = dict(
+        **base,
+        student=student,
+        num_pairs=8,
+        ode_steps=2,
+        guidance=2.0,
+        real_guidance=2.0,
+        fake_updates=2,
+        warmup_steps=1,
+        gan_weight=0.1,
+        switch_teacher_at=2,
+        feature_net="vae_encoder",
+        checkpoint_every=1,
+    )
+    _run(onestep, root / "onestep", **one, max_steps=3)
+    _run(onestep, root / "onestep_resumed", **one, max_steps=2)
+    _run(onestep, root / "onestep_resumed", **one, max_steps=3)
+    _run(
+        onestep_controlnet,
+        root / "onestep_cn",
+        **{
+            **one,
+            "gan_weight": 0.0,
+            "switch_teacher_at": 0,
+            "max_steps": 2,
+            "student": str(root / "onestep" / "final" / "unet"),
+            "teacher_controlnet": str(toy.teacher_controlnet),
+            "student_controlnet": str(root / "controlnet" / "final" / "controlnet"),
+            "control_kind": "sobel",
+            "embedding_channels": [16, 32, 64],
+        },
+    )
+    export.main(
+        [
+            "--set",
+            f"output_dir={root / 'export'}",
+            "--set",
+            f"teacher={toy.teacher}",
+            "--set",
+            f"unet={root / 'onestep' / 'final' / 'unet'}",
+            "--set",
+            f"tiny_vae={root / 'decoder' / 'final' / 'vae'}",
+            "--set",
+            f"controlnet={root / 'onestep_cn' / 'final' / 'controlnet'}",
+        ]
+    )
+    return root, resumed
+
+
+def test_distill_unet_writes_the_student_logs_and_samples(runs):
+    root, _ = runs
+    unet = UNet2DConditionModel.from_pretrained(root / "unet" / "final" / "unet")
+    assert unet.mid_block is None and len(unet.down_blocks) == 2
+    rows = [json.loads(line) for line in (root / "unet" / "losses.jsonl").read_text().splitlines()]
+    assert {"denoise", "out_kd", "feat_kd", "loss"} <= set(rows[-1]) and rows[-1]["step"] == 4
+    assert list((root / "unet" / "samples").glob("*.png"))
+    assert list((root / "unet" / "logs").rglob("events.out.tfevents*"))
+    assert [p.name for p in sorted((root / "unet" / "checkpoints").iterdir())] == ["step_0000002", "step_0000004"]
+
+
+def test_distill_unet_resume_is_bit_exact(runs):
+    root, resumed = runs
+    assert resumed.state.step == 4
+    a, b = _weights(root / "unet" / "final" / "unet"), _weights(root / "unet_resumed" / "final" / "unet")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_onestep_resume_is_bit_exact(runs):
+    root, _ = runs
+    a, b = _weights(root / "onestep" / "final" / "unet"), _weights(root / "onestep_resumed" / "final" / "unet")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (root / "onestep" / "losses.jsonl").read_text().splitlines()]
+    assert "sd" not in rows[0] and {"sd", "fm", "fake_loss", "gan_g", "score_fraction"} <= set(rows[-1])
+
+
+def test_decoder_and_controlnet_stages_export_their_models(runs):
+    root, _ = runs
+    tiny = AutoencoderTiny.from_pretrained(root / "decoder" / "final" / "vae")
+    assert tiny.decode(torch.randn(1, 4, 8, 8)).sample.shape == (1, 3, 32, 32)
+    rows = [json.loads(line) for line in (root / "decoder" / "losses.jsonl").read_text().splitlines()]
+    assert "d_loss" in rows[-1]
+    for name in ("controlnet", "onestep_cn"):
+        assert tuple(
+            ControlNetModel.from_pretrained(
+                root / name / "final" / "controlnet"
+            ).config.conditioning_embedding_out_channels
+        ) == (16, 32, 64)
+
+
+def test_export_layout_loads_in_diffusers(runs):
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    root, _ = runs
+    out = root / "export"
+    assert {"unet", "vae", "vae_large", "text_encoder", "tokenizer", "scheduler", "controlnet", "model_index.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderTiny"]
+    assert AutoencoderKL.from_pretrained(out / "vae_large").config.scaling_factor == 1.0
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    image = pipe(
+        "a photo of the digit 1", num_inference_steps=1, guidance_scale=0.0, height=32, width=32, output_type="np"
+    ).images[0]
+    assert image.shape == (32, 32, 3)
+    pipe.scheduler.set_timesteps(1)
+    assert pipe.scheduler.timesteps.tolist() == [999]
+
+
+def test_export_layout_loads_in_sdxs(runs):
+    root, _ = runs
+    sdxs = pytest.importorskip("sdxs")
+    if not hasattr(sdxs, "SDXSPipeline"):
+        pytest.skip("sdxs.SDXSPipeline has not landed yet")
+    pipe = sdxs.SDXSPipeline.from_pretrained(str(root / "export"), controlnet="auto", device="cpu", dtype="float32")
+    assert {m.value for m in pipe.modes} >= {"text", "image", "sketch"}
+    params = sdxs.GenerationParams(prompt="a photo of the digit 1", mode="text", seed=0)
+    images = pipe([sdxs.GenerationRequest(params=params, image=None)], output_type="np")
+    # the toy tiny VAE upsamples 4x; sdxs may assume the released 8x, so only the layout is asserted here
+    assert images[0].ndim == 3 and images[0].shape[-1] == 3
+
+
+@pytest.mark.parametrize("stage", ["distill_unet", "onestep"])
+def test_bf16_mixed_precision_smoke(toy, tmp_path, stage):
+    """Frozen models cast to bf16, trained ones kept in fp32 under autocast (CPU autocast supports bf16)."""
+    module = {"distill_unet": distill_unet, "onestep": onestep}[stage]
+    extra = dict(num_pairs=4, ode_steps=2, warmup_steps=1, fake_updates=1) if stage == "onestep" else {}
+    extra = extra or dict(validation_steps=2)
+    _run(
+        module,
+        tmp_path / stage,
+        teacher=str(toy.teacher),
+        recipe=RECIPE_DICT,
+        data=toy.data_cfg(),
+        max_steps=2,
+        batch_size=2,
+        mixed_precision="bf16",
+        checkpoint_every=0,
+        **extra,
+    )
+    rows = [json.loads(line) for line in (tmp_path / stage / "losses.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and all(math.isfinite(v) for v in rows[-1].values())

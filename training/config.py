@@ -1,0 +1,129 @@
+"""Stage configs: dataclasses loaded from YAML/JSON files, with ``--set key=value`` command-line overrides.
+
+``--set`` values are parsed as YAML scalars (``--set lr=1e-4 --set ema_decay=null --set data.path=/x``); dotted keys
+reach nested dataclasses.  Unknown keys raise, so a typo never silently trains the wrong thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+C = TypeVar("C")
+
+
+@dataclass
+class DataConfig:
+    """Where training images/captions come from.
+
+    ``kind``: ``folder`` (image files with same-stem ``.txt`` captions), ``hf`` (a Hugging Face ``datasets`` name or
+    local path with ``image_column``/``caption_column``), or ``cached`` (a ``.pt`` written by ``training.data``).
+    Images are centre-cropped and resized to ``resolution``; latents and prompt embeddings are cached under
+    ``cache_dir`` (default: ``<output_dir>/cache``) on first use.
+    """
+
+    kind: str = "folder"
+    path: str = ""
+    split: str = "train"
+    image_column: str = "image"
+    caption_column: str = "text"
+    resolution: int = 512
+    cache_dir: str = ""
+    max_samples: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """What every stage shares: run bookkeeping, optimisation, checkpoints, logging, validation."""
+
+    output_dir: str = "runs/stage"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-5
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
+    lr_warmup_steps: int = 0
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    ema_decay: float | None = None
+    checkpoint_every: int = 500
+    checkpoint_limit: int | None = 3
+    resume: str | None = "latest"  # latest | a checkpoint folder | null
+    log_every: int = 10
+    validate_every: int = 0  # 0: only at the end
+    num_validation: int = 16
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Turn YAML/JSON values into the field's type where that is unambiguous (lists -> tuples, dicts -> dataclasses)."""
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value)
+    origin = getattr(tp, "__origin__", None)
+    if isinstance(value, list) and (origin is tuple or "tuple" in str(tp)):
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[C], values: dict[str, Any]) -> C:
+    hints = get_type_hints(cls)
+    unknown = set(values) - set(hints)
+    if unknown:
+        raise KeyError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    return cls(**{k: _coerce(hints[k], v) for k, v in values.items()})
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def apply_override(values: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b=value`` (value parsed as YAML) to a nested dict."""
+    if "=" not in assignment:
+        raise ValueError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    *parents, leaf = key.strip().split(".")
+    node = values
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
+    """``cls`` from a YAML/JSON file (or defaults) with ``key=value`` overrides applied in order."""
+    values: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text()
+        values = json.loads(text) if str(path).endswith(".json") else (yaml.safe_load(text) or {})
+    for assignment in overrides:
+        apply_override(values, assignment)
+    return from_dict(cls, values)
+
+
+def parse_args(cls: type[C], argv: Sequence[str] | None, description: str = "") -> C:
+    """The standard stage command line: ``--config FILE`` and repeated ``--set key=value``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML or JSON file with the stage's config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (repeatable)")
+    args = parser.parse_args(argv)
+    return load_config(cls, args.config, args.set)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(config))), sort_keys=False))

@@ -1,0 +1,45 @@
+"""Control images extracted from pixels, for ControlNet training and the edge-F1 metric.
+
+Input pixels (B, 3, H, W) in [-1, 1]; output control images (B, 3, H, W) in [0, 1], white edges on black (the
+released sketch ControlNet's convention).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def sobel_edges(pixels: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """Binary edge map (B, 1, H, W) in {0, 1}: Sobel gradient magnitude of the grey image above ``threshold``
+    (relative to each image's maximum magnitude)."""
+    grey = ((pixels.float() + 1) / 2).mean(1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=pixels.device).view(1, 1, 3, 3)
+    gx = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kx)
+    gy = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kx.transpose(2, 3))
+    mag = (gx**2 + gy**2).sqrt()
+    peak = mag.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1, 1)
+    return (mag / peak > threshold).float()
+
+
+def canny_edges(pixels: torch.Tensor, low: int = 80, high: int = 160) -> torch.Tensor:
+    """Canny edges (B, 1, H, W) in {0, 1} via OpenCV (as ``sdxs.preprocess.edge_control`` at serving time)."""
+    import cv2
+
+    grey = (((pixels.float().mean(1) + 1) / 2).clamp(0, 1) * 255).round().byte().cpu().numpy()
+    edges = np.stack([cv2.Canny(g, low, high) > 0 for g in grey])
+    return torch.from_numpy(edges).float()[:, None].to(pixels.device)
+
+
+def extract_control(pixels: torch.Tensor, kind: str = "canny") -> torch.Tensor:
+    """The control image for ``pixels``: ``canny``, ``sobel`` edges, or ``sketch`` (inverted grey)."""
+    if kind == "canny":
+        edges = canny_edges(pixels)
+    elif kind == "sobel":
+        edges = sobel_edges(pixels)
+    elif kind == "sketch":
+        edges = 1 - ((pixels.float().mean(1, keepdim=True) + 1) / 2).clamp(0, 1)
+    else:
+        raise ValueError(f"unknown control kind {kind!r}")
+    return edges.expand(-1, 3, -1, -1).contiguous()

@@ -1,0 +1,89 @@
+"""Toy data that ships inside installed packages: scikit-learn's 8x8 digits, scikit-image's bundled photos.
+
+Pixels are float32 (N, 3, S, S) in [-1, 1]; digits are white ink on black, replicated to RGB, bilinearly upscaled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# The digit leads the prompt: the causal CLIP text encoder then carries it into every later token.  With the digit
+# last ("a photo of the digit 3") a randomly initialised encoder changes only the final tokens and the toy teacher
+# learnt no class conditioning in 500 steps (accuracy at chance); digit first: 0.45 after 300 steps.
+PROMPT = "{0}: a photo of the digit {0}"
+PHOTOS = (
+    "astronaut",
+    "camera",
+    "cat",
+    "chelsea",
+    "coffee",
+    "coins",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "clock",
+    "cell",
+    "colorwheel",
+)
+
+
+@dataclass
+class Digits:
+    train: torch.Tensor  # (N, 3, S, S) in [-1, 1]
+    train_labels: torch.Tensor  # (N,) int64
+    test: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def digits(size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> Digits:
+    """sklearn's 1797 digits, upscaled to ``size``, split stratified into train / held-out test."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = torch.from_numpy(data.images.astype(np.float32) / 16.0)[:, None]  # ink in [0, 1]
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    pixels = (images * 2 - 1).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(data.target).long()
+    tr, te = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=data.target)
+    return Digits(pixels[tr], labels[tr], pixels[te], labels[te])
+
+
+def photo_crops(n: int, size: int = 32, seed: int = 0, names=PHOTOS) -> torch.Tensor:
+    """``n`` random ``size`` crops from scikit-image's bundled photos, each downscaled 4x first: (n, 3, S, S)."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    sources = []
+    for name in names:
+        img = np.asarray(getattr(skimage.data, name)())
+        img = np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3]
+        pil = Image.fromarray(img.astype(np.uint8))
+        sources.append(np.asarray(pil.resize((max(size, pil.width // 4), max(size, pil.height // 4)), Image.BICUBIC)))
+    crops = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        y, x = rng.integers(0, src.shape[0] - size + 1), rng.integers(0, src.shape[1] - size + 1)
+        crops.append(src[y : y + size, x : x + size])
+    return torch.from_numpy(np.stack(crops).astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
+
+
+def write_folder(directory: str | Path, pixels: torch.Tensor, captions: list[str]) -> Path:
+    """An image-text folder (``00000.png`` + ``00000.txt``), the layout ``training.data`` reads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    for i, (array, caption) in enumerate(zip(arrays, captions)):
+        Image.fromarray(array).save(directory / f"{i:05d}.png")
+        (directory / f"{i:05d}.txt").write_text(caption)
+    return directory

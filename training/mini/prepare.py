@@ -1,0 +1,135 @@
+"""The miniature's givens, trained here because no pretrained toy models exist: the teacher VAE, the teacher latent
+diffusion model (SD's ``scaled_linear`` schedule, epsilon prediction, 10% empty prompts for CFG) and the teacher
+ControlNet (edges of the digit).  Writes the teacher as a ``StableDiffusionPipeline`` folder plus ``controlnet/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+
+from sdxs.onestep import add_noise
+from training.control import extract_control
+from training.mini import models
+
+CONTROL_KIND = "canny"  # thin (non-maximum-suppressed) edges, as sdxs.preprocess.edge_control at serving time
+
+
+def log(msg: str) -> None:
+    print(f"[mini {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def train_vae(pixels: torch.Tensor, steps: int, batch: int = 32, kl_weight: float = 1e-6, seed: int = 0):
+    """L1 reconstruction + a small KL; returns the VAE with its ``scaling_factor`` set to 1 / std(latents)."""
+    vae = models.vae(seed=seed)
+    opt = torch.optim.AdamW(vae.parameters(), 1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        x = pixels[torch.randint(len(pixels), (batch,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(gen)).sample
+        loss = F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        std = torch.cat([vae.encode(c).latent_dist.mean for c in pixels[:512].split(128)]).std()
+    vae.register_to_config(scaling_factor=float(1 / std))
+    return vae.eval().requires_grad_(False), losses
+
+
+def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([vae.encode(c).latent_dist.mean for c in pixels.split(128)]) * vae.config.scaling_factor
+
+
+def train_teacher(latents, embeds, uncond, steps: int, batch: int = 64, lr: float = 2e-3, seed: int = 0):
+    """Plain denoising loss on the digit latents, prompts dropped to the empty prompt 10% of the time."""
+    unet = models.teacher_unet(text_dim=embeds.shape[-1], seed=seed)
+    sched = models.scheduler()
+    ac = sched.alphas_cumprod
+    opt = torch.optim.AdamW(unet.parameters(), lr)
+    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(len(latents), (batch,), generator=gen)
+        e = torch.where((torch.rand(batch, generator=gen) < 0.1).view(-1, 1, 1), uncond, embeds[idx])
+        noise = torch.randn(latents[idx].shape, generator=gen)
+        t = torch.randint(1000, (batch,), generator=gen)
+        loss = F.mse_loss(unet(add_noise(latents[idx], noise, ac[t]), t, e).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        lr_sched.step()
+        losses.append(loss.item())
+    return unet.eval().requires_grad_(False), sched, losses
+
+
+def train_teacher_controlnet(unet, latents, embeds, controls, uncond, steps: int, batch: int = 64, seed: int = 0):
+    """ControlNet training (frozen teacher UNet, denoising loss), control = edges of the training digit."""
+    controlnet = models.teacher_controlnet(unet).train()
+    ac = models.scheduler().alphas_cumprod
+    opt = torch.optim.AdamW(controlnet.parameters(), 1e-3)
+    gen = torch.Generator().manual_seed(seed + 1)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(len(latents), (batch,), generator=gen)
+        e = torch.where((torch.rand(batch, generator=gen) < 0.1).view(-1, 1, 1), uncond, embeds[idx])
+        noise = torch.randn(latents[idx].shape, generator=gen)
+        t = torch.randint(1000, (batch,), generator=gen)
+        x_t = add_noise(latents[idx], noise, ac[t])
+        down, mid = controlnet(x_t, t, encoder_hidden_states=e, controlnet_cond=controls[idx], return_dict=False)
+        pred = unet(x_t, t, e, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    return controlnet.eval().requires_grad_(False), losses
+
+
+def build_teacher(work: Path, digit_pixels, captions, vae_pixels, steps: dict, seed: int = 0) -> dict:
+    """Train VAE, teacher UNet and teacher ControlNet; write ``work/teacher`` and ``work/teacher_controlnet``."""
+    tokenizer = models.write_char_tokenizer(work / "tokenizer_src")
+    text_encoder = models.text_encoder(len(tokenizer.get_vocab()), seed=seed)
+    log(f"VAE: {steps['vae']} steps")
+    vae, vae_losses = train_vae(vae_pixels, steps["vae"], seed=seed)
+    latents = encode(vae, digit_pixels)
+    with torch.no_grad():
+        ids = tokenizer(
+            captions + [""], padding="max_length", max_length=models.MAX_TOKENS, truncation=True, return_tensors="pt"
+        ).input_ids
+        all_embeds = text_encoder(ids)[0]
+    embeds, uncond = all_embeds[:-1], all_embeds[-1:]
+    log(f"teacher UNet: {steps['teacher']} steps")
+    unet, scheduler, unet_losses = train_teacher(latents, embeds, uncond, steps["teacher"], seed=seed)
+    controls = extract_control(digit_pixels, CONTROL_KIND)
+    log(f"teacher ControlNet: {steps['teacher_controlnet']} steps")
+    controlnet, cn_losses = train_teacher_controlnet(
+        unet, latents, embeds, controls, uncond, steps["teacher_controlnet"], seed=seed
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(work / "teacher")
+    controlnet.save_pretrained(work / "teacher_controlnet")
+    losses = {"vae": vae_losses, "teacher_unet": unet_losses, "teacher_controlnet": cn_losses}
+    (work / "prepare_losses.json").write_text(json.dumps(losses))
+    return losses

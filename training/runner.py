@@ -1,0 +1,207 @@
+"""The loop every stage shares: accelerator, optimisers, resume, checkpoints, logging, validation, final save.
+
+A stage builds its models, hands the trainable ones to ``Runner.prepare``, and calls ``Runner.run(step_fn,
+validate_fn)``.  ``step_fn()`` does one optimisation step (all of its gradient-accumulation micro-batches) and returns
+a dict of floats to log; ``validate_fn()`` returns sample images (N, 3, H, W) in [0, 1].  The runner never touches a
+device explicitly: everything goes through ``accelerator.device``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from training.checkpoint import TrainState, resolve_resume, save_checkpoint
+from training.config import TrainConfig, save_config, to_dict
+from training.images import make_grid, save_image
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _fresh_accelerate_state() -> None:
+    """Let several stages run in one process (the miniature, tests) with different mixed-precision settings:
+    accelerate keeps a process-wide singleton state that refuses a second configuration.  Only outside a
+    distributed launch, where the state is per run anyway."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+class Runner:
+    def __init__(self, cfg: TrainConfig, name: str):
+        self.cfg, self.name = cfg, name
+        self.out = Path(cfg.output_dir)
+        _fresh_accelerate_state()
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
+        self.accelerator.print(f"[{name}] {self.accelerator.state.distributed_type} x{self.accelerator.num_processes}")
+        set_seed(cfg.seed, device_specific=True)
+        self.state = TrainState(cfg.seed * 1000 + self.accelerator.process_index)
+        self.accelerator.register_for_checkpointing(self.state)
+        self.emas: dict[str, EMAModel] = {}
+        self.timing: dict[str, float] = {}
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+            self.accelerator.init_trackers(name, config=_flat(to_dict(cfg)))
+
+    # ---- building ---------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """dtype for frozen models: the mixed-precision dtype, trained models stay float32."""
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
+
+    def optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
+        cfg, lr = self.cfg, lr or self.cfg.lr
+        params = [p for p in params if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+    def lr_scheduler(self, optimizer):
+        return get_scheduler(
+            self.cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=self.cfg.lr_warmup_steps * self.accelerator.num_processes,
+            num_training_steps=self.cfg.max_steps * self.accelerator.num_processes,
+        )
+
+    def prepare(self, *objects):
+        return self.accelerator.prepare(*objects)
+
+    def add_ema(self, name: str, model: torch.nn.Module) -> None:
+        """Track an EMA of ``model`` (when ``ema_decay`` is set); checkpointed and used for the final save."""
+        if self.cfg.ema_decay:
+            ema = EMAModel(self.unwrap(model).parameters(), decay=self.cfg.ema_decay)
+            ema.to(self.device)
+            self.emas[name] = ema
+            self.accelerator.register_for_checkpointing(ema)
+
+    def unwrap(self, model):
+        return self.accelerator.unwrap_model(model)
+
+    def backward_step(self, loss, model, optimizer, scheduler=None) -> None:
+        """backward, clip (on the sync step), step, zero_grad: inside ``accelerator.accumulate``."""
+        self.accelerator.backward(loss)
+        if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # ---- running ----------------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        path = resolve_resume(self.out, self.cfg.resume)
+        if path is not None:
+            self.accelerator.load_state(str(path))
+            self.accelerator.print(f"[{self.name}] resumed from {path} at step {self.state.step}")
+
+    def run(
+        self,
+        step_fn: Callable[[], dict],
+        validate_fn: Callable[[], torch.Tensor] | None = None,
+        models: dict | None = None,
+    ) -> None:
+        """Train from ``state.step`` to ``max_steps``; ``models`` (name -> model) are saved under ``final/``."""
+        cfg, acc = self.cfg, self.accelerator
+        self.resume()
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.state.step,
+            disable=not (cfg.progress and acc.is_local_main_process),
+            desc=self.name,
+        )
+        start = time.perf_counter()
+        first = self.state.step
+        while self.state.step < cfg.max_steps:
+            logs = step_fn()
+            for name, ema in self.emas.items():
+                ema.step(self.unwrap(models[name]).parameters())
+            self.state.step += 1
+            bar.update(1)
+            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                self.log(logs)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+            if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                save_checkpoint(acc, self.out, self.state.step, cfg.checkpoint_limit)
+            if validate_fn and cfg.validate_every and self.state.step % cfg.validate_every == 0:
+                self.validate(validate_fn)
+        bar.close()
+        self.timing["seconds"] = time.perf_counter() - start
+        self.timing["steps"] = self.state.step - first
+        if validate_fn:
+            self.validate(validate_fn)
+        self.finish(models or {})
+
+    def log(self, logs: dict) -> None:
+        logs = {k: float(v) for k, v in logs.items()}
+        self.accelerator.log(logs, step=self.state.step)
+        if self.accelerator.is_main_process:
+            with open(self.out / "losses.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.state.step, **logs}) + "\n")
+
+    @torch.no_grad()
+    def validate(self, validate_fn) -> None:
+        """Sample grid from the in-memory modules (main process), to TensorBoard and ``samples/step_N.png``."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            images = validate_fn().float().clamp(0, 1).cpu()
+            grid = make_grid(images, nrow=max(1, int(math.sqrt(len(images)))))
+            (self.out / "samples").mkdir(exist_ok=True)
+            save_image(grid, self.out / "samples" / f"step_{self.state.step:07d}.png")
+            tracker = acc.get_tracker("tensorboard", unwrap=True)
+            if tracker is not None:
+                tracker.add_image("samples", grid, self.state.step)
+        acc.wait_for_everyone()
+
+    def finish(self, models: dict) -> None:
+        """Save the final models (EMA weights where tracked) as diffusers folders under ``final/<name>``."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            for name, model in models.items():
+                model = self.unwrap(model)
+                ema = self.emas.get(name)
+                if ema is not None:
+                    ema.store(model.parameters())
+                    ema.copy_to(model.parameters())
+                model.save_pretrained(self.out / "final" / name)
+                if ema is not None:
+                    ema.restore(model.parameters())
+            (self.out / "timing.json").write_text(json.dumps(self.timing))
+        acc.end_training()

@@ -1,0 +1,35 @@
+"""Pieces several stages share: noise/timestep draws from the train state's generator, decoding for validation."""
+
+from __future__ import annotations
+
+import torch
+
+
+def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
+    """Standard normal noise drawn on CPU from ``generator`` (device independent, so resumes are exact), then moved."""
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def randint(high: int, n: int, generator: torch.Generator, device, low: int = 0) -> torch.Tensor:
+    return torch.randint(low, high, (n,), generator=generator).to(device)
+
+
+def drop_prompts(embeds: torch.Tensor, uncond: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace each prompt embedding by the empty prompt's with probability ``prob`` (trains CFG's unconditional)."""
+    if prob <= 0:
+        return embeds
+    keep = (torch.rand(embeds.shape[0], generator=generator) >= prob).to(embeds.device).view(-1, 1, 1)
+    return torch.where(keep, embeds, uncond.expand_as(embeds))
+
+
+@torch.no_grad()
+def decode_unet_samples(vae, latents: torch.Tensor) -> torch.Tensor:
+    """UNet-space latents -> pixels in [0, 1] with any diffusers VAE (KL: divide by scaling_factor; tiny: 1.0)."""
+    scale = getattr(vae.config, "scaling_factor", 1.0)
+    dtype = next(vae.parameters()).dtype
+    pixels = vae.decode((latents / scale).to(dtype)).sample
+    return ((pixels.float() + 1) / 2).clamp(0, 1)
+
+
+def alphas_cumprod(scheduler, device) -> torch.Tensor:
+    return scheduler.alphas_cumprod.to(device)

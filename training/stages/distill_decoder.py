@@ -1,0 +1,165 @@
+"""Stage 2 (paper Fig. 2a): distil the tiny image decoder (TAESD-shaped ``AutoencoderTiny``) from the teacher VAE.
+
+Latents come from the frozen diffusion model: encoded real images and the teacher's own multi-step samples.  Both the
+teacher decoder and the tiny decoder decode them; loss = L1 after ``downsample``x average pooling (8 = the latent
+resolution) + ``gan_weight`` * hinge GAN loss, with teacher decodes as "real" and tiny decodes as "fake" for a
+spectral-normalised PatchGAN discriminator (our choice; the paper gives none).  Only the decoder is trained by
+these losses; with ``encoder_weight > 0`` the tiny encoder is additionally regressed onto the teacher's latents
+(MSE, real images only) so the exported ``AutoencoderTiny`` also serves image-to-image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sdxs.decoder import build_tiny_autoencoder
+from training.config import TrainConfig, parse_args
+from training.data import Bank, load_bank
+from training.losses import PatchDiscriminator, downsampled_l1, hinge_discriminator_loss, hinge_generator_loss
+from training.models import freeze, load_part, load_text_encoder, load_tiny_vae
+from training.runner import Runner
+from training.sampling import ddim_sample
+from training.stages.common import decode_unet_samples
+
+
+@dataclass
+class DistillDecoderConfig(TrainConfig):
+    teacher: str = ""
+    tiny_vae: str = ""  # continue from this AutoencoderTiny; empty: build_tiny_autoencoder(**tiny_overrides)
+    tiny_overrides: dict = field(default_factory=dict)
+    downsample: int = 8
+    gan_weight: float = 0.1
+    gan_start: int = 0  # GAN loss enters after this many steps (L1 first)
+    disc_lr: float = 1e-4
+    disc_channels: Any = (64, 128, 256)
+    encoder_weight: float = 1.0
+    teacher_samples: int = 0  # teacher multi-step samples added to the latent pool
+    sample_steps: int = 25
+    sample_guidance: float = 1.0
+    cache_teacher_decodes: bool = True  # pixels of the fixed latent pool, decoded once (float16 in CPU memory)
+
+
+class TinyVAETrainable(torch.nn.Module):
+    """Routes decode (and encode) through one ``forward`` so DDP/FSDP see every use of the trained weights."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor, pixels: torch.Tensor | None = None):
+        """latents (B, 4, h, w) UNet space -> pixels (B, 3, H, W) in [-1, 1]; pixels [-1, 1] -> latents (or None)."""
+        decoded = self.vae.decode(latents).sample
+        encoded = self.vae.encode(pixels).latents if pixels is not None else None
+        return decoded, encoded
+
+
+@torch.no_grad()
+def teacher_latents(cfg, run, bank: Bank, text) -> torch.Tensor:
+    """``teacher_samples`` latents sampled by the teacher UNet (DDIM) from prompts of the data, on the main process."""
+    unet = freeze(load_part(cfg.teacher, "unet")).to(run.device)
+    scheduler = load_part(cfg.teacher, "scheduler")
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    out, uncond = [], text([""])
+    for i in range(0, cfg.teacher_samples, 64):
+        n = min(64, cfg.teacher_samples - i)
+        index = torch.randint(len(bank), (n,), generator=gen)
+        noise = torch.randn((n, *bank.tensors["latents"].shape[1:]), generator=gen).to(run.device)
+        embeds = bank.tensors["embeds"][index].to(run.device)
+        out.append(
+            ddim_sample(unet, scheduler.config, noise, embeds, uncond, cfg.sample_steps, cfg.sample_guidance).cpu()
+        )
+    return torch.cat(out)
+
+
+def main(argv=None) -> Runner:
+    cfg = parse_args(DistillDecoderConfig, argv, __doc__)
+    run = Runner(cfg, "distill_decoder")
+    device = run.device
+
+    # 1. models
+    vae = freeze(load_part(cfg.teacher, "vae")).to(device, run.weight_dtype)
+    tiny = (load_tiny_vae(cfg.tiny_vae) if cfg.tiny_vae else build_tiny_autoencoder(**cfg.tiny_overrides)).to(device)
+    disc = PatchDiscriminator(3, tuple(cfg.disc_channels)).to(device)
+    text = load_text_encoder(cfg.teacher, device)
+
+    # 2. data: real-image latents (+ pixels for the encoder) and teacher samples
+    bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache")
+    pool = bank.tensors["latents"]
+    if cfg.teacher_samples:
+        path = run.out / "cache" / "teacher_latents.pt"
+        if run.accelerator.is_main_process and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(teacher_latents(cfg, run, bank, text), path)
+        run.accelerator.wait_for_everyone()
+        pool = torch.cat([pool, torch.load(path)])
+    latent_bank = Bank({"latents": pool})
+    if cfg.cache_teacher_decodes:  # the teacher decoder is frozen: decode the fixed pool once, not every step
+        scale_ = vae.config.scaling_factor
+        with torch.no_grad():
+            decoded = [
+                vae.decode((c.to(device) / scale_).to(run.weight_dtype)).sample.half().cpu() for c in pool.split(256)
+            ]
+        latent_bank.tensors["teacher_pixels"] = torch.cat(decoded)
+
+    # 3. optimisers: decoder (+ encoder) and discriminator
+    train_encoder = cfg.encoder_weight > 0 and "pixels" in bank.tensors
+    tiny.encoder.requires_grad_(train_encoder)
+    opt = run.optimizer(tiny.parameters())
+    opt_d = run.optimizer(disc.parameters(), cfg.disc_lr)
+    sched = run.lr_scheduler(opt)
+    tiny_ddp, disc_ddp, opt, opt_d, sched = run.prepare(TinyVAETrainable(tiny), disc, opt, opt_d, sched)
+    run.add_ema("vae", tiny_ddp)
+    disc_plain = run.unwrap(disc_ddp)
+    scale = vae.config.scaling_factor
+    g = run.state.generator
+
+    def decode_teacher(latents):
+        with torch.no_grad():
+            return vae.decode((latents / scale).to(run.weight_dtype)).sample.float()
+
+    def step() -> dict:
+        drawn = latent_bank.sample(cfg.batch_size, g, device)
+        latents = drawn["latents"]
+        real = drawn["teacher_pixels"] if cfg.cache_teacher_decodes else decode_teacher(latents)
+        use_gan = cfg.gan_weight > 0 and run.state.step >= cfg.gan_start
+        # generator (tiny decoder / encoder) update
+        batch = bank.sample(cfg.batch_size, g, device) if train_encoder else None
+        with run.accelerator.autocast():
+            fake, encoded = tiny_ddp(latents, batch["pixels"] if train_encoder else None)
+            l1 = downsampled_l1(fake, real, cfg.downsample)
+            # the generator's GAN term goes through the unwrapped discriminator: no discriminator grads to sync
+            disc_plain.requires_grad_(False)
+            g_loss = hinge_generator_loss(disc_plain(fake)) if use_gan else torch.zeros((), device=device)
+            disc_plain.requires_grad_(True)
+            enc = (
+                torch.nn.functional.mse_loss(encoded, batch["latents"])
+                if train_encoder
+                else torch.zeros((), device=device)
+            )
+            loss = l1 + cfg.gan_weight * g_loss + cfg.encoder_weight * enc
+        run.backward_step(loss, tiny_ddp, opt, sched)
+        logs = {"l1_down": l1.item(), "g_loss": g_loss.item(), "encoder_mse": enc.item(), "loss": loss.item()}
+        # discriminator update: teacher decodes are real, tiny decodes fake
+        if use_gan:
+            with run.accelerator.autocast():
+                logits = disc_ddp(torch.cat([real, fake.detach().float()]))  # one forward: one DDP reduction
+                d_loss = hinge_discriminator_loss(*logits.chunk(2))
+            run.backward_step(d_loss, disc_ddp, opt_d)
+            logs["d_loss"] = d_loss.item()
+        return logs
+
+    def validate() -> torch.Tensor:
+        latents = pool[: cfg.num_validation].to(device)
+        with torch.no_grad():
+            tiny_px = ((tiny.decode(latents).sample.float() + 1) / 2).clamp(0, 1)
+        return torch.cat([decode_unet_samples(vae, latents), tiny_px])  # top: teacher, bottom: tiny
+
+    run.run(step, validate, models={"vae": tiny})
+    return run
+
+
+if __name__ == "__main__":
+    main()

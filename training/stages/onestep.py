@@ -1,0 +1,357 @@
+"""Stage 4 (paper Fig. 3): one-step training of the student UNet; stage 5 reuses it for the student ControlNet.
+
+Phase (a), feature-matching warm-up (``warmup_steps``): the student maps noise z to x0 in one step at
+``student_timestep``; the teacher maps the same z with its multi-step ODE sampler (cached pairs); loss =
+``fm_weight`` * feature distance (``feature_distance`` over ``feature_net``'s layers; SSIM as in the paper).
+
+Phase (b), segmented Diff-Instruct (the remaining steps): the student's sample is re-noised at t ~ U[t_min, t_max];
+an online "fake" score model, initialised from the frozen offline ("real") teacher and trained with the denoising
+loss on the student's samples (``fake_updates`` per student update: two time scales, two optimisers), and the
+teacher give x0 predictions (float64); their difference is the student's gradient (``losses.score_distillation``).
+Samples whose t falls in the feature-matching segment (``losses.score_distillation_mask``: t >= alpha*T with the
+paper's ``score_on=low``) take the feature-matching loss instead, weighted by a weight decaying from ``fm_weight`` to
+``fm_weight_end``.  Options: a GAN head on the fake model's bottleneck (DMD2, ``gan_weight``), switching the
+feature-matching teacher to a frozen copy of the one-step student at ``switch_teacher_at``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sdxs.onestep import add_noise, predict_x0
+from training.config import TrainConfig, parse_args
+from training.control import extract_control
+from training.data import Bank, load_bank
+from training.features import feature_network
+from training.hooks import FeatureRecorder
+from training.losses import (
+    FEATURE_DISTANCES,
+    FeatureGANHead,
+    decayed_weight,
+    denoising_loss,
+    score_distillation_mask,
+    score_distillation_per_sample,
+    segmented_loss,
+    softplus_discriminator_loss,
+    softplus_generator_loss,
+)
+from training.models import (
+    freeze,
+    load_controlnet,
+    load_part,
+    load_text_encoder,
+    recipe_from,
+    student_controlnet,
+    student_unet,
+)
+from training.runner import Runner
+from training.sampling import ddim_sample, guided_output, onestep_sample
+from training.stages.common import decode_unet_samples, randint, randn
+
+
+@dataclass
+class OneStepConfig(TrainConfig):
+    teacher: str = ""
+    student: str = ""  # stage-1 student UNet folder; empty: derived from the teacher by ``recipe``
+    recipe: Any = "sdxs-512-dreamshaper"
+    student_timestep: int = 999
+    # teacher ODE pairs (z, prompt) -> x0 for feature matching
+    num_pairs: int = 1024
+    ode_steps: int = 25
+    guidance: float = 1.0  # teacher CFG for the ODE targets
+    pairs_path: str = ""  # default: <output_dir>/cache/pairs.pt (share it between runs)
+    # (a) feature matching
+    warmup_steps: int = 0
+    feature_net: str = "vae_encoder"  # latent | vae_decoder | vae_encoder
+    feature_distance: str = "ssim"  # ssim | mse | lpips
+    feature_weights: Any = None
+    fm_weight: float = 1.0
+    fm_weight_end: float = 0.0
+    fm_decay: str = "linear"  # linear | cosine | constant
+    switch_teacher_at: int = 0  # 0: never
+    # (b) segmented Diff-Instruct
+    segment_alpha: float = 0.5
+    score_on: str = "low"  # low (paper) | high | all (plain Diff-Instruct)
+    t_min: int = 20
+    t_max: int = 980
+    real_guidance: float = 1.0
+    normalise_score: bool = True
+    fake_lr: float = 1e-4
+    fake_updates: int = 5
+    gan_weight: float = 0.0
+    gan_lr: float = 1e-4
+    # stage 5 (one-step ControlNet) only
+    teacher_controlnet: str = ""
+    student_controlnet: str = ""
+    embedding_channels: Any = None
+    control_kind: str = "canny"
+    validation_guidance: float = 1.0
+
+
+class FakeScore(nn.Module):
+    """The online score model (and DMD2's optional GAN head on its bottleneck features), one ``forward`` for DDP."""
+
+    def __init__(self, unet, gan_head: bool):
+        super().__init__()
+        self.unet = unet
+        path = "mid_block" if unet.mid_block is not None else f"down_blocks.{len(unet.down_blocks) - 1}"
+        self.recorder = FeatureRecorder(unet, {"bottleneck": path})
+        channels = unet.config.block_out_channels[-1]
+        self.head = FeatureGANHead(channels) if gan_head else None
+
+    def forward(self, x_t, t, embeds, residuals: dict | None = None, logits: bool = False):
+        """(prediction like the teacher's, GAN logits (B,) or None)."""
+        pred = self.unet(x_t, t, encoder_hidden_states=embeds, **(residuals or {})).sample
+        feats = self.recorder.pop()["bottleneck"]
+        return pred, (self.head(feats) if logits and self.head is not None else None)
+
+
+@torch.no_grad()
+def controlnet_residuals(controlnet, x_t, t, embeds, control) -> dict:
+    """The frozen teacher ControlNet's residuals, as UNet keyword arguments ({} without a ControlNet)."""
+    if controlnet is None:
+        return {}
+    down, mid = controlnet(x_t, t, encoder_hidden_states=embeds, controlnet_cond=control, return_dict=False)
+    return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+
+@torch.no_grad()
+def make_pairs(cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, vae, uncond, device) -> dict:
+    """Teacher ODE pairs: noise (N, 4, h, w), prompt embeds, x0 target and, with a ControlNet, the control image
+    extracted from an independent teacher sample for the same prompt (paper: controls from the teacher's outputs)."""
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    out = {k: [] for k in ("noise", "embeds", "target", "control")}
+    shape = bank.tensors["latents"].shape[1:]
+    for i in range(0, cfg.num_pairs, 64):
+        n = min(64, cfg.num_pairs - i)
+        index = torch.randint(len(bank), (n,), generator=gen)
+        embeds = bank.tensors["embeds"][index].to(device)
+        noise = torch.randn((n, *shape), generator=gen).to(device)
+        control = None
+        if teacher_cn is not None:
+            ref_noise = torch.randn((n, *shape), generator=gen).to(device)
+            ref = ddim_sample(teacher, scheduler.config, ref_noise, embeds, uncond, cfg.ode_steps, cfg.guidance)
+            control = extract_control(decode_unet_samples(vae, ref) * 2 - 1, cfg.control_kind)
+            out["control"].append(control.half().cpu())
+        target = ddim_sample(
+            teacher, scheduler.config, noise, embeds, uncond, cfg.ode_steps, cfg.guidance, teacher_cn, control
+        )
+        for k, v in (("noise", noise), ("embeds", embeds), ("target", target)):
+            out[k].append(v.cpu())
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Runner:
+    cfg = parse_args(cfg_cls, argv, __doc__)
+    if cfg.grad_accum != 1:
+        raise ValueError("one-step training alternates two optimisers per step; use a larger batch, not grad_accum")
+    run = Runner(cfg, "onestep_controlnet" if controlnet_mode else "onestep")
+    device, wd = run.device, run.weight_dtype
+
+    # 1. models: frozen teacher ("real" score), online fake score from it, the student (UNet, or its ControlNet)
+    teacher = freeze(load_part(cfg.teacher, "unet")).to(device, wd)
+    scheduler = load_part(cfg.teacher, "scheduler")
+    vae = freeze(load_part(cfg.teacher, "vae")).to(device)
+    text = load_text_encoder(cfg.teacher, device)
+    uncond = text([""])
+    unet = student_unet(teacher, cfg.student, recipe_from(cfg.recipe)).to(device)
+    teacher_cn = freeze(load_controlnet(cfg.teacher_controlnet)).to(device, wd) if controlnet_mode else None
+    if controlnet_mode:
+        unet = freeze(unet).to(device, wd)
+        trained = student_controlnet(unet, cfg.student_controlnet, cfg.embedding_channels).to(device, torch.float32)
+    else:
+        trained = unet
+    trained.train()
+    if cfg.gradient_checkpointing:
+        trained.enable_gradient_checkpointing()
+    fake = FakeScore(copy.deepcopy(teacher).float().requires_grad_(True).train(), cfg.gan_weight > 0)
+    features = feature_network(cfg.feature_net, vae)
+    fm_distance = FEATURE_DISTANCES[cfg.feature_distance]
+
+    # 2. data: prompts (+ real latents for the GAN) and the teacher's ODE pairs
+    bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache", keep_pixels=False)
+    pairs_path = Path(cfg.pairs_path or run.out / "cache" / "pairs.pt")
+    if run.accelerator.is_main_process and not pairs_path.exists():
+        pairs_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(make_pairs(cfg, bank, teacher, teacher_cn, scheduler, vae, uncond, device), pairs_path)
+    run.accelerator.wait_for_everyone()
+    pairs = Bank(torch.load(pairs_path))
+
+    # 3. two optimisers (student, fake score), accelerate
+    opt_g = run.optimizer(trained.parameters())
+    opt_f = run.optimizer(fake.parameters(), cfg.fake_lr)
+    sched_g = run.lr_scheduler(opt_g)
+    trained_ddp, fake_ddp, opt_g, opt_f, sched_g = run.prepare(trained, fake, opt_g, opt_f, sched_g)
+    name = "controlnet" if controlnet_mode else "unet"
+    run.add_ema(name, trained_ddp)
+    fake_plain = run.unwrap(fake_ddp)
+    ac = scheduler.alphas_cumprod.to(device)
+    T = scheduler.config.num_train_timesteps
+    g = run.state.generator
+    fm_teacher = {"model": None}
+
+    def generate(batch, model=None, cn=None):
+        """The student's one-step x0 (B, 4, h, w) float32, with grad through the trained module."""
+        if controlnet_mode:
+            return onestep_sample(
+                unet,
+                batch["noise"],
+                batch["embeds"],
+                ac,
+                cfg.student_timestep,
+                controlnet=cn or trained_ddp,
+                control=batch["control"],
+            )
+        return onestep_sample(model or trained_ddp, batch["noise"], batch["embeds"], ac, cfg.student_timestep)
+
+    def fm_targets(batch):
+        if fm_teacher["model"] is None:
+            return batch["target"]
+        with torch.no_grad():
+            m = fm_teacher["model"]
+            return generate(batch, *((None, m) if controlnet_mode else (m, None)))
+
+    def fm_loss_per_sample(x, target):
+        with torch.no_grad():
+            t_feats = features(target)
+        return fm_distance(features(x), t_feats, cfg.feature_weights)
+
+    def fake_update() -> dict:
+        """One denoising step of the fake score model on fresh student samples (+ its GAN head)."""
+        batch = pairs.sample(cfg.batch_size, g, device)
+        with torch.no_grad():
+            x = generate(batch)
+        t = randint(T, cfg.batch_size, g, device)
+        noise = randn(x.shape, g, device)
+        x_t = add_noise(x, noise, ac[t])
+        embeds, control = batch["embeds"], batch.get("control")
+        res = controlnet_residuals(
+            teacher_cn, x_t.to(wd), t, embeds.to(wd), None if control is None else control.to(wd)
+        )
+        opt_f.zero_grad(set_to_none=True)
+        if cfg.gan_weight > 0:
+            real = bank.sample(cfg.batch_size, g, device)["latents"]
+            real_t = add_noise(real, noise, ac[t])
+            res_real = controlnet_residuals(
+                teacher_cn, real_t.to(wd), t, embeds.to(wd), None if control is None else control.to(wd)
+            )
+            both = {k: _cat(res.get(k), res_real.get(k)) for k in res}
+            with run.accelerator.autocast():
+                pred, logits = fake_ddp(
+                    torch.cat([x_t, real_t]), torch.cat([t, t]), torch.cat([embeds, embeds]), both, True
+                )
+                fake_logits, real_logits = logits.chunk(2)
+                d_loss = softplus_discriminator_loss(real_logits, fake_logits)
+                loss = denoising_loss(pred[: len(x)], noise) + cfg.gan_weight * d_loss
+        else:
+            with run.accelerator.autocast():
+                pred, _ = fake_ddp(x_t, t, embeds, res)
+                loss = d_loss = denoising_loss(pred, noise)
+        run.backward_step(loss, fake_ddp, opt_f)
+        return {"fake_loss": loss.item(), "gan_d": d_loss.item() if cfg.gan_weight > 0 else 0.0}
+
+    def scores(x, batch):
+        """Fake and real x0 predictions (float64, no grad) at a re-noised copy of the student's sample."""
+        n = x.shape[0]
+        t = randint(cfg.t_max + 1, n, g, device, low=cfg.t_min)
+        x_t = add_noise(x.detach(), randn(x.shape, g, device), ac[t])
+        embeds, control = batch["embeds"], batch.get("control")
+        with torch.no_grad():
+            res = controlnet_residuals(
+                teacher_cn, x_t.to(wd), t, embeds.to(wd), None if control is None else control.to(wd)
+            )
+            fake_out, _ = fake_plain(x_t, t, embeds, res)
+            real_out = guided_output(
+                teacher,
+                x_t.to(wd),
+                t,
+                embeds.to(wd),
+                uncond.to(wd),
+                cfg.real_guidance,
+                teacher_cn,
+                None if control is None else control.to(wd),
+            )
+            x0_fake = predict_x0(fake_out, x_t.double(), ac[t], scheduler.config.prediction_type)
+            x0_real = predict_x0(real_out, x_t.double(), ac[t], scheduler.config.prediction_type)
+        return t, x_t, x0_fake, x0_real
+
+    def generator_update(warmup: bool) -> dict:
+        batch = pairs.sample(cfg.batch_size, g, device)
+        with run.accelerator.autocast():
+            x = generate(batch)
+            fm = fm_loss_per_sample(x, fm_targets(batch))
+            logs = {"fm": fm.mean().item()}
+            if warmup:
+                loss = cfg.fm_weight * fm.mean()
+            else:
+                t, x_t, x0_fake, x0_real = scores(x, batch)
+                sd = score_distillation_per_sample(x, x0_fake, x0_real, cfg.normalise_score)
+                mask = score_distillation_mask(t, cfg.segment_alpha, T, cfg.score_on)
+                progress = (run.state.step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+                weight = decayed_weight(cfg.fm_weight, cfg.fm_weight_end, progress, cfg.fm_decay)
+                loss = segmented_loss(sd, fm, mask, weight)
+                logs.update(sd=sd.mean().item(), fm_weight=weight, score_fraction=mask.float().mean().item())
+                if cfg.gan_weight > 0:
+                    fake_plain.requires_grad_(False)
+                    x_gan = add_noise(x, randn(x.shape, g, device), ac[t])
+                    _, logits = fake_plain(
+                        x_gan,
+                        t,
+                        batch["embeds"],
+                        controlnet_residuals(
+                            teacher_cn, x_gan.detach().to(wd), t, batch["embeds"].to(wd), batch.get("control")
+                        ),
+                        True,
+                    )
+                    fake_plain.requires_grad_(True)
+                    gan_g = softplus_generator_loss(logits)
+                    loss = loss + cfg.gan_weight * gan_g
+                    logs["gan_g"] = gan_g.item()
+        run.backward_step(loss, trained_ddp, opt_g, sched_g)
+        logs["loss"] = loss.item()
+        return logs
+
+    def step() -> dict:
+        warmup = run.state.step < cfg.warmup_steps
+        if cfg.switch_teacher_at and run.state.step >= cfg.switch_teacher_at and fm_teacher["model"] is None:
+            fm_teacher["model"] = freeze(copy.deepcopy(run.unwrap(trained_ddp)))
+        start = time.perf_counter()
+        logs = {}
+        if not warmup:
+            for _ in range(cfg.fake_updates):
+                logs = fake_update()
+        logs.update(generator_update(warmup))
+        key = "warmup" if warmup else "diff_instruct"
+        run.timing[f"{key}_seconds"] = run.timing.get(f"{key}_seconds", 0.0) + time.perf_counter() - start
+        run.timing[f"{key}_steps"] = run.timing.get(f"{key}_steps", 0) + 1
+        return logs
+
+    def validate() -> torch.Tensor:
+        n = min(cfg.num_validation, len(pairs))
+        batch = {k: v[:n].float().to(device) for k, v in pairs.tensors.items()}
+        module = run.unwrap(trained_ddp).eval()
+        with torch.no_grad():
+            x = generate(batch, *((None, module) if controlnet_mode else (module, None)))
+        module.train()
+        images = decode_unet_samples(vae, x)
+        return torch.cat([batch["control"], images]) if controlnet_mode else images
+
+    run.run(step, validate, models={name: trained_ddp})
+    return run
+
+
+def _cat(a, b):
+    if isinstance(a, (tuple, list)):
+        return type(a)(torch.cat([x, y]) for x, y in zip(a, b))
+    return torch.cat([a, b])
+
+
+if __name__ == "__main__":
+    main()
