@@ -17,24 +17,28 @@ _SHARED_KEYS = (
     "addition_time_embed_dim", "num_class_embeds", "upcast_attention", "resnet_time_scale_shift",
     "projection_class_embeddings_input_dim",
 )
-_COPIED_MODULES = ("conv_in", "time_proj", "time_embedding", "class_embedding", "add_embedding", "down_blocks")
+COPIED_FROM_UNET = ("conv_in", "time_proj", "time_embedding", "class_embedding", "add_embedding", "down_blocks")
 
 
-def controlnet_config(unet_config, conditioning_channels: int = 3) -> dict:
-    """ControlNet config matching ``unet_config``'s down path, with a one-resnet mid block."""
+def controlnet_config(unet_config, conditioning_channels: int = 3, **overrides) -> dict:
+    """ControlNet config matching ``unet_config``'s down path, with a one-resnet mid block.
+
+    ``overrides`` go straight into the config (e.g. ``conditioning_embedding_out_channels`` for a VAE that
+    downsamples 4x instead of 8x).
+    """
     cfg = {k: unet_config[k] for k in _SHARED_KEYS if k in unet_config}
-    cfg.update(mid_block_type="UNetMidBlock2D", conditioning_channels=conditioning_channels)
+    cfg.update(mid_block_type="UNetMidBlock2D", conditioning_channels=conditioning_channels, **overrides)
     return cfg
 
 
 def build_student_controlnet(
-    unet: UNet2DConditionModel, conditioning_channels: int = 3, copy_weights: bool = True
+    unet: UNet2DConditionModel, conditioning_channels: int = 3, copy_weights: bool = True, **overrides
 ) -> ControlNetModel:
     """A ControlNet for ``unet``, its embeddings and down blocks initialised from ``unet`` (the ControlNet paper's)."""
-    controlnet = ControlNetModel.from_config(controlnet_config(unet.config, conditioning_channels))
+    controlnet = ControlNetModel.from_config(controlnet_config(unet.config, conditioning_channels, **overrides))
     controlnet.to(device=unet.device, dtype=unet.dtype)
     if copy_weights:
-        for name in _COPIED_MODULES:
+        for name in COPIED_FROM_UNET:
             source = getattr(unet, name, None)
             if source is not None and getattr(controlnet, name, None) is not None:
                 getattr(controlnet, name).load_state_dict(source.state_dict())

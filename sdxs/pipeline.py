@@ -57,9 +57,11 @@ class SDXSPipeline:
         self.device, self.dtype = device, dtype
         self.adapters = tuple(adapters)
         self.is_random, self.source = is_random, source
-        native = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent (8 released)
+        native = int(unet.config.sample_size) * self.vae_scale_factor
         if size is not None and (size < 64 or size % 64):
             raise ValueError(f"size must be a multiple of 64 (at least 64), got {size}")
+        # (a 4x toy VAE, as in training/mini, makes smaller native sizes; explicit sizes stay multiples of 64)
         self.size = size or native
         self.memory_format = torch.contiguous_format
         self.last_timings: dict[str, float] = {}
@@ -221,8 +223,9 @@ class SDXSPipeline:
         return self._prompts.get(prompt, compute)
 
     def noise(self, seed: int) -> torch.Tensor:
-        """(1, 4, S/8, S/8) standard normal noise for ``seed``, drawn on the CPU (same on every device), cached."""
-        shape = (1, self.unet.config.in_channels, self.size // 8, self.size // 8)
+        """(1, C, S/f, S/f) standard normal noise for ``seed`` (f: the VAE's factor), drawn on the CPU, cached."""
+        side = self.size // self.vae_scale_factor
+        shape = (1, self.unet.config.in_channels, side, side)
 
         def compute() -> torch.Tensor:
             generator = torch.Generator("cpu").manual_seed(seed)

@@ -15,11 +15,10 @@ from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, DDPMSched
 from transformers import AutoTokenizer, CLIPTextModel
 
 from sdxs.configs import VARIANTS, RemovalRecipe
-from sdxs.controlnet import build_student_controlnet, controlnet_config
+from sdxs.controlnet import build_student_controlnet
 from sdxs.student import derive_student
 
 # the modules sdxs.controlnet copies from the UNet (its ControlNet-paper init)
-_CONTROLNET_COPIED = ("conv_in", "time_proj", "time_embedding", "class_embedding", "add_embedding", "down_blocks")
 
 _LOADERS = {
     "unet": UNet2DConditionModel,
@@ -88,23 +87,14 @@ def student_controlnet(unet, path: str = "", embedding_channels: tuple[int, ...]
     """A student ControlNet from ``path`` or mirrored from ``unet`` (``sdxs.controlnet``).
 
     ``embedding_channels`` overrides the conditioning embedding (its length - 1 is the number of 2x downsamplings, so
-    (16, 32, 96, 256) matches an 8x VAE and (16, 32, 64) a 4x one); ``sdxs.controlnet.build_student_controlnet`` has
-    no such argument, so then the config is built and the weights copied here the same way.
+    (16, 32, 96, 256) matches an 8x VAE and (16, 32, 64) a 4x one).
     """
     if path:
         return ControlNetModel.from_pretrained(
             path, subfolder="controlnet" if (Path(path) / "controlnet").is_dir() else None
         )
-    if embedding_channels is None:
-        return build_student_controlnet(unet)
-    cfg = controlnet_config(unet.config)
-    cfg["conditioning_embedding_out_channels"] = tuple(embedding_channels)
-    controlnet = ControlNetModel.from_config(cfg).to(device=unet.device, dtype=unet.dtype)
-    for name in _CONTROLNET_COPIED:
-        source, target = getattr(unet, name, None), getattr(controlnet, name, None)
-        if source is not None and target is not None:
-            target.load_state_dict(source.state_dict())
-    return controlnet
+    overrides = {} if embedding_channels is None else {"conditioning_embedding_out_channels": tuple(embedding_channels)}
+    return build_student_controlnet(unet, **overrides)
 
 
 def load_controlnet(path: str) -> ControlNetModel:

@@ -116,9 +116,11 @@ def app_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sdxs-cache")
 
 
-@pytest.fixture(scope="session")
+# Module scope: servers and the browser stop when the browser modules end.  Playwright's sync API keeps an asyncio
+# loop running in the main thread while it lives, which would break later tests that call asyncio.run().
+@pytest.fixture(scope="module")
 def app_factory(app_cache, tmp_path_factory):
-    """Start extra servers with options; all stop at the end of the session."""
+    """Start extra servers with options; all stop at the end of the module."""
     started: list[AppProcess] = []
     log_dir = tmp_path_factory.mktemp("app-logs")
 
@@ -132,13 +134,13 @@ def app_factory(app_cache, tmp_path_factory):
         app.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app(app_factory) -> AppProcess:
     """The default server, shared by the tests that need no special limits."""
     return app_factory()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
