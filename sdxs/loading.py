@@ -58,4 +58,5 @@ def _download(repo_id: str) -> Path:
         try:
             return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
         except Exception:
-            raise WeightsUnavailable(repo_id, hf_cache_dir(), f"{type(first).__name__}: {first}"[:300]) from None
+            cause = f"{type(first).__name__}: {str(first).splitlines()[0] if str(first) else ''}"[:200]
+            raise WeightsUnavailable(repo_id, hf_cache_dir(), cause) from None
