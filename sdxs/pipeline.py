@@ -27,7 +27,7 @@ from sdxs import preprocess
 from sdxs.caches import LRUCache
 from sdxs.device import resolve_device, resolve_dtype
 from sdxs.errors import InvalidRequest
-from sdxs.loading import DEFAULT_MODEL, DEFAULT_SKETCH_CONTROLNET, TINY, resolve_folder
+from sdxs.loading import DEFAULT_MODEL, DEFAULT_SKETCH_CONTROLNET, resolve_folder
 from sdxs.onestep import add_noise
 from sdxs.params import GenerationParams, Mode
 from sdxs.schedule import OneStepSchedule
@@ -65,6 +65,7 @@ class SDXSPipeline:
         self.size = size or native
         self.memory_format = torch.contiguous_format
         self.last_timings: dict[str, float] = {}
+        self.profile = False  # True: synchronise CUDA around each stage so last_timings are exact (benchmarks)
         self._prompts = LRUCache(256)
         self._noise = LRUCache(64)
 
@@ -291,7 +292,7 @@ class SDXSPipeline:
         try:
             yield
         finally:
-            if self.device.type == "cuda" and getattr(self, "profile", False):
+            if self.profile and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.last_timings[stage] += (time.perf_counter() - start) * 1000.0
 
@@ -307,4 +308,4 @@ def _controlnet_folder(model: str, folder: Path, controlnet: str | None) -> Path
     return local if (local / "config.json").exists() else None
 
 
-__all__ = ["SDXSPipeline", "GenerationRequest", "TINY"]
+__all__ = ["SDXSPipeline", "GenerationRequest"]
