@@ -82,9 +82,9 @@ class SDXSPipeline:
         folder that has one), ``None``, a Hub id or a folder.  ``adapters``: style name -> PEFT LoRA (Hub id or
         folder).  ``decoder``: ``"tiny"`` or ``"large"`` (``vae_large/``).  ``decoder_fp32`` keeps the decoder in
         float32 (the model card's advice for fp16).  ``attention``: ``auto`` (xformers on CUDA when installed, else
-        PyTorch SDPA), ``sdpa`` or ``xformers``.  ``channels_last``: ``auto`` turns it on for the CPU, where oneDNN's
-        convolutions run several times faster in NHWC (``bench/pipeline.py`` measures it).  ``size``: square output
-        size in pixels (a multiple of 64; the model's native size by default).
+        PyTorch SDPA), ``sdpa`` or ``xformers``.  ``channels_last``: ``auto`` turns it on for bf16 on the CPU,
+        where oneDNN's NHWC convolutions were measured faster (and slower in fp32; ``bench/pipeline.py``).
+        ``size``: square output size in pixels (a multiple of 64; the model's native size by default).
         """
         from sdxs import components
 
@@ -99,8 +99,8 @@ class SDXSPipeline:
             components.load_lora(parts["unet"], resolve_folder(ref), name)
         pipe = cls(**parts, adapters=tuple(adapters or ()), device=dev, dtype=dt,
                    is_random=(folder / MARKER).exists(), source=model, size=size)
-        if channels_last == "auto":
-            channels_last = dev.type == "cpu"
+        if channels_last == "auto":  # measured (bench/README.md): faster for bf16 on CPU, slower for fp32 there
+            channels_last = dev.type == "cpu" and dt == torch.bfloat16
         pipe._place(decoder_fp32=decoder_fp32, channels_last=channels_last, compile=compile, attention=attention)
         return pipe
 
