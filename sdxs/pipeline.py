@@ -75,7 +75,7 @@ class SDXSPipeline:
     def from_pretrained(cls, model: str = DEFAULT_MODEL, *, controlnet: str | None = "auto",
                         adapters: dict[str, str] | None = None, device: str = "auto", dtype: str = "auto",
                         decoder: str = "tiny", decoder_fp32: bool = False, channels_last: bool | str = "auto",
-                        compile: bool = False, attention: str = "auto", size: int | None = None) -> SDXSPipeline:
+                        compile: bool | str = False, attention: str = "auto", size: int | None = None) -> SDXSPipeline:
         """Load a Hub id, a local diffusers folder or ``"tiny"``.
 
         ``controlnet``: ``"auto"`` (the sketch ControlNet for the default model, ``DIR/controlnet`` for a local
@@ -84,6 +84,9 @@ class SDXSPipeline:
         float32 (the model card's advice for fp16).  ``attention``: ``auto`` (xformers on CUDA when installed, else
         PyTorch SDPA), ``sdpa`` or ``xformers``.  ``channels_last``: ``auto`` turns it on for bf16 on the CPU,
         where oneDNN's NHWC convolutions were measured faster (and slower in fp32; ``bench/pipeline.py``).
+        ``compile``: ``True`` or a ``torch.compile`` mode for the UNet and decoder; on CUDA at batch 1 the eager UNet
+        is kernel-launch bound and ``"reduce-overhead"`` (CUDA graphs, one capture per batch size) measured 5x faster
+        (``bench/variants.py``).
         ``size``: square output size in pixels (a multiple of 64; the model's native size by default).
         """
         from sdxs import components
@@ -104,7 +107,7 @@ class SDXSPipeline:
         pipe._place(decoder_fp32=decoder_fp32, channels_last=channels_last, compile=compile, attention=attention)
         return pipe
 
-    def _place(self, *, decoder_fp32: bool, channels_last: bool, compile: bool, attention: str) -> None:
+    def _place(self, *, decoder_fp32: bool, channels_last: bool, compile: bool | str, attention: str) -> None:
         from sdxs import components
 
         nets = [self.text_encoder, self.unet, self.encoder_vae, self.decoder_vae, self.controlnet]
@@ -119,8 +122,9 @@ class SDXSPipeline:
             for net in filter(None, [self.unet, self.controlnet, self.encoder_vae, self.decoder_vae]):
                 net.to(memory_format=torch.channels_last)
         if compile:
-            self.unet = torch.compile(self.unet)
-            self.decoder_vae.decoder = torch.compile(self.decoder_vae.decoder)
+            mode = compile if isinstance(compile, str) else None
+            self.unet = torch.compile(self.unet, mode=mode)
+            self.decoder_vae.decoder = torch.compile(self.decoder_vae.decoder, mode=mode)
 
     # ---- public helpers ----------------------------------------------------------------------------------------
 
