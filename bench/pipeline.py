@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=None, help="default: float32 bfloat16 (CPU), float16 (CUDA)")
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--no-stock", action="store_true", help="skip diffusers' stock pipelines")
+    parser.add_argument("--compile", default=None, help="torch.compile mode for ours (e.g. reduce-overhead)")
+    parser.add_argument("--name", default=None, help="label for the JSON file name")
     args = parser.parse_args(argv)
 
     device = resolve_device("auto")
@@ -132,13 +134,16 @@ def main(argv=None) -> int:
         peaks[dtype_name] = matmul_peak_gflops(dtype, device)
         stock = None if args.no_stock else stock_pipelines(folder, dtype, device)
         for size in args.sizes:
-            ours = SDXSPipeline.from_pretrained(str(folder), device=str(device), dtype=dtype_name, size=size)
+            ours = SDXSPipeline.from_pretrained(str(folder), device=str(device), dtype=dtype_name, size=size,
+                                                compile=args.compile or False)
             ours.profile = True
             frame = test_frame(size)
             for mode in args.modes:
-                gflop = count_gflops(partial(run_ours, ours, mode, 1, frame))
+                # FLOP counting runs eagerly; under torch.compile it would trace a second time, so skip it there
+                gflop = float("nan") if args.compile else count_gflops(partial(run_ours, ours, mode, 1, frame))
                 for batch in args.batches:
                     base = dict(dtype=dtype_name, size=size, mode=mode, batch=batch, gflop_per_frame=gflop,
+                                compile=args.compile,
                                 floor_ms=gflop / peaks[dtype_name] * 1000)
                     variants = [("ours", ours, partial(run_ours, ours, mode, batch, frame))]
                     if stock:
@@ -165,7 +170,8 @@ def main(argv=None) -> int:
     print("\nratios from this run")
     for key, value in summary.items():
         print(f"  {key}: {value}")
-    path = write_results("pipeline", {"rows": rows, "matmul_peak_gflops": peaks, "summary": summary,
+    label = f"pipeline-{args.name}" if args.name else "pipeline"
+    path = write_results(label, {"rows": rows, "matmul_peak_gflops": peaks, "summary": summary,
                                       "cpu_bf16_speedup_probe": cpu_bf16_speedup() if device.type == "cpu" else None})
     print(f"\nwrote {path}")
     return 0
