@@ -4,7 +4,8 @@ Each maps UNet-space latents (B, 4, h, w) to a list of feature maps (B, C_l, H_l
 gradients flow to the input.  Built from the teacher's own VAE, so no extra pretrained network is needed:
 ``latent`` (the latents themselves), ``vae_decoder`` (the teacher decoder's up-stage outputs and its pixels),
 ``vae_encoder`` (decode with the teacher, then the teacher encoder's down-stage outputs; the paper's choice of an
-encoder applied to both images).
+encoder applied to both images).  Kinds combine with ``+``: ``latent+vae_encoder`` matches the latents themselves
+as the first layer, which pins the latents' scale (the decoder saturates, so decoded features alone let it drift).
 """
 
 from __future__ import annotations
@@ -38,7 +39,20 @@ class VAEFeatures(nn.Module):
         return [f.float() for f in self.recorder.pop().values()]
 
 
+class CombinedFeatures(nn.Module):
+    """The layers of several feature networks, in order."""
+
+    def __init__(self, parts: list[nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, latents: torch.Tensor) -> list[torch.Tensor]:
+        return [f for part in self.parts for f in part(latents)]
+
+
 def feature_network(kind: str, vae=None) -> nn.Module:
+    if "+" in kind:
+        return CombinedFeatures([feature_network(k, vae) for k in kind.split("+")])
     if kind == "latent":
         return LatentFeatures()
     if kind in ("vae_encoder", "vae_decoder"):

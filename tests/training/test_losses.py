@@ -136,3 +136,23 @@ def test_feature_matching_weight_decays():
     assert L.decayed_weight(1.0, 0.2, 0.5, "cosine") == pytest.approx(0.6)
     assert L.decayed_weight(1.0, 0.0, 0.7, "constant") == 1.0
     assert L.decayed_weight(1.0, 0.0, 2.0) == 0.0
+
+
+def test_diff_instruct_learning_rate_survives_the_scheduler_and_a_resume():
+    from diffusers.optimization import get_scheduler
+
+    from training.stages.onestep import set_learning_rate
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([param], lr=2e-4)
+    sched = get_scheduler("constant", opt)
+    set_learning_rate(opt, sched, 2e-5)
+    param.grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-5)
+    # a resume restores the warm-up's rate; setting it again (as every phase-(b) step does) wins
+    opt.load_state_dict({**opt.state_dict(), "param_groups": [{**opt.param_groups[0], "lr": 2e-4}]})
+    set_learning_rate(opt, sched, 2e-5)
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-5)

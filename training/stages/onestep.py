@@ -8,7 +8,9 @@ Phase (b), segmented Diff-Instruct (the remaining steps): the student's sample i
 an online "fake" score model, initialised from the frozen offline ("real") teacher and trained with the denoising
 loss on the student's samples (``fake_updates`` per student update: two time scales, two optimisers), and the
 teacher give x0 predictions (float64); their difference is the student's gradient (``losses.score_distillation``).
-Samples whose t falls in the feature-matching segment (``losses.score_distillation_mask``: t >= alpha*T with the
+Score-distillation samples and the fake model's samples come from fresh noise (``fresh_noise``; the pairs' fixed
+noises stay with the feature-matching rows, whose targets need them).  Samples whose t falls in the feature-matching
+segment (``losses.score_distillation_mask``: t >= alpha*T with the
 paper's ``score_on=low``) take the feature-matching loss instead, weighted by a weight decaying from ``fm_weight`` to
 ``fm_weight_end``.  Options: a GAN head on the fake model's bottleneck (DMD2, ``gan_weight``), switching the
 feature-matching teacher to a frozen copy of the one-step student at ``switch_teacher_at``.
@@ -83,8 +85,10 @@ class OneStepConfig(TrainConfig):
     t_max: int = 980
     real_guidance: float = 1.0
     normalise_score: bool = True
+    diff_instruct_lr: float = 0.0  # the student's learning rate in phase (b); 0: keep ``lr``
     fake_lr: float = 1e-4
     fake_updates: int = 5
+    fresh_noise: bool = True  # score distillation and the fake model see fresh noise; False: the pairs' noise
     gan_weight: float = 0.0
     gan_lr: float = 1e-4
     # stage 5 (one-step ControlNet) only
@@ -223,9 +227,22 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             t_feats = features(target)
         return fm_distance(features(x), t_feats, cfg.feature_weights)
 
+    def with_fresh_noise(batch, rows=None):
+        """``batch`` with new noise in ``rows`` (a (B,) bool mask; all rows when None) when ``fresh_noise``.
+
+        The teacher pairs hold a fixed set of noises; a fake score model trained only on the student's outputs for
+        those learns a sum of point masses, whose low-t score pulls each sample to itself instead of describing the
+        student's distribution (DMD likewise keeps its paired noise for the regression loss only)."""
+        if not cfg.fresh_noise:
+            return batch
+        fresh = randn(batch["noise"].shape, g, device)
+        if rows is not None:
+            fresh = torch.where(rows.view(-1, *[1] * (fresh.ndim - 1)), fresh, batch["noise"])
+        return {**batch, "noise": fresh}
+
     def fake_update() -> dict:
         """One denoising step of the fake score model on fresh student samples (+ its GAN head)."""
-        batch = pairs.sample(cfg.batch_size, g, device)
+        batch = with_fresh_noise(pairs.sample(cfg.batch_size, g, device))
         with torch.no_grad():
             x = generate(batch)
         t = randint(T, cfg.batch_size, g, device)
@@ -257,10 +274,8 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
         run.backward_step(loss, fake_ddp, opt_f)
         return {"fake_loss": loss.item(), "gan_d": d_loss.item() if cfg.gan_weight > 0 else 0.0}
 
-    def scores(x, batch):
-        """Fake and real x0 predictions (float64, no grad) at a re-noised copy of the student's sample."""
-        n = x.shape[0]
-        t = randint(cfg.t_max + 1, n, g, device, low=cfg.t_min)
+    def scores(x, batch, t):
+        """Fake and real x0 predictions (float64, no grad) at a copy of the student's sample re-noised to ``t``."""
         x_t = add_noise(x.detach(), randn(x.shape, g, device), ac[t])
         embeds, control = batch["embeds"], batch.get("control")
         with torch.no_grad():
@@ -280,20 +295,23 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             )
             x0_fake = predict_x0(fake_out, x_t.double(), ac[t], scheduler.config.prediction_type)
             x0_real = predict_x0(real_out, x_t.double(), ac[t], scheduler.config.prediction_type)
-        return t, x_t, x0_fake, x0_real
+        return x_t, x0_fake, x0_real
 
     def generator_update(warmup: bool) -> dict:
         batch = pairs.sample(cfg.batch_size, g, device)
+        if not warmup:  # each sample's t decides its loss; score-distillation rows may take fresh noise
+            t = randint(cfg.t_max + 1, cfg.batch_size, g, device, low=cfg.t_min)
+            mask = score_distillation_mask(t, cfg.segment_alpha, T, cfg.score_on)
+            batch = with_fresh_noise(batch, mask)
         with run.accelerator.autocast():
             x = generate(batch)
-            fm = fm_loss_per_sample(x, fm_targets(batch))
-            logs = {"fm": fm.mean().item()}
+            fm = fm_loss_per_sample(x, fm_targets(batch))  # meaningful in the rows that kept the pairs' noise
+            logs = {"fm": fm.mean().item() if warmup else fm[~mask].mean().item() if (~mask).any() else 0.0}
             if warmup:
                 loss = cfg.fm_weight * fm.mean()
             else:
-                t, x_t, x0_fake, x0_real = scores(x, batch)
+                x_t, x0_fake, x0_real = scores(x, batch, t)
                 sd = score_distillation_per_sample(x, x0_fake, x0_real, cfg.normalise_score)
-                mask = score_distillation_mask(t, cfg.segment_alpha, T, cfg.score_on)
                 progress = (run.state.step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
                 weight = decayed_weight(cfg.fm_weight, cfg.fm_weight_end, progress, cfg.fm_decay)
                 loss = segmented_loss(sd, fm, mask, weight)
@@ -320,6 +338,8 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
 
     def step() -> dict:
         warmup = run.state.step < cfg.warmup_steps
+        if not warmup and cfg.diff_instruct_lr:
+            set_learning_rate(opt_g, sched_g, cfg.diff_instruct_lr)
         if cfg.switch_teacher_at and run.state.step >= cfg.switch_teacher_at and fm_teacher["model"] is None:
             fm_teacher["model"] = freeze(copy.deepcopy(run.unwrap(trained_ddp)))
         start = time.perf_counter()
@@ -345,6 +365,16 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
 
     run.run(step, validate, models={name: trained_ddp})
     return run
+
+
+def set_learning_rate(optimizer, scheduler, lr: float) -> None:
+    """Set every group's learning rate and the scheduler's base rates (they are what a scheduler multiplies), so the
+    new rate holds through ``scheduler.step()`` and is re-applied after a resume restores the old one."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    inner = getattr(scheduler, "scheduler", scheduler)
+    if hasattr(inner, "base_lrs"):
+        inner.base_lrs = [lr] * len(inner.base_lrs)
 
 
 def _cat(a, b):
