@@ -11,3 +11,25 @@ def test_miniature_reproduction_shows_the_papers_claims(tmp_path):
     results = main(["--out", str(tmp_path / "results"), "--work", str(tmp_path / "work")])
     failed = [claim for claim, holds in results["claims"].items() if not holds]
     assert not failed, f"claims not shown: {failed}; see {tmp_path / 'results' / 'results.md'}"
+
+
+def test_miniature_pipeline_and_ablation_run_end_to_end_at_toy_scale(tmp_path):
+    """Every stage, the metrics, the export check and an ablation of stages 4 and 5, at 1% of the steps."""
+    import json
+
+    from training.mini import ablate
+    from training.mini.run import main
+
+    work = tmp_path / "work"
+    results = main(["--out", str(tmp_path / "results"), "--work", str(work), "--scale", "0.01",
+                    "--eval-per-class", "2", "--threads", "2"])
+    assert set(results["claims"]) and results["export"]["diffusers_loads"] and results["export"]["sdxs_loads"] is True
+    assert (tmp_path / "results" / "results.md").read_text().count("| claim | holds |") == 1
+    for row in results["generation"]["rows"].values():
+        assert row["fd"] >= 0 and 0 <= row["accuracy"] <= 1
+    four = ablate.main(["fm4", json.dumps({"fm_weight": 4.0}), "--work", str(work), "--out", str(tmp_path / "abl"),
+                        "--eval-per-class", "2", "--threads", "2"])
+    five = ablate.main(["cn", "{}", "--stage", "5", "--work", str(work), "--out", str(tmp_path / "abl"),
+                        "--eval-per-class", "2", "--threads", "2"])
+    assert four["onestep"]["fd"] >= 0 and 0 <= five["with_controlnet"]["edge_f1"] <= 1
+    assert len((tmp_path / "abl" / "results.jsonl").read_text().splitlines()) == 2

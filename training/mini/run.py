@@ -280,7 +280,7 @@ def main(argv=None) -> dict:
         fake_updates=3,
         guidance=GUIDANCE,
         real_guidance=GUIDANCE,
-        num_pairs=512,
+        num_pairs=max(32, int(512 * args.scale)),  # teacher ODE pairs; fewer only for smoke runs
         ode_steps=25,
         pairs_path=str(work / "cache" / "pairs.pt"),
         feature_net="vae_encoder",
@@ -329,7 +329,7 @@ def main(argv=None) -> dict:
             "embedding_channels": [16, 32, 64],
             "teacher_controlnet": str(work / "teacher_controlnet"),
             "control_kind": CONTROL_KIND,
-            "num_pairs": 256,
+            "num_pairs": max(32, int(256 * args.scale)),
             "pairs_path": str(work / "cache" / "pairs_controlnet.pt"),
         },
     )
