@@ -222,9 +222,16 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             m = fm_teacher["model"]
             return generate(batch, *((None, m) if controlnet_mode else (m, None)))
 
-    def fm_loss_per_sample(x, target):
+    def fm_loss_per_sample(x, batch, rows=None):
+        """Feature-matching distance per sample (B,) against ``batch``'s targets; with a (B,) bool ``rows``, computed
+        only there (zero elsewhere: the score-distillation rows, whose noise may not match the targets)."""
+        if rows is not None:
+            index = rows.nonzero(as_tuple=True)[0]
+            routed = fm_loss_per_sample(x[index], {k: v[index] for k, v in batch.items()}) if len(index) else None
+            zeros = x.new_zeros(len(x), dtype=torch.float32)
+            return zeros if routed is None else zeros.index_put((index,), routed.float())
         with torch.no_grad():
-            t_feats = features(target)
+            t_feats = features(fm_targets(batch))
         return fm_distance(features(x), t_feats, cfg.feature_weights)
 
     def with_fresh_noise(batch, rows=None):
@@ -295,7 +302,7 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             )
             x0_fake = predict_x0(fake_out, x_t.double(), ac[t], scheduler.config.prediction_type)
             x0_real = predict_x0(real_out, x_t.double(), ac[t], scheduler.config.prediction_type)
-        return x_t, x0_fake, x0_real
+        return x0_fake, x0_real
 
     def generator_update(warmup: bool) -> dict:
         batch = pairs.sample(cfg.batch_size, g, device)
@@ -305,12 +312,12 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             batch = with_fresh_noise(batch, mask)
         with run.accelerator.autocast():
             x = generate(batch)
-            fm = fm_loss_per_sample(x, fm_targets(batch))  # meaningful in the rows that kept the pairs' noise
+            fm = fm_loss_per_sample(x, batch, None if warmup else ~mask)
             logs = {"fm": fm.mean().item() if warmup else fm[~mask].mean().item() if (~mask).any() else 0.0}
             if warmup:
                 loss = cfg.fm_weight * fm.mean()
             else:
-                x_t, x0_fake, x0_real = scores(x, batch, t)
+                x0_fake, x0_real = scores(x, batch, t)
                 sd = score_distillation_per_sample(x, x0_fake, x0_real, cfg.normalise_score)
                 progress = (run.state.step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
                 weight = decayed_weight(cfg.fm_weight, cfg.fm_weight_end, progress, cfg.fm_decay)
