@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +87,9 @@ def build_cache(cfg: DataConfig, vae, text_encoder, path: Path, batch_size: int 
     if keep_pixels:
         out["pixels"] = torch.stack(pixels).half()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").rename(path)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # one per process: concurrent builders do not collide
+    torch.save(out, tmp)
+    os.replace(tmp, path)
 
 
 @dataclass

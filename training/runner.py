@@ -128,7 +128,15 @@ class Runner:
     def resume(self) -> None:
         path = resolve_resume(self.out, self.cfg.resume)
         if path is not None:
-            self.accelerator.load_state(str(path))
+            try:
+                self.accelerator.load_state(str(path))
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise RuntimeError(
+                    f"checkpoint {path} does not match the models and optimisers this config builds (a module "
+                    "added or removed since it was saved, such as a GAN head turned on after the warm-up?). Start a "
+                    "new run from its exported weights instead (e.g. the one-step stage's `student:` set to a "
+                    f"`final/unet` folder). Cause: {error}"
+                ) from error
             self.accelerator.print(f"[{self.name}] resumed from {path} at step {self.state.step}")
 
     def run(

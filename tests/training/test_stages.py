@@ -93,8 +93,7 @@ def runs(toy, tmp_path_factory):
         onestep_controlnet,
         root / "onestep_cn",
         **{
-            **one,
-            "gan_weight": 0.0,
+            **one,  # the GAN head's real rows take controls extracted from the real images
             "switch_teacher_at": 0,
             "max_steps": 2,
             "student": str(root / "onestep" / "final" / "unet"),
@@ -145,6 +144,28 @@ def test_onestep_resume_is_bit_exact(runs):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(line) for line in (root / "onestep" / "losses.jsonl").read_text().splitlines()]
     assert "sd" not in rows[0] and {"sd", "fm", "fake_loss", "gan_g", "score_fraction"} <= set(rows[-1])
+
+
+def test_resume_into_a_different_model_set_names_the_mismatch(runs, toy, tmp_path):
+    """A checkpoint saved with a GAN head cannot silently resume a run without one (or the reverse)."""
+    import shutil
+
+    root, _ = runs
+    saved = sorted((root / "onestep" / "checkpoints").iterdir())[-1]
+    shutil.copytree(saved, tmp_path / "run" / "checkpoints" / saved.name)
+    config = dict(
+        teacher=str(toy.teacher),
+        recipe=RECIPE_DICT,
+        data=toy.data_cfg(),
+        student=str(root / "unet" / "final" / "unet"),
+        num_pairs=8,
+        ode_steps=2,
+        warmup_steps=1,
+        max_steps=5,
+        gan_weight=0.0,
+    )
+    with pytest.raises(RuntimeError, match="GAN head"):
+        _run(onestep, tmp_path / "run", **config)
 
 
 def test_decoder_and_controlnet_stages_export_their_models(runs):

@@ -2,11 +2,13 @@
 
     python -m training.mini.ablate NAME '{"fm_weight": 4.0, "fm_decay": "constant"}'           # stage 4
     python -m training.mini.ablate NAME '{"from_scratch": true, "warmup_steps": 600}'         # stage 4, new warm-up
+    python -m training.mini.ablate NAME '{"from_warmup_weights": true, "ema_decay": 0.99}'     # stage 4, phase (b)
     python -m training.mini.ablate NAME '{"fm_weight": 4.0}' --stage 5
 
 Reads the run's stage config from ``--work`` (``python -m training.mini.run`` leaves it in ``/tmp/sdxs-mini``),
 applies the JSON overrides and trains into ``--out/NAME``.  Stage 4 resumes the run's warm-up checkpoint (so only the
-Diff-Instruct phase changes) unless ``from_scratch`` is true.  Prints one JSON line (FD, accuracy and, for stage 5,
+Diff-Instruct phase changes) unless ``from_scratch`` is true; ``from_warmup_weights`` starts phase (b) from the warm-up's
+weights instead of its checkpoint (for settings that add state the checkpoint lacks: an EMA, a GAN head).  Prints one JSON line (FD, accuracy and, for stage 5,
 edge F1 with and without the ControlNet) and appends it to ``--out/results.jsonl``.
 """
 
@@ -36,24 +38,32 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", default="/tmp/sdxs-mini")
     parser.add_argument("--out", default="/tmp/sdxs-ablations")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--eval-per-class", type=int, default=30)
+    parser.add_argument("--eval-per-class", type=int, default=100, help="samples per digit class (FD, accuracy, edge F1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work, out = Path(args.work), Path(args.out) / args.name
     overrides = json.loads(args.overrides)
     from_scratch = overrides.pop("from_scratch", False)
+    from_weights = overrides.pop("from_warmup_weights", False)
     shutil.rmtree(out, ignore_errors=True)
     config_name = "onestep.yaml" if args.stage == 4 else "onestep_controlnet.yaml"
     cfg = yaml.safe_load((work / "configs" / config_name).read_text())
-    if args.stage == 4 and not from_scratch:
+    if args.stage == 4 and not (from_scratch or from_weights):
         name = f"step_{cfg['warmup_steps']:07d}"
         shutil.copytree(work / "onestep" / "checkpoints" / name, out / "checkpoints" / name)
     cfg.update(overrides, output_dir=str(out))
+    if args.stage == 4 and from_weights:  # phase (b) only, from the warm-up's weights (fresh optimiser, EMA, GAN head)
+        cfg.update(
+            student=str(work / "onestep_warmup_final" / "unet"),
+            max_steps=cfg["max_steps"] - cfg["warmup_steps"],
+            warmup_steps=0,
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     started = time.time()
     (onestep if args.stage == 4 else onestep_controlnet).main(["--config", str(out / "config.yaml")])
     result = {"name": args.name, "stage": args.stage, "overrides": overrides, "from_scratch": from_scratch,
+              "from_warmup_weights": from_weights,
               "train_s": round(time.time() - started)}
 
     mini.EVAL_PER_CLASS = args.eval_per_class

@@ -247,29 +247,40 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             fresh = torch.where(rows.view(-1, *[1] * (fresh.ndim - 1)), fresh, batch["noise"])
         return {**batch, "noise": fresh}
 
+    def residuals(x_t, t, embeds, control) -> dict:
+        """The frozen teacher ControlNet's residuals at ``x_t`` (no grad, weight dtype); {} without a ControlNet."""
+        cast = None if control is None else control.to(wd)
+        return controlnet_residuals(teacher_cn, x_t.detach().to(wd), t, embeds.to(wd), cast)
+
+    def real_batch() -> dict:
+        """Real data for the GAN head: latents (B, 4, h, w), their own prompts' embeddings and, with a ControlNet,
+        control images extracted from their decoded pixels (so that real rows are consistent with their condition)."""
+        real = bank.sample(cfg.batch_size, g, device)
+        if controlnet_mode:
+            with torch.no_grad():
+                pixels = decode_unet_samples(vae, real["latents"]) * 2 - 1
+                real["control"] = extract_control(pixels, cfg.control_kind)
+        return real
+
     def fake_update() -> dict:
-        """One denoising step of the fake score model on fresh student samples (+ its GAN head)."""
+        """One denoising step of the fake score model on fresh student samples (+ its GAN head: real data vs them)."""
         batch = with_fresh_noise(pairs.sample(cfg.batch_size, g, device))
         with torch.no_grad():
             x = generate(batch)
         t = randint(T, cfg.batch_size, g, device)
         noise = randn(x.shape, g, device)
         x_t = add_noise(x, noise, ac[t])
-        embeds, control = batch["embeds"], batch.get("control")
-        res = controlnet_residuals(
-            teacher_cn, x_t.to(wd), t, embeds.to(wd), None if control is None else control.to(wd)
-        )
+        embeds = batch["embeds"]
+        res = residuals(x_t, t, embeds, batch.get("control"))
         opt_f.zero_grad(set_to_none=True)
         if cfg.gan_weight > 0:
-            real = bank.sample(cfg.batch_size, g, device)["latents"]
-            real_t = add_noise(real, noise, ac[t])
-            res_real = controlnet_residuals(
-                teacher_cn, real_t.to(wd), t, embeds.to(wd), None if control is None else control.to(wd)
-            )
-            both = {k: _cat(res.get(k), res_real.get(k)) for k in res}
+            real = real_batch()
+            real_t = add_noise(real["latents"], randn(x.shape, g, device), ac[t])
+            res_real = residuals(real_t, t, real["embeds"], real.get("control"))
+            both = {k: _cat(res[k], res_real[k]) for k in res}
             with run.accelerator.autocast():
                 pred, logits = fake_ddp(
-                    torch.cat([x_t, real_t]), torch.cat([t, t]), torch.cat([embeds, embeds]), both, True
+                    torch.cat([x_t, real_t]), torch.cat([t, t]), torch.cat([embeds, real["embeds"]]), both, True
                 )
                 fake_logits, real_logits = logits.chunk(2)
                 d_loss = softplus_discriminator_loss(real_logits, fake_logits)
@@ -286,9 +297,7 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
         x_t = add_noise(x.detach(), randn(x.shape, g, device), ac[t])
         embeds, control = batch["embeds"], batch.get("control")
         with torch.no_grad():
-            res = controlnet_residuals(
-                teacher_cn, x_t.to(wd), t, embeds.to(wd), None if control is None else control.to(wd)
-            )
+            res = residuals(x_t, t, embeds, control)
             fake_out, _ = fake_plain(x_t, t, embeds, res)
             real_out = guided_output(
                 teacher,
@@ -326,15 +335,8 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
                 if cfg.gan_weight > 0:
                     fake_plain.requires_grad_(False)
                     x_gan = add_noise(x, randn(x.shape, g, device), ac[t])
-                    _, logits = fake_plain(
-                        x_gan,
-                        t,
-                        batch["embeds"],
-                        controlnet_residuals(
-                            teacher_cn, x_gan.detach().to(wd), t, batch["embeds"].to(wd), batch.get("control")
-                        ),
-                        True,
-                    )
+                    res_gan = residuals(x_gan, t, batch["embeds"], batch.get("control"))
+                    _, logits = fake_plain(x_gan, t, batch["embeds"], res_gan, True)
                     fake_plain.requires_grad_(True)
                     gan_g = softplus_generator_loss(logits)
                     loss = loss + cfg.gan_weight * gan_g
