@@ -7,9 +7,10 @@
 
 Reads the run's stage config from ``--work`` (``python -m training.mini.run`` leaves it in ``/tmp/sdxs-mini``),
 applies the JSON overrides and trains into ``--out/NAME``.  Stage 4 resumes the run's warm-up checkpoint (so only the
-Diff-Instruct phase changes) unless ``from_scratch`` is true; ``from_warmup_weights`` starts phase (b) from the warm-up's
-weights instead of its checkpoint (for settings that add state the checkpoint lacks: an EMA, a GAN head).  Prints one JSON line (FD, accuracy and, for stage 5,
-edge F1 with and without the ControlNet) and appends it to ``--out/results.jsonl``.
+Diff-Instruct phase changes) unless ``from_scratch`` is true; ``from_warmup_weights`` starts phase (b) from the
+warm-up's weights instead of its checkpoint (for settings that add state the checkpoint lacks: an EMA, a GAN head).
+Prints one JSON line (FD, accuracy and, for stage 5, edge F1 with and without the ControlNet) and appends it to
+``--out/results.jsonl``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", default="/tmp/sdxs-mini")
     parser.add_argument("--out", default="/tmp/sdxs-ablations")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--eval-per-class", type=int, default=100, help="samples per digit class (FD, accuracy, edge F1)")
+    parser.add_argument(
+        "--eval-per-class", type=int, default=100, help="samples per digit class (FD, accuracy, edge F1)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work, out = Path(args.work), Path(args.out) / args.name

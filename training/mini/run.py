@@ -175,7 +175,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", default="/tmp/sdxs-mini")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (tests: 0.01)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-per-class", type=int, default=100, help="samples per digit class (FD, accuracy, edge F1)")
+    parser.add_argument(
+        "--eval-per-class", type=int, default=100, help="samples per digit class (FD, accuracy, edge F1)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
