@@ -18,6 +18,7 @@ def test_miniature_pipeline_and_ablation_run_end_to_end_at_toy_scale(tmp_path):
     import json
 
     from training.mini import ablate
+    from training.mini import spread as mini_spread
     from training.mini.run import main
 
     work = tmp_path / "work"
@@ -31,5 +32,9 @@ def test_miniature_pipeline_and_ablation_run_end_to_end_at_toy_scale(tmp_path):
                         "--eval-per-class", "2", "--threads", "2"])
     five = ablate.main(["cn", "{}", "--stage", "5", "--work", str(work), "--out", str(tmp_path / "abl"),
                         "--eval-per-class", "2", "--threads", "2"])
-    assert four["onestep"]["fd"] >= 0 and 0 <= five["with_controlnet"]["edge_f1"] <= 1
-    assert len((tmp_path / "abl" / "results.jsonl").read_text().splitlines()) == 2
+    ema = ablate.main(["ema", json.dumps({"from_warmup_weights": True, "ema_decay": 0.9}), "--work", str(work),
+                       "--out", str(tmp_path / "abl"), "--eval-per-class", "2", "--threads", "2"])
+    assert four["onestep"]["fd"] >= 0 and 0 <= five["with_controlnet"]["edge_f1"] <= 1 and ema["onestep"]["fd"] >= 0
+    assert len((tmp_path / "abl" / "results.jsonl").read_text().splitlines()) == 3
+    spread = mini_spread.main(["--work", str(work), "--seeds", "1", "2", "--eval-per-class", "2"])
+    assert {row["fd_std"] >= 0 for row in spread.values()} == {True} and len(spread) == 4
