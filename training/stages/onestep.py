@@ -117,12 +117,13 @@ class FakeScore(nn.Module):
         return pred, (self.head(feats) if logits and self.head is not None else None)
 
 
-@torch.no_grad()
-def controlnet_residuals(controlnet, x_t, t, embeds, control) -> dict:
-    """The frozen teacher ControlNet's residuals, as UNet keyword arguments ({} without a ControlNet)."""
+def controlnet_residuals(controlnet, x_t, t, embeds, control, grad: bool = False) -> dict:
+    """The frozen teacher ControlNet's residuals, as UNet keyword arguments ({} without a ControlNet); with ``grad``,
+    differentiable with respect to ``x_t`` (the GAN generator term, whose gradient reaches the student through them)."""
     if controlnet is None:
         return {}
-    down, mid = controlnet(x_t, t, encoder_hidden_states=embeds, controlnet_cond=control, return_dict=False)
+    with torch.set_grad_enabled(grad):
+        down, mid = controlnet(x_t, t, encoder_hidden_states=embeds, controlnet_cond=control, return_dict=False)
     return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
 
 
@@ -247,10 +248,12 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             fresh = torch.where(rows.view(-1, *[1] * (fresh.ndim - 1)), fresh, batch["noise"])
         return {**batch, "noise": fresh}
 
-    def residuals(x_t, t, embeds, control) -> dict:
-        """The frozen teacher ControlNet's residuals at ``x_t`` (no grad, weight dtype); {} without a ControlNet."""
+    def residuals(x_t, t, embeds, control, grad: bool = False) -> dict:
+        """The frozen teacher ControlNet's residuals at ``x_t`` in the weight dtype ({} without a ControlNet);
+        without ``grad`` they are constants."""
         cast = None if control is None else control.to(wd)
-        return controlnet_residuals(teacher_cn, x_t.detach().to(wd), t, embeds.to(wd), cast)
+        x_t = x_t if grad else x_t.detach()
+        return controlnet_residuals(teacher_cn, x_t.to(wd), t, embeds.to(wd), cast, grad)
 
     def real_batch() -> dict:
         """Real data for the GAN head: latents (B, 4, h, w), their own prompts' embeddings and, with a ControlNet,
@@ -335,7 +338,7 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
                 if cfg.gan_weight > 0:
                     fake_plain.requires_grad_(False)
                     x_gan = add_noise(x, randn(x.shape, g, device), ac[t])
-                    res_gan = residuals(x_gan, t, batch["embeds"], batch.get("control"))
+                    res_gan = residuals(x_gan, t, batch["embeds"], batch.get("control"), grad=True)
                     _, logits = fake_plain(x_gan, t, batch["embeds"], res_gan, True)
                     fake_plain.requires_grad_(True)
                     gan_g = softplus_generator_loss(logits)
