@@ -38,3 +38,13 @@ def test_miniature_pipeline_and_ablation_run_end_to_end_at_toy_scale(tmp_path):
     assert len((tmp_path / "abl" / "results.jsonl").read_text().splitlines()) == 3
     spread = mini_spread.main(["--work", str(work), "--seeds", "1", "2", "--eval-per-class", "2"])
     assert {row["fd_std"] >= 0 for row in spread.values()} == {True} and len(spread) == 4
+
+
+def test_teacher_controlnet_tool_scores_each_variant(tmp_path):
+    from training.mini import teacher_controlnet
+
+    rows = teacher_controlnet.main(
+        ["none", "2:cubic", "--work", str(tmp_path), "--scale", "0.01", "--per-class", "1", "--threads", "1"]
+    )
+    assert [r["variant"] for r in rows] == ["none", "2:cubic"] and "train_s" in rows[1]
+    assert all(0 <= r["edge_f1"] <= 1 and r["fd"] >= 0 and 0 <= r["accuracy"] <= 1 for r in rows)

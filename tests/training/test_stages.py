@@ -14,6 +14,7 @@ from diffusers import AutoencoderTiny, ControlNetModel, UNet2DConditionModel
 
 from training.mini.models import RECIPE_DICT
 from training.stages import distill_controlnet, distill_decoder, distill_unet, export, onestep, onestep_controlnet
+from training.stages.common import sample_timesteps
 
 FAST = dict(batch_size=4, log_every=1, num_validation=2, progress=False, checkpoint_limit=2)
 
@@ -70,6 +71,7 @@ def runs(toy, tmp_path_factory):
         teacher_controlnet=str(toy.teacher_controlnet),
         embedding_channels=[16, 32, 64],
         control_kind="sobel",
+        timestep_sampling="cubic",
         validation_steps=2,
     )
     one = dict(
@@ -252,3 +254,45 @@ def test_teacher_controlnet_residuals_are_constants_unless_the_gan_term_asks_for
     assert x_t.grad is not None and x_t.grad.abs().sum() > 0
     assert not any(p.grad is not None for p in controlnet.parameters())  # the teacher stays frozen
     assert controlnet_residuals(None, x_t, t, embeds, control, grad=True) == {}
+
+
+def test_cubic_timestep_sampling_draws_mostly_noisy_timesteps():
+    g = torch.Generator().manual_seed(0)
+    uniform = sample_timesteps(1000, 20000, g, "cpu")
+    cubic = sample_timesteps(1000, 20000, g, "cpu", "cubic")
+    assert cubic.dtype == torch.int64 and 0 <= int(cubic.min()) and int(cubic.max()) <= 999
+    assert abs(float((uniform >= 500).float().mean()) - 0.5) < 0.02
+    assert abs(float((cubic >= 500).float().mean()) - 0.5 ** (1 / 3)) < 0.02  # P(u^3 <= 1/2)
+    with pytest.raises(ValueError, match="cosine"):
+        sample_timesteps(1000, 4, g, "cpu", "cosine")
+
+
+def test_controlnet_stage_names_an_unknown_timestep_sampling_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="timestep_sampling 'cosine'"):
+        _run(distill_controlnet, tmp_path / "cn", teacher="/nonexistent", timestep_sampling="cosine")
+
+
+def test_stage5_pairs_take_each_control_from_the_prompts_own_image_with_control_source_data(toy):
+    from training.control import extract_control
+    from training.data import Bank
+    from training.models import load_controlnet, load_part, load_text_encoder
+    from training.stages.common import decode_unet_samples
+    from training.stages.onestep import OneStepConfig, make_pairs
+
+    vae, text = load_part(toy.teacher, "vae"), load_text_encoder(toy.teacher, torch.device("cpu"))
+    latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    embeds = text([f"{k}: a photo of the digit {k}" for k in range(6)])
+    bank = Bank({"latents": latents, "embeds": embeds})
+    cfg = OneStepConfig(num_pairs=5, ode_steps=2, control_source="data", control_kind="sobel")
+    teacher, controlnet = load_part(toy.teacher, "unet"), load_controlnet(str(toy.teacher_controlnet))
+    pairs = make_pairs(cfg, bank, teacher, controlnet, load_part(toy.teacher, "scheduler"), vae, text([""]), "cpu")
+    own = extract_control(decode_unet_samples(vae, latents) * 2 - 1, "sobel").half()
+    assert pairs["control"].shape == (5, 3, 32, 32) and pairs["target"].shape == (5, 4, 8, 8)
+    for control, prompt in zip(pairs["control"], pairs["embeds"]):
+        j = next(i for i in range(6) if torch.equal(prompt, embeds[i]))
+        assert torch.equal(control, own[j])
+
+
+def test_onestep_stage_names_an_unknown_control_source_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="control_source 'web'"):
+        _run(onestep_controlnet, tmp_path / "cn", teacher="/nonexistent", control_source="web")

@@ -16,6 +16,7 @@ from diffusers import StableDiffusionPipeline
 from sdxs.onestep import add_noise
 from training.control import extract_control
 from training.mini import models
+from training.stages.common import sample_timesteps
 
 CONTROL_KIND = "canny"  # thin (non-maximum-suppressed) edges, as sdxs.preprocess.edge_control at serving time
 
@@ -74,8 +75,12 @@ def train_teacher(latents, embeds, uncond, steps: int, batch: int = 64, lr: floa
     return unet.eval().requires_grad_(False), sched, losses
 
 
-def train_teacher_controlnet(unet, latents, embeds, controls, uncond, steps: int, batch: int = 64, seed: int = 0):
-    """ControlNet training (frozen teacher UNet, denoising loss), control = edges of the training digit."""
+def train_teacher_controlnet(
+    unet, latents, embeds, controls, uncond, steps: int, batch: int = 64, seed: int = 0, timesteps: str = "cubic"
+):
+    """ControlNet training (frozen teacher UNet, denoising loss), control = edges of the training digit, timesteps
+    drawn mostly noisy (``cubic``: edge F1 at 25 steps 0.516 vs 0.507 ``uniform`` after 400 steps, 0.577 after 800;
+    ``python -m training.mini.teacher_controlnet`` compares them)."""
     controlnet = models.teacher_controlnet(unet).train()
     ac = models.scheduler().alphas_cumprod
     opt = torch.optim.AdamW(controlnet.parameters(), 1e-3)
@@ -85,7 +90,7 @@ def train_teacher_controlnet(unet, latents, embeds, controls, uncond, steps: int
         idx = torch.randint(len(latents), (batch,), generator=gen)
         e = torch.where((torch.rand(batch, generator=gen) < 0.1).view(-1, 1, 1), uncond, embeds[idx])
         noise = torch.randn(latents[idx].shape, generator=gen)
-        t = torch.randint(1000, (batch,), generator=gen)
+        t = sample_timesteps(1000, batch, gen, "cpu", timesteps)
         x_t = add_noise(latents[idx], noise, ac[t])
         down, mid = controlnet(x_t, t, encoder_hidden_states=e, controlnet_cond=controls[idx], return_dict=False)
         pred = unet(x_t, t, e, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample

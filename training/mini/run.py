@@ -34,7 +34,7 @@ from training.stages.common import decode_unet_samples
 STEPS = dict(
     vae=400,
     teacher=800,
-    teacher_controlnet=400,
+    teacher_controlnet=800,
     kd=200,
     decoder=600,
     controlnet=300,

@@ -14,6 +14,24 @@ def randint(high: int, n: int, generator: torch.Generator, device, low: int = 0)
     return torch.randint(low, high, (n,), generator=generator).to(device)
 
 
+TIMESTEP_SAMPLING = ("uniform", "cubic")
+
+
+def sample_timesteps(high: int, n: int, generator: torch.Generator, device, schedule: str = "uniform") -> torch.Tensor:
+    """(n,) int64 training timesteps in [0, high).
+
+    ``uniform``: every timestep alike.  ``cubic``: t = (1 - u^3) * high for uniform u, so that four draws in five
+    (0.5^(1/3)) fall in the noisier half (T2I-Adapter's non-uniform sampling for condition models: the layout that a
+    control image fixes is decided at high noise, and a one-step generator lives at the highest timestep).
+    """
+    if schedule == "uniform":
+        return randint(high, n, generator, device)
+    if schedule == "cubic":
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return ((1 - u**3) * high).long().clamp(0, high - 1).to(device)
+    raise ValueError(f"unknown timestep sampling {schedule!r}; expected one of {TIMESTEP_SAMPLING}")
+
+
 def drop_prompts(embeds: torch.Tensor, uncond: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
     """Replace each prompt embedding by the empty prompt's with probability ``prob`` (trains CFG's unconditional)."""
     if prob <= 0:

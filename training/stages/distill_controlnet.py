@@ -3,7 +3,8 @@
 Teacher UNet + teacher ControlNet (frozen) and student UNet (frozen) + student ControlNet (trained) see the same noisy
 latents, prompts and control image; loss = w_out * MSE(outputs) + w_feat * feature KD on the UNet's **up** stages
 only (the ControlNet's residuals enter the UNet there) + optional w_denoise * MSE(student, eps).  Control images are
-extracted from the data's pixels (``control_kind``).
+extracted from the data's pixels (``control_kind``).  ``timestep_sampling: cubic`` draws mostly noisy timesteps, where
+the control decides the layout and where the one-step model of stage 5 runs.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from training.models import (
 )
 from training.runner import Runner
 from training.sampling import ddim_sample, model_output
-from training.stages.common import decode_unet_samples, drop_prompts, randint, randn
+from training.stages.common import TIMESTEP_SAMPLING, decode_unet_samples, drop_prompts, randn, sample_timesteps
 
 
 @dataclass
@@ -47,11 +48,14 @@ class DistillControlNetConfig(TrainConfig):
     feat_kd_weight: float = 1.0
     denoise_weight: float = 0.0
     uncond_prob: float = 0.1
+    timestep_sampling: str = "uniform"  # or "cubic": mostly noisy timesteps (training.stages.common.sample_timesteps)
     validation_steps: int = 25
 
 
 def main(argv=None) -> Runner:
     cfg = parse_args(DistillControlNetConfig, argv, __doc__)
+    if cfg.timestep_sampling not in TIMESTEP_SAMPLING:
+        raise ValueError(f"timestep_sampling {cfg.timestep_sampling!r}: expected one of {TIMESTEP_SAMPLING}")
     run = Runner(cfg, "distill_controlnet")
     device, wd = run.device, run.weight_dtype
 
@@ -94,7 +98,7 @@ def main(argv=None) -> Runner:
                 batch = bank.sample(cfg.batch_size, g, device)
                 embeds = drop_prompts(batch["embeds"], uncond, cfg.uncond_prob, g)
                 noise = randn(batch["latents"].shape, g, device)
-                t = randint(T, cfg.batch_size, g, device)
+                t = sample_timesteps(T, cfg.batch_size, g, device, cfg.timestep_sampling)
                 x_t = add_noise(batch["latents"], noise, ac[t])
                 with torch.no_grad():
                     target = model_output(teacher, x_t.to(wd), t, embeds.to(wd), teacher_cn, batch["control"].to(wd))

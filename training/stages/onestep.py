@@ -96,6 +96,7 @@ class OneStepConfig(TrainConfig):
     student_controlnet: str = ""
     embedding_channels: Any = None
     control_kind: str = "canny"
+    control_source: str = "teacher"  # teacher: from an independent teacher sample (paper) | data: the prompt's image
     validation_guidance: float = 1.0
 
 
@@ -130,7 +131,10 @@ def controlnet_residuals(controlnet, x_t, t, embeds, control, grad: bool = False
 @torch.no_grad()
 def make_pairs(cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, vae, uncond, device) -> dict:
     """Teacher ODE pairs: noise (N, 4, h, w), prompt embeds, x0 target and, with a ControlNet, the control image
-    extracted from an independent teacher sample for the same prompt (paper: controls from the teacher's outputs)."""
+    (N, 3, H, W) in [0, 1], extracted from an independent teacher sample for the same prompt (``control_source:
+    teacher``; the paper: controls from the teacher's outputs) or from the dataset image the prompt belongs to
+    (``data``: real layouts, as the ControlNet will meet at inference); the target is the teacher with its ControlNet
+    following that control."""
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     out = {k: [] for k in ("noise", "embeds", "target", "control")}
     shape = bank.tensors["latents"].shape[1:]
@@ -141,8 +145,11 @@ def make_pairs(cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, v
         noise = torch.randn((n, *shape), generator=gen).to(device)
         control = None
         if teacher_cn is not None:
-            ref_noise = torch.randn((n, *shape), generator=gen).to(device)
-            ref = ddim_sample(teacher, scheduler.config, ref_noise, embeds, uncond, cfg.ode_steps, cfg.guidance)
+            if cfg.control_source == "data":  # the dataset image the prompt describes (its VAE reconstruction)
+                ref = bank.tensors["latents"][index].to(device)
+            else:
+                ref_noise = torch.randn((n, *shape), generator=gen).to(device)
+                ref = ddim_sample(teacher, scheduler.config, ref_noise, embeds, uncond, cfg.ode_steps, cfg.guidance)
             control = extract_control(decode_unet_samples(vae, ref) * 2 - 1, cfg.control_kind)
             out["control"].append(control.half().cpu())
         target = ddim_sample(
@@ -157,6 +164,8 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
     cfg = parse_args(cfg_cls, argv, __doc__)
     if cfg.grad_accum != 1:
         raise ValueError("one-step training alternates two optimisers per step; use a larger batch, not grad_accum")
+    if cfg.control_source not in ("teacher", "data"):
+        raise ValueError(f"control_source {cfg.control_source!r}: expected 'teacher' or 'data'")
     run = Runner(cfg, "onestep_controlnet" if controlnet_mode else "onestep")
     device, wd = run.device, run.weight_dtype
 
