@@ -47,6 +47,11 @@ GUIDANCE = 2.0
 EVAL_PER_CLASS = 100  # overridden by --eval-per-class
 
 
+def scaled_steps(scale: float) -> dict:
+    """STEPS times ``scale`` (at least 2 each: smoke runs use 0.01)."""
+    return {k: max(2, int(round(v * scale))) for k, v in STEPS.items()}
+
+
 def stage(module, work: Path, name: str, config: dict):
     """Write ``config`` as ``work/configs/<name>.yaml`` and run the stage's ``main`` on it, in process."""
     path = work / "configs" / f"{name}.yaml"
@@ -191,7 +196,7 @@ def main(argv=None) -> dict:
     threads = args.threads or (1 if os.getloadavg()[0] > os.cpu_count() else os.cpu_count())
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
-    steps = {k: max(2, int(round(v * args.scale))) for k, v in STEPS.items()}
+    steps = scaled_steps(args.scale)
     out, work = Path(args.out), Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)

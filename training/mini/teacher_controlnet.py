@@ -39,7 +39,7 @@ def main(argv=None) -> list[dict]:
     captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
     if not (work / "teacher").exists():
         photos = mdata.photo_crops(600, 32, seed=0)
-        steps = {k: max(2, int(round(v * args.scale))) for k, v in mini.STEPS.items()} | {"teacher_controlnet": 0}
+        steps = mini.scaled_steps(args.scale) | {"teacher_controlnet": 0}
         prepare.build_teacher(work, digits.train, captions, torch.cat([digits.train, photos[:480]]), steps)
 
     unet, vae = load_part(work / "teacher", "unet"), load_part(work / "teacher", "vae")

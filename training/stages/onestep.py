@@ -57,6 +57,8 @@ from training.runner import Runner
 from training.sampling import ddim_sample, guided_output, onestep_sample
 from training.stages.common import decode_unet_samples, randint, randn
 
+CONTROL_SOURCES = ("teacher", "data")  # where stage 5's control images come from (``make_pairs``)
+
 
 @dataclass
 class OneStepConfig(TrainConfig):
@@ -164,8 +166,8 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
     cfg = parse_args(cfg_cls, argv, __doc__)
     if cfg.grad_accum != 1:
         raise ValueError("one-step training alternates two optimisers per step; use a larger batch, not grad_accum")
-    if cfg.control_source not in ("teacher", "data"):
-        raise ValueError(f"control_source {cfg.control_source!r}: expected 'teacher' or 'data'")
+    if cfg.control_source not in CONTROL_SOURCES:
+        raise ValueError(f"control_source {cfg.control_source!r}: expected one of {CONTROL_SOURCES}")
     run = Runner(cfg, "onestep_controlnet" if controlnet_mode else "onestep")
     device, wd = run.device, run.weight_dtype
 
