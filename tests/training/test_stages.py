@@ -296,3 +296,60 @@ def test_stage5_pairs_take_each_control_from_the_prompts_own_image_with_control_
 def test_onestep_stage_names_an_unknown_control_source_before_loading_anything(tmp_path):
     with pytest.raises(ValueError, match="control_source 'web'"):
         _run(onestep_controlnet, tmp_path / "cn", teacher="/nonexistent", control_source="web")
+
+
+def test_stage5_source_targets_are_the_images_the_controls_were_extracted_from(toy):
+    """``control_target: source``: each pair's target is the dataset latent its control came from (not an ODE solve
+    from the pair's noise), so the target's own edges are the control and the noise cannot predict them."""
+    from training.control import extract_control
+    from training.data import Bank
+    from training.models import load_controlnet, load_part, load_text_encoder
+    from training.stages.common import decode_unet_samples
+    from training.stages.onestep import OneStepConfig, make_pairs
+
+    vae, text = load_part(toy.teacher, "vae"), load_text_encoder(toy.teacher, torch.device("cpu"))
+    latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    embeds = text([f"{k}: a photo of the digit {k}" for k in range(6)])
+    bank = Bank({"latents": latents, "embeds": embeds})
+    teacher, controlnet = load_part(toy.teacher, "unet"), load_controlnet(str(toy.teacher_controlnet))
+    scheduler, uncond = load_part(toy.teacher, "scheduler"), text([""])
+    common = dict(num_pairs=5, ode_steps=2, control_source="data", control_kind="sobel")
+    source = make_pairs(
+        OneStepConfig(**common, control_target="source"), bank, teacher, controlnet, scheduler, vae, uncond, "cpu"
+    )
+    ode = make_pairs(
+        OneStepConfig(**common, control_target="ode"), bank, teacher, controlnet, scheduler, vae, uncond, "cpu"
+    )
+    for target, prompt in zip(source["target"], source["embeds"]):
+        j = next(i for i in range(6) if torch.equal(prompt, embeds[i]))
+        assert torch.equal(target, latents[j])
+    again = extract_control(decode_unet_samples(vae, source["target"]) * 2 - 1, "sobel").half()
+    assert torch.equal(again, source["control"])
+    assert torch.equal(ode["noise"], source["noise"]) and torch.equal(ode["control"], source["control"])
+    assert not torch.allclose(ode["target"], source["target"])
+
+
+def test_onestep_stage_names_an_unknown_control_target_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="control_target 'noise'"):
+        _run(onestep_controlnet, tmp_path / "cn", teacher="/nonexistent", control_target="noise")
+
+
+def test_a_shared_pairs_file_made_with_other_settings_stops_the_stage_with_the_differences(tmp_path):
+    """Stages share teacher pairs through ``pairs_path``; a file made for another control target (or count, guidance,
+    ...) must not be reused silently."""
+    import json
+
+    from training.stages.onestep import OneStepConfig, check_pair_settings, pair_settings
+
+    path = tmp_path / "pairs.pt"
+    made = pair_settings(OneStepConfig(teacher="t", control_target="ode"), controlnet_mode=True)
+    check_pair_settings(path, made)  # nothing there yet: fine
+    torch.save({"noise": torch.zeros(1)}, path)
+    check_pair_settings(path, {"num_pairs": 3})  # a file from before settings were recorded: trusted
+    path.with_suffix(".json").write_text(json.dumps(made))
+    check_pair_settings(path, made)
+    now = pair_settings(OneStepConfig(teacher="t", control_target="source", num_pairs=64), controlnet_mode=True)
+    with pytest.raises(ValueError, match="control_target: 'ode' there, 'source' here") as err:
+        check_pair_settings(path, now)
+    assert "num_pairs: 1024 there, 64 here" in str(err.value) and "own pairs_path" in str(err.value)
+    assert "control_target" not in pair_settings(OneStepConfig(), controlnet_mode=False)

@@ -19,6 +19,7 @@ feature-matching teacher to a frozen copy of the one-step student at ``switch_te
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ from training.sampling import ddim_sample, guided_output, onestep_sample
 from training.stages.common import decode_unet_samples, randint, randn
 
 CONTROL_SOURCES = ("teacher", "data")  # where stage 5's control images come from (``make_pairs``)
+CONTROL_TARGETS = ("ode", "source")  # what stage 5's feature matching pulls towards (``make_pairs``)
 
 
 @dataclass
@@ -99,6 +101,7 @@ class OneStepConfig(TrainConfig):
     embedding_channels: Any = None
     control_kind: str = "canny"
     control_source: str = "teacher"  # teacher: from an independent teacher sample (paper) | data: the prompt's image
+    control_target: str = "source"  # source: the image the control came from | ode: teacher + ControlNet, pair's noise
     validation_guidance: float = 1.0
 
 
@@ -135,8 +138,12 @@ def make_pairs(cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, v
     """Teacher ODE pairs: noise (N, 4, h, w), prompt embeds, x0 target and, with a ControlNet, the control image
     (N, 3, H, W) in [0, 1], extracted from an independent teacher sample for the same prompt (``control_source:
     teacher``; the paper: controls from the teacher's outputs) or from the dataset image the prompt belongs to
-    (``data``: real layouts, as the ControlNet will meet at inference); the target is the teacher with its ControlNet
-    following that control."""
+    (``data``: real layouts, as the ControlNet will meet at inference).
+
+    With a ControlNet the target is either the teacher with its ControlNet following that control from the pair's
+    noise (``control_target: ode``) or the very image the control was extracted from (``source``: its noise is
+    independent of the pair's, so only the control can tell the student where the edges go, as at inference, where
+    the control and the noise are unrelated; no second ODE solve)."""
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     out = {k: [] for k in ("noise", "embeds", "target", "control")}
     shape = bank.tensors["latents"].shape[1:]
@@ -154,12 +161,46 @@ def make_pairs(cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, v
                 ref = ddim_sample(teacher, scheduler.config, ref_noise, embeds, uncond, cfg.ode_steps, cfg.guidance)
             control = extract_control(decode_unet_samples(vae, ref) * 2 - 1, cfg.control_kind)
             out["control"].append(control.half().cpu())
-        target = ddim_sample(
-            teacher, scheduler.config, noise, embeds, uncond, cfg.ode_steps, cfg.guidance, teacher_cn, control
-        )
+        if control is not None and cfg.control_target == "source":
+            target = ref
+        else:
+            target = ddim_sample(
+                teacher, scheduler.config, noise, embeds, uncond, cfg.ode_steps, cfg.guidance, teacher_cn, control
+            )
         for k, v in (("noise", noise), ("embeds", embeds), ("target", target)):
             out[k].append(v.cpu())
     return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+PAIR_SETTINGS = ("teacher", "seed", "num_pairs", "ode_steps", "guidance")
+CONTROL_PAIR_SETTINGS = ("teacher_controlnet", "control_kind", "control_source", "control_target")
+
+
+def pair_settings(cfg: OneStepConfig, controlnet_mode: bool) -> dict:
+    """The config fields a pairs file is made from (written beside it as ``<name>.json``)."""
+    keys = PAIR_SETTINGS + (CONTROL_PAIR_SETTINGS if controlnet_mode else ())
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def check_pair_settings(pairs_path: Path, settings: dict) -> None:
+    """Stop before any work when an existing pairs file (shared through ``pairs_path``) was made with other settings:
+    reusing it would silently train on pairs the config does not describe.  Files without a settings record (written
+    before it existed) are trusted."""
+    recorded_path = _settings_path(pairs_path)
+    if not (pairs_path.exists() and recorded_path.exists()):
+        return
+    recorded = json.loads(recorded_path.read_text())
+    differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k}: {old!r} there, {new!r} here" for k, (old, new) in differ.items())
+        raise ValueError(
+            f"pairs file {pairs_path} was made with other settings ({detail}); give this run its own pairs_path "
+            f"or delete the file to make it again"
+        )
+
+
+def _settings_path(pairs_path: Path) -> Path:
+    return pairs_path.with_suffix(".json")
 
 
 def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Runner:
@@ -168,8 +209,13 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
         raise ValueError("one-step training alternates two optimisers per step; use a larger batch, not grad_accum")
     if cfg.control_source not in CONTROL_SOURCES:
         raise ValueError(f"control_source {cfg.control_source!r}: expected one of {CONTROL_SOURCES}")
+    if cfg.control_target not in CONTROL_TARGETS:
+        raise ValueError(f"control_target {cfg.control_target!r}: expected one of {CONTROL_TARGETS}")
     run = Runner(cfg, "onestep_controlnet" if controlnet_mode else "onestep")
     device, wd = run.device, run.weight_dtype
+    pairs_path = Path(cfg.pairs_path or run.out / "cache" / "pairs.pt")
+    settings = pair_settings(cfg, controlnet_mode)
+    check_pair_settings(pairs_path, settings)
 
     # 1. models: frozen teacher ("real" score), online fake score from it, the student (UNet, or its ControlNet)
     teacher = freeze(load_part(cfg.teacher, "unet")).to(device, wd)
@@ -193,10 +239,10 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
 
     # 2. data: prompts (+ real latents for the GAN) and the teacher's ODE pairs
     bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache", keep_pixels=False)
-    pairs_path = Path(cfg.pairs_path or run.out / "cache" / "pairs.pt")
     if run.accelerator.is_main_process and not pairs_path.exists():
         pairs_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(make_pairs(cfg, bank, teacher, teacher_cn, scheduler, vae, uncond, device), pairs_path)
+        _settings_path(pairs_path).write_text(json.dumps(settings, indent=2))
     run.accelerator.wait_for_everyone()
     pairs = Bank(torch.load(pairs_path))
 
