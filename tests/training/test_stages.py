@@ -353,3 +353,4 @@ def test_a_shared_pairs_file_made_with_other_settings_stops_the_stage_with_the_d
         check_pair_settings(path, now)
     assert "num_pairs: 1024 there, 64 here" in str(err.value) and "own pairs_path" in str(err.value)
     assert "control_target" not in pair_settings(OneStepConfig(), controlnet_mode=False)
+    assert pair_settings(OneStepConfig(teacher=tmp_path), controlnet_mode=False)["teacher"] == str(tmp_path)

@@ -179,7 +179,7 @@ CONTROL_PAIR_SETTINGS = ("teacher_controlnet", "control_kind", "control_source",
 def pair_settings(cfg: OneStepConfig, controlnet_mode: bool) -> dict:
     """The config fields a pairs file is made from (written beside it as ``<name>.json``)."""
     keys = PAIR_SETTINGS + (CONTROL_PAIR_SETTINGS if controlnet_mode else ())
-    return {k: getattr(cfg, k) for k in keys}
+    return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}, default=str))  # as the record reads back
 
 
 def check_pair_settings(pairs_path: Path, settings: dict) -> None:
