@@ -2,7 +2,10 @@
 
 Phase (a), feature-matching warm-up (``warmup_steps``): the student maps noise z to x0 in one step at
 ``student_timestep``; the teacher maps the same z with its multi-step ODE sampler (cached pairs); loss =
-``fm_weight`` * feature distance (``feature_distance`` over ``feature_net``'s layers; SSIM as in the paper).
+``fm_weight`` * feature distance (``feature_distance`` over ``feature_net``'s layers; SSIM as in the paper).  In
+stage 5 the pairs also hold a control image, and by default the target is the image that control was extracted from
+(``control_target``, ``make_pairs``).  A pairs file records the settings it was made with and is reused only by a
+run with the same settings.
 
 Phase (b), segmented Diff-Instruct (the remaining steps): the student's sample is re-noised at t ~ U[t_min, t_max];
 an online "fake" score model, initialised from the frozen offline ("real") teacher and trained with the denoising
