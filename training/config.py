@@ -92,6 +92,13 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise a ValueError naming ``name``, the bad ``value`` and the valid ``choices`` unless ``value`` is one of them
+    (stages call it before loading anything, so a typo fails in a second)."""
+    if value not in choices:
+        raise ValueError(f"{name} {value!r}: expected one of {tuple(choices)}")
+
+
 def apply_override(values: dict[str, Any], assignment: str) -> None:
     """Apply ``a.b=value`` (value parsed as YAML) to a nested dict."""
     if "=" not in assignment:

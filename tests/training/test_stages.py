@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -272,25 +273,40 @@ def test_controlnet_stage_names_an_unknown_timestep_sampling_before_loading_anyt
         _run(distill_controlnet, tmp_path / "cn", teacher="/nonexistent", timestep_sampling="cosine")
 
 
-def test_stage5_pairs_take_each_control_from_the_prompts_own_image_with_control_source_data(toy):
-    from training.control import extract_control
+@pytest.fixture(scope="module")
+def data_pairs(toy):
+    """``make_pairs`` over a 6-image bank with controls from the data (``control_source: data``, Sobel edges):
+    ``make(**config)`` returns the pairs, ``row(prompt)`` the bank index a pair's prompt embedding came from."""
     from training.data import Bank
     from training.models import load_controlnet, load_part, load_text_encoder
-    from training.stages.common import decode_unet_samples
     from training.stages.onestep import OneStepConfig, make_pairs
 
     vae, text = load_part(toy.teacher, "vae"), load_text_encoder(toy.teacher, torch.device("cpu"))
     latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     embeds = text([f"{k}: a photo of the digit {k}" for k in range(6)])
     bank = Bank({"latents": latents, "embeds": embeds})
-    cfg = OneStepConfig(num_pairs=5, ode_steps=2, control_source="data", control_kind="sobel")
-    teacher, controlnet = load_part(toy.teacher, "unet"), load_controlnet(str(toy.teacher_controlnet))
-    pairs = make_pairs(cfg, bank, teacher, controlnet, load_part(toy.teacher, "scheduler"), vae, text([""]), "cpu")
-    own = extract_control(decode_unet_samples(vae, latents) * 2 - 1, "sobel").half()
+    models = (load_part(toy.teacher, "unet"), load_controlnet(str(toy.teacher_controlnet)))
+    scheduler, uncond = load_part(toy.teacher, "scheduler"), text([""])
+
+    def make(**config):
+        cfg = OneStepConfig(num_pairs=5, ode_steps=2, control_source="data", control_kind="sobel", **config)
+        return make_pairs(cfg, bank, *models, scheduler, vae, uncond, "cpu")
+
+    def row(prompt):
+        return next(i for i in range(6) if torch.equal(prompt, embeds[i]))
+
+    return SimpleNamespace(make=make, row=row, vae=vae, latents=latents)
+
+
+def test_stage5_pairs_take_each_control_from_the_prompts_own_image_with_control_source_data(data_pairs):
+    from training.control import extract_control
+    from training.stages.common import decode_unet_samples
+
+    pairs = data_pairs.make()
+    own = extract_control(decode_unet_samples(data_pairs.vae, data_pairs.latents) * 2 - 1, "sobel").half()
     assert pairs["control"].shape == (5, 3, 32, 32) and pairs["target"].shape == (5, 4, 8, 8)
     for control, prompt in zip(pairs["control"], pairs["embeds"]):
-        j = next(i for i in range(6) if torch.equal(prompt, embeds[i]))
-        assert torch.equal(control, own[j])
+        assert torch.equal(control, own[data_pairs.row(prompt)])
 
 
 def test_onestep_stage_names_an_unknown_control_source_before_loading_anything(tmp_path):
@@ -298,32 +314,16 @@ def test_onestep_stage_names_an_unknown_control_source_before_loading_anything(t
         _run(onestep_controlnet, tmp_path / "cn", teacher="/nonexistent", control_source="web")
 
 
-def test_stage5_source_targets_are_the_images_the_controls_were_extracted_from(toy):
+def test_stage5_source_targets_are_the_images_the_controls_were_extracted_from(data_pairs):
     """``control_target: source``: each pair's target is the dataset latent its control came from (not an ODE solve
     from the pair's noise), so the target's own edges are the control and the noise cannot predict them."""
     from training.control import extract_control
-    from training.data import Bank
-    from training.models import load_controlnet, load_part, load_text_encoder
     from training.stages.common import decode_unet_samples
-    from training.stages.onestep import OneStepConfig, make_pairs
 
-    vae, text = load_part(toy.teacher, "vae"), load_text_encoder(toy.teacher, torch.device("cpu"))
-    latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    embeds = text([f"{k}: a photo of the digit {k}" for k in range(6)])
-    bank = Bank({"latents": latents, "embeds": embeds})
-    teacher, controlnet = load_part(toy.teacher, "unet"), load_controlnet(str(toy.teacher_controlnet))
-    scheduler, uncond = load_part(toy.teacher, "scheduler"), text([""])
-    common = dict(num_pairs=5, ode_steps=2, control_source="data", control_kind="sobel")
-    source = make_pairs(
-        OneStepConfig(**common, control_target="source"), bank, teacher, controlnet, scheduler, vae, uncond, "cpu"
-    )
-    ode = make_pairs(
-        OneStepConfig(**common, control_target="ode"), bank, teacher, controlnet, scheduler, vae, uncond, "cpu"
-    )
+    source, ode = data_pairs.make(control_target="source"), data_pairs.make(control_target="ode")
     for target, prompt in zip(source["target"], source["embeds"]):
-        j = next(i for i in range(6) if torch.equal(prompt, embeds[i]))
-        assert torch.equal(target, latents[j])
-    again = extract_control(decode_unet_samples(vae, source["target"]) * 2 - 1, "sobel").half()
+        assert torch.equal(target, data_pairs.latents[data_pairs.row(prompt)])
+    again = extract_control(decode_unet_samples(data_pairs.vae, source["target"]) * 2 - 1, "sobel").half()
     assert torch.equal(again, source["control"])
     assert torch.equal(ode["noise"], source["noise"]) and torch.equal(ode["control"], source["control"])
     assert not torch.allclose(ode["target"], source["target"])
@@ -337,8 +337,6 @@ def test_onestep_stage_names_an_unknown_control_target_before_loading_anything(t
 def test_a_shared_pairs_file_made_with_other_settings_stops_the_stage_with_the_differences(tmp_path):
     """Stages share teacher pairs through ``pairs_path``; a file made for another control target (or count, guidance,
     ...) must not be reused silently."""
-    import json
-
     from training.stages.onestep import OneStepConfig, check_pair_settings, pair_settings
 
     path = tmp_path / "pairs.pt"

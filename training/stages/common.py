@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from training.config import check_choice
+
 
 def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
     """Standard normal noise drawn on CPU from ``generator`` (device independent, so resumes are exact), then moved."""
@@ -24,12 +26,11 @@ def sample_timesteps(high: int, n: int, generator: torch.Generator, device, sche
     (0.5^(1/3)) fall in the noisier half (T2I-Adapter's non-uniform sampling for condition models: the layout that a
     control image fixes is decided at high noise, and a one-step generator lives at the highest timestep).
     """
+    check_choice("timestep_sampling", schedule, TIMESTEP_SAMPLING)
     if schedule == "uniform":
         return randint(high, n, generator, device)
-    if schedule == "cubic":
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
-        return ((1 - u**3) * high).long().clamp(0, high - 1).to(device)
-    raise ValueError(f"unknown timestep sampling {schedule!r}; expected one of {TIMESTEP_SAMPLING}")
+    u = torch.rand(n, generator=generator, dtype=torch.float64)  # cubic
+    return ((1 - u**3) * high).long().clamp(0, high - 1).to(device)
 
 
 def drop_prompts(embeds: torch.Tensor, uncond: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 
 from sdxs.onestep import add_noise
 from sdxs.student import stage_map
-from training.config import TrainConfig, parse_args
+from training.config import TrainConfig, check_choice, parse_args
 from training.control import extract_control
 from training.data import load_bank
 from training.hooks import FeatureRecorder, kd_pairs, unet_stage_paths
@@ -54,8 +54,7 @@ class DistillControlNetConfig(TrainConfig):
 
 def main(argv=None) -> Runner:
     cfg = parse_args(DistillControlNetConfig, argv, __doc__)
-    if cfg.timestep_sampling not in TIMESTEP_SAMPLING:
-        raise ValueError(f"timestep_sampling {cfg.timestep_sampling!r}: expected one of {TIMESTEP_SAMPLING}")
+    check_choice("timestep_sampling", cfg.timestep_sampling, TIMESTEP_SAMPLING)
     run = Runner(cfg, "distill_controlnet")
     device, wd = run.device, run.weight_dtype
 

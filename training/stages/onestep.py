@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from sdxs.onestep import add_noise, predict_x0
-from training.config import TrainConfig, parse_args
+from training.config import TrainConfig, check_choice, parse_args
 from training.control import extract_control
 from training.data import Bank, load_bank
 from training.features import feature_network
@@ -210,10 +210,8 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
     cfg = parse_args(cfg_cls, argv, __doc__)
     if cfg.grad_accum != 1:
         raise ValueError("one-step training alternates two optimisers per step; use a larger batch, not grad_accum")
-    if cfg.control_source not in CONTROL_SOURCES:
-        raise ValueError(f"control_source {cfg.control_source!r}: expected one of {CONTROL_SOURCES}")
-    if cfg.control_target not in CONTROL_TARGETS:
-        raise ValueError(f"control_target {cfg.control_target!r}: expected one of {CONTROL_TARGETS}")
+    check_choice("control_source", cfg.control_source, CONTROL_SOURCES)
+    check_choice("control_target", cfg.control_target, CONTROL_TARGETS)
     run = Runner(cfg, "onestep_controlnet" if controlnet_mode else "onestep")
     device, wd = run.device, run.weight_dtype
     pairs_path = Path(cfg.pairs_path or run.out / "cache" / "pairs.pt")
