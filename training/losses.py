@@ -190,6 +190,21 @@ def lpips_feature_distance(features, targets, weights=None) -> torch.Tensor:
 FEATURE_DISTANCES = {"ssim": ssim_feature_distance, "mse": mse_feature_distance, "lpips": lpips_feature_distance}
 
 
+def latent_mse_per_sample(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE between UNet-space latents, per sample: (B, C, h, w) x2 -> (B,) float32."""
+    return (x.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+def latent_moments_per_sample(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared differences of each channel's spatial mean and std, averaged over channels: (B, C, h, w) x2 -> (B,).
+
+    Zero for any rearrangement of the target's values within each channel, so it pins the latents' scale and offset
+    without pulling the layout towards the target (an MSE's pull towards the mean blurs when the target is not
+    determined by the input, as with stage 5's source-image targets)."""
+    a, b = x.float().flatten(2), target.float().flatten(2)
+    return ((a.mean(2) - b.mean(2)).pow(2) + (a.std(2) - b.std(2)).pow(2)).mean(1)
+
+
 # ---- 4b. segmented Diff-Instruct (Fig. 3) ---------------------------------------------------------------------------
 
 

@@ -156,3 +156,23 @@ def test_diff_instruct_learning_rate_survives_the_scheduler_and_a_resume():
     set_learning_rate(opt, sched, 2e-5)
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(2e-5)
+
+
+def test_latent_mse_is_the_per_sample_mean_squared_difference():
+    x, target = torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.randn(3, 4, 8, 8)
+    expected = torch.stack([F.mse_loss(a.float(), b) for a, b in zip(x, target)])
+    assert torch.allclose(L.latent_mse_per_sample(x, target), expected)
+
+
+def test_latent_moments_ignore_the_layout_and_see_the_scale_and_offset():
+    target = torch.randn(2, 4, 8, 8)
+    shuffled = target.flatten(2)[:, :, torch.randperm(64)].view_as(target)  # same values per channel, new layout
+    assert torch.allclose(L.latent_moments_per_sample(shuffled, target), torch.zeros(2), atol=1e-6)
+    assert L.latent_mse_per_sample(shuffled, target).min() > 0.5
+    doubled = L.latent_moments_per_sample(2 * target, target)  # std doubles: (2s - s)^2 = s^2 per channel ...
+    shifted = L.latent_moments_per_sample(target + 1, target)  # ... and a unit offset costs exactly 1
+    assert torch.allclose(doubled, target.flatten(2).std(2).pow(2).mean(1) + (target.flatten(2).mean(2)).pow(2).mean(1))
+    assert torch.allclose(shifted, torch.ones(2), atol=1e-5)
+    x = target.clone().requires_grad_(True)
+    (L.latent_moments_per_sample(1.5 * x, target).sum()).backward()  # a gradient that shrinks an inflated scale
+    assert (x.grad * target).sum() > 0

@@ -26,8 +26,9 @@ def test_miniature_pipeline_and_ablation_run_end_to_end_at_toy_scale(tmp_path):
                     "--eval-per-class", "2", "--threads", "2"])
     assert set(results["claims"]) and results["export"]["diffusers_loads"] and results["export"]["sdxs_loads"] is True
     assert (tmp_path / "results" / "results.md").read_text().count("| claim | holds |") == 1
-    for row in results["generation"]["rows"].values():
+    for row in [*results["generation"]["rows"].values(), *results["controlnet"].values()]:
         assert row["fd"] >= 0 and 0 <= row["accuracy"] <= 1
+        assert row["fd_tiny_decoder"] >= 0 and 0 <= row["accuracy_tiny_decoder"] <= 1  # what the export ships
     four = ablate.main(["fm4", json.dumps({"fm_weight": 4.0}), "--work", str(work), "--out", str(tmp_path / "abl"),
                         "--eval-per-class", "2", "--threads", "2"])
     five = ablate.main(["cn", "{}", "--stage", "5", "--work", str(work), "--out", str(tmp_path / "abl"),

@@ -149,6 +149,30 @@ def test_onestep_resume_is_bit_exact(runs):
     assert "sd" not in rows[0] and {"sd", "fm", "fake_loss", "gan_g", "score_fraction"} <= set(rows[-1])
 
 
+def test_onestep_latent_term_adds_the_weighted_latent_mse_to_feature_matching(runs, toy, tmp_path):
+    """``latent_weight``: the warm-up loss is fm_weight * (feature distance + latent_weight * latent MSE), and both
+    parts are logged (the latent MSE shows the latents' drift that decoded features hide)."""
+    root, _ = runs
+    config = dict(
+        teacher=str(toy.teacher),
+        recipe=RECIPE_DICT,
+        data=toy.data_cfg(),
+        student=str(root / "unet" / "final" / "unet"),
+        num_pairs=8,
+        ode_steps=2,
+        warmup_steps=2,
+        max_steps=2,
+        fm_weight=3.0,
+        latent_weight=0.5,
+        checkpoint_every=2,
+    )
+    _run(onestep, tmp_path / "run", **config)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["latent_mse"] > 0 for r in rows)
+    for r in rows:
+        assert r["loss"] == pytest.approx(3.0 * (r["fm"] + 0.5 * r["latent_mse"]), rel=1e-5)
+
+
 def test_resume_into_a_different_model_set_names_the_mismatch(runs, toy, tmp_path):
     """A checkpoint saved with a GAN head cannot silently resume a run without one (or the reverse)."""
     import shutil
@@ -332,6 +356,11 @@ def test_stage5_source_targets_are_the_images_the_controls_were_extracted_from(d
 def test_onestep_stage_names_an_unknown_control_target_before_loading_anything(tmp_path):
     with pytest.raises(ValueError, match="control_target 'noise'"):
         _run(onestep_controlnet, tmp_path / "cn", teacher="/nonexistent", control_target="noise")
+
+
+def test_onestep_stage_names_an_unknown_latent_distance_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="latent_distance 'l1'"):
+        _run(onestep, tmp_path / "one", teacher="/nonexistent", latent_distance="l1")
 
 
 def test_a_shared_pairs_file_made_with_other_settings_stops_the_stage_with_the_differences(tmp_path):

@@ -2,7 +2,8 @@
 
 Phase (a), feature-matching warm-up (``warmup_steps``): the student maps noise z to x0 in one step at
 ``student_timestep``; the teacher maps the same z with its multi-step ODE sampler (cached pairs); loss =
-``fm_weight`` * feature distance (``feature_distance`` over ``feature_net``'s layers; SSIM as in the paper).  In
+``fm_weight`` * (feature distance (``feature_distance`` over ``feature_net``'s layers; SSIM as in the paper) +
+``latent_weight`` * the latents' MSE, which keeps their scale at the teacher's for a tiny decoder).  In
 stage 5 the pairs also hold a control image, and by default the target is the image that control was extracted from
 (``control_target``, ``make_pairs``).  A pairs file records the settings it was made with and is reused only by a
 run with the same settings.
@@ -42,6 +43,8 @@ from training.losses import (
     FeatureGANHead,
     decayed_weight,
     denoising_loss,
+    latent_moments_per_sample,
+    latent_mse_per_sample,
     score_distillation_mask,
     score_distillation_per_sample,
     segmented_loss,
@@ -62,6 +65,7 @@ from training.sampling import ddim_sample, guided_output, onestep_sample
 from training.stages.common import decode_unet_samples, randint, randn
 
 CONTROL_SOURCES = ("teacher", "data")  # where stage 5's control images come from (``make_pairs``)
+LATENT_DISTANCES = {"mse": latent_mse_per_sample, "moments": latent_moments_per_sample}
 CONTROL_TARGETS = ("ode", "source")  # what stage 5's feature matching pulls towards (``make_pairs``)
 
 
@@ -81,6 +85,10 @@ class OneStepConfig(TrainConfig):
     feature_net: str = "vae_encoder"  # latent | vae_decoder | vae_encoder
     feature_distance: str = "ssim"  # ssim | mse | lpips
     feature_weights: Any = None
+    # + latent_weight * MSE(student latents, target latents): the teacher decoder saturates, so decoded features alone
+    # let the one-step latents drift to 2-3x the teacher's scale, which a tiny decoder renders blown out (0: off)
+    latent_weight: float = 0.0
+    latent_distance: str = "mse"  # mse: pointwise | moments: each channel's mean and std (the scale, not the layout)
     fm_weight: float = 1.0
     fm_weight_end: float = 0.0
     fm_decay: str = "linear"  # linear | cosine | constant
@@ -212,6 +220,7 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
         raise ValueError("one-step training alternates two optimisers per step; use a larger batch, not grad_accum")
     check_choice("control_source", cfg.control_source, CONTROL_SOURCES)
     check_choice("control_target", cfg.control_target, CONTROL_TARGETS)
+    check_choice("latent_distance", cfg.latent_distance, tuple(LATENT_DISTANCES))
     run = Runner(cfg, "onestep_controlnet" if controlnet_mode else "onestep")
     device, wd = run.device, run.weight_dtype
     pairs_path = Path(cfg.pairs_path or run.out / "cache" / "pairs.pt")
@@ -281,17 +290,19 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             m = fm_teacher["model"]
             return generate(batch, *((None, m) if controlnet_mode else (m, None)))
 
-    def fm_loss_per_sample(x, batch, rows=None):
-        """Feature-matching distance per sample (B,) against ``batch``'s targets; with a (B,) bool ``rows``, computed
-        only there (zero elsewhere: the score-distillation rows, whose noise may not match the targets)."""
+    def fm_loss_per_sample(x, batch, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature-matching distance and latent MSE per sample ((B,), (B,)) against ``batch``'s targets; with a (B,)
+        bool ``rows``, computed only there (zero elsewhere: the score-distillation rows, whose noise may not match
+        the targets).  The loss takes ``distance + latent_weight * latent_mse``."""
         if rows is not None:
             index = rows.nonzero(as_tuple=True)[0]
             routed = fm_loss_per_sample(x[index], {k: v[index] for k, v in batch.items()}) if len(index) else None
             zeros = x.new_zeros(len(x), dtype=torch.float32)
-            return zeros if routed is None else zeros.index_put((index,), routed.float())
+            return (zeros, zeros) if routed is None else tuple(zeros.index_put((index,), r.float()) for r in routed)
         with torch.no_grad():
-            t_feats = features(fm_targets(batch))
-        return fm_distance(features(x), t_feats, cfg.feature_weights)
+            target = fm_targets(batch)
+            t_feats = features(target)
+        return fm_distance(features(x), t_feats, cfg.feature_weights), LATENT_DISTANCES[cfg.latent_distance](x, target)
 
     def with_fresh_noise(batch, rows=None):
         """``batch`` with new noise in ``rows`` (a (B,) bool mask; all rows when None) when ``fresh_noise``.
@@ -382,8 +393,13 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             batch = with_fresh_noise(batch, mask)
         with run.accelerator.autocast():
             x = generate(batch)
-            fm = fm_loss_per_sample(x, batch, None if warmup else ~mask)
-            logs = {"fm": fm.mean().item() if warmup else fm[~mask].mean().item() if (~mask).any() else 0.0}
+            distance, latent_mse = fm_loss_per_sample(x, batch, None if warmup else ~mask)
+            fm = distance + cfg.latent_weight * latent_mse
+            fm_rows = slice(None) if warmup else ~mask
+            logs = {
+                "fm": distance[fm_rows].mean().item() if len(distance[fm_rows]) else 0.0,
+                "latent_mse": latent_mse[fm_rows].mean().item() if len(latent_mse[fm_rows]) else 0.0,
+            }
             if warmup:
                 loss = cfg.fm_weight * fm.mean()
             else:
