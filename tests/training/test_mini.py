@@ -1,4 +1,4 @@
-"""The miniature reproduction (about 30 minutes on 2 CPU cores): ``pytest -m slow tests/training/test_mini.py``."""
+"""The miniature reproduction (about 35 minutes on 2 CPU cores): ``pytest -m slow tests/training/test_mini.py``."""
 
 import pytest
 
@@ -14,8 +14,12 @@ def test_miniature_reproduction_shows_the_papers_claims(tmp_path):
 
 
 def test_miniature_pipeline_and_ablation_run_end_to_end_at_toy_scale(tmp_path):
-    """Every stage, the metrics, the export check and an ablation of stages 4 and 5, at 1% of the steps."""
+    """Every stage, the metrics, the export check and ablations of stages 4, 5 and the decoder fine-tune, at 1% of
+    the steps."""
     import json
+
+    import torch
+    from safetensors.torch import load_file
 
     from training.mini import ablate
     from training.mini import spread as mini_spread
@@ -29,14 +33,23 @@ def test_miniature_pipeline_and_ablation_run_end_to_end_at_toy_scale(tmp_path):
     for row in [*results["generation"]["rows"].values(), *results["controlnet"].values()]:
         assert row["fd"] >= 0 and 0 <= row["accuracy"] <= 1
         assert row["fd_tiny_decoder"] >= 0 and 0 <= row["accuracy_tiny_decoder"] <= 1  # what the export ships
+        assert row["fd_stage2_decoder"] >= 0 and 0 <= row["accuracy_stage2_decoder"] <= 1
+    assert results["decoder"]["tiny_decoder_psnr"] > 0 and results["decoder"]["stage2_decoder_psnr"] > 0
+    vaes = (work / "export" / "vae", work / "decoder_onestep" / "final" / "vae")  # the export ships the fine-tune
+    shipped, fine_tuned = (load_file(next(p.glob("*.safetensors"))) for p in vaes)
+    assert shipped.keys() == fine_tuned.keys() and all(torch.equal(shipped[k], fine_tuned[k]) for k in shipped)
     four = ablate.main(["fm4", json.dumps({"fm_weight": 4.0}), "--work", str(work), "--out", str(tmp_path / "abl"),
                         "--eval-per-class", "2", "--threads", "2"])
     five = ablate.main(["cn", "{}", "--stage", "5", "--work", str(work), "--out", str(tmp_path / "abl"),
                         "--eval-per-class", "2", "--threads", "2"])
     ema = ablate.main(["ema", json.dumps({"from_warmup_weights": True, "ema_decay": 0.9}), "--work", str(work),
                        "--out", str(tmp_path / "abl"), "--eval-per-class", "2", "--threads", "2"])
+    decoder = ablate.main(["dec", json.dumps({"lr": 1e-3}), "--stage", "2", "--work", str(work), "--out",
+                           str(tmp_path / "abl"), "--eval-per-class", "2", "--threads", "2"])
     assert four["onestep"]["fd"] >= 0 and 0 <= five["with_controlnet"]["edge_f1"] <= 1 and ema["onestep"]["fd"] >= 0
-    assert len((tmp_path / "abl" / "results.jsonl").read_text().splitlines()) == 3
+    assert 0 <= decoder["with_controlnet"]["edge_f1_tiny_decoder"] <= 1 and decoder["psnr"] > 0
+    assert decoder["without"]["fd_tiny_decoder"] >= 0
+    assert len((tmp_path / "abl" / "results.jsonl").read_text().splitlines()) == 4
     spread = mini_spread.main(["--work", str(work), "--seeds", "1", "2", "--eval-per-class", "2"])
     assert {row["fd_std"] >= 0 for row in spread.values()} == {True} and len(spread) == 4
 

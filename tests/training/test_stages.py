@@ -209,6 +209,65 @@ def test_decoder_and_controlnet_stages_export_their_models(runs):
         ) == (16, 32, 64)
 
 
+def test_decoder_fine_tune_adds_the_one_step_models_samples_to_the_latent_pool(runs, toy, tmp_path):
+    """``onestep_samples``: the pool gains the one-step UNet's x0 at ``onestep_timestep``, the first
+    ``onestep_control_share`` with the ControlNet on controls extracted from the data's images, the rest without; the
+    fine-tune continues from stage 2's decoder."""
+    from training.config import DataConfig
+    from training.control import extract_control
+    from training.data import load_bank
+    from training.models import load_part, load_text_encoder
+    from training.sampling import onestep_sample
+
+    root, _ = runs
+    unet_dir, cn_dir = root / "onestep" / "final" / "unet", root / "onestep_cn" / "final" / "controlnet"
+    start = root / "decoder" / "final" / "vae"
+    _run(
+        distill_decoder,
+        tmp_path / "fine_tune",
+        teacher=str(toy.teacher),
+        data=toy.data_cfg(),
+        max_steps=2,
+        tiny_vae=str(start),
+        onestep_samples=4,
+        onestep_unet=str(unet_dir),
+        onestep_controlnet=str(cn_dir),
+        onestep_control_share=0.5,
+        control_kind="sobel",
+        gan_weight=0.0,
+        downsample=4,
+    )
+    cached = torch.load(tmp_path / "fine_tune" / "cache" / "onestep_latents.pt")
+    assert cached.shape == (4, 4, 8, 8)
+
+    accelerator = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    vae, text = load_part(toy.teacher, "vae"), load_text_encoder(toy.teacher, "cpu")
+    bank = load_bank(DataConfig(**toy.data_cfg()), vae, text, accelerator, tmp_path)  # the stage's cached bank
+    gen = torch.Generator().manual_seed(0 + 2)  # the stage's seed + 2
+    index = torch.randint(len(bank), (4,), generator=gen)
+    noise = torch.randn((4, 4, 8, 8), generator=gen)
+    embeds, scheduler = bank.tensors["embeds"][index], load_part(toy.teacher, "scheduler")
+    unet, controlnet = UNet2DConditionModel.from_pretrained(unet_dir), ControlNetModel.from_pretrained(cn_dir)
+    control = extract_control(bank.tensors["pixels"][index[:2]].float(), "sobel")
+    args = (scheduler.alphas_cumprod, 999, scheduler.config.prediction_type)
+    with torch.no_grad():
+        expected = torch.cat(
+            [
+                onestep_sample(unet, noise[:2], embeds[:2], *args, controlnet, control),
+                onestep_sample(unet, noise[2:], embeds[2:], *args),
+            ]
+        )
+        assert not torch.allclose(expected[:2], onestep_sample(unet, noise[:2], embeds[:2], *args))  # it conditions
+    torch.testing.assert_close(cached, expected.float())
+    before, after = _weights(start), _weights(tmp_path / "fine_tune" / "final" / "vae")
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_decoder_stage_asks_for_the_one_step_unet_its_samples_need(tmp_path):
+    with pytest.raises(ValueError, match="onestep_samples needs onestep_unet"):
+        _run(distill_decoder, tmp_path / "dec", teacher="/nonexistent", onestep_samples=4)
+
+
 def test_export_layout_loads_in_diffusers(runs):
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 

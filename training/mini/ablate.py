@@ -1,15 +1,19 @@
-"""One ablation of stage 4 or 5 on a finished miniature run, scored like the full run.
+"""One ablation of stage 4, 5 or the decoder fine-tune (stage 2 again) on a finished miniature run, scored like the
+full run.
 
     python -m training.mini.ablate NAME '{"fm_weight": 4.0, "fm_decay": "constant"}'           # stage 4
     python -m training.mini.ablate NAME '{"from_scratch": true, "warmup_steps": 600}'         # stage 4, new warm-up
     python -m training.mini.ablate NAME '{"from_warmup_weights": true, "ema_decay": 0.99}'     # stage 4, phase (b)
     python -m training.mini.ablate NAME '{"fm_weight": 4.0}' --stage 5
+    python -m training.mini.ablate NAME '{"lr": 0.001, "gan_weight": 0.05}' --stage 2   # the decoder fine-tune
 
 Reads the run's stage config from ``--work`` (``python -m training.mini.run`` leaves it in ``/tmp/sdxs-mini``),
 applies the JSON overrides and trains into ``--out/NAME``.  Stage 4 resumes the run's warm-up checkpoint (so only the
 Diff-Instruct phase changes) unless ``from_scratch`` is true; ``from_warmup_weights`` starts phase (b) from the
 warm-up's weights instead of its checkpoint (for settings that add state the checkpoint lacks: an EMA, a GAN head).
-Prints one JSON line (FD, accuracy and, for stage 5, edge F1 with and without the ControlNet) and appends it to
+Stage 2 fine-tunes the run's stage-2 decoder with the run's fine-tune config (``decoder_onestep``) and scores the run's
+one-step student with and without its ControlNet through it, and its PSNR on held-out real latents.  Prints one JSON
+line (FD, accuracy and, for stages 5 and 2, edge F1 with and without the ControlNet) and appends it to
 ``--out/results.jsonl``.
 """
 
@@ -26,16 +30,18 @@ import yaml
 
 from training.mini import data as mdata
 from training.mini import run as mini
-from training.mini.metrics import edge_f1, train_classifier
-from training.models import load_controlnet, load_part
-from training.stages import onestep, onestep_controlnet
+from training.mini.metrics import edge_f1, psnr, train_classifier
+from training.mini.prepare import encode
+from training.models import load_controlnet, load_part, load_tiny_vae
+from training.stages import distill_decoder, onestep, onestep_controlnet
+from training.stages.common import decode_unet_samples
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name")
     parser.add_argument("overrides", help="JSON object of stage-config overrides")
-    parser.add_argument("--stage", type=int, choices=[4, 5], default=4)
+    parser.add_argument("--stage", type=int, choices=[2, 4, 5], default=4)
     parser.add_argument("--work", default="/tmp/sdxs-mini")
     parser.add_argument("--out", default="/tmp/sdxs-ablations")
     parser.add_argument("--threads", type=int, default=1)
@@ -49,8 +55,10 @@ def main(argv=None) -> dict:
     from_scratch = overrides.pop("from_scratch", False)
     from_weights = overrides.pop("from_warmup_weights", False)
     shutil.rmtree(out, ignore_errors=True)
-    config_name = "onestep.yaml" if args.stage == 4 else "onestep_controlnet.yaml"
+    config_name = {2: "decoder_onestep.yaml", 4: "onestep.yaml", 5: "onestep_controlnet.yaml"}[args.stage]
     cfg = yaml.safe_load((work / "configs" / config_name).read_text())
+    if args.stage == 2:  # the same teacher samples as the run's decoders
+        shutil.copytree(work / "decoder" / "cache", out / "cache")
     if args.stage == 4 and not (from_scratch or from_weights):
         name = f"step_{cfg['warmup_steps']:07d}"
         shutil.copytree(work / "onestep" / "checkpoints" / name, out / "checkpoints" / name)
@@ -64,7 +72,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     started = time.time()
-    (onestep if args.stage == 4 else onestep_controlnet).main(["--config", str(out / "config.yaml")])
+    {2: distill_decoder, 4: onestep, 5: onestep_controlnet}[args.stage].main(["--config", str(out / "config.yaml")])
     result = {"name": args.name, "stage": args.stage, "overrides": overrides, "from_scratch": from_scratch,
               "from_warmup_weights": from_weights,
               "train_s": round(time.time() - started)}
@@ -74,6 +82,8 @@ def main(argv=None) -> dict:
     evaluator = mini.Evaluator(work, train_classifier(digits.train, digits.train_labels, seed=0), digits, 0)
     if args.stage == 4:
         result["onestep"] = evaluator.score("onestep", evaluator.onestep(load_part(out / "final", "unet")))
+    elif args.stage == 2:
+        result.update(score_decoder(evaluator, work, load_tiny_vae(str(out / "final" / "vae")), digits))
     else:
         control = mini.eval_controls(digits)
         unet = load_part(Path(cfg["student"]).parent, "unet")
@@ -84,6 +94,26 @@ def main(argv=None) -> dict:
     print(json.dumps(result), flush=True)
     with open(Path(args.out) / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
+    return result
+
+
+def score_decoder(evaluator: mini.Evaluator, work: Path, tiny, digits: mdata.Digits) -> dict:
+    """The run's one-step student with and without its ControlNet through ``tiny`` (FD, accuracy, edge F1 of the
+    tiny decodes) and ``tiny``'s PSNR against the teacher decoder on held-out digits and photos."""
+    evaluator.tiny_vaes = {"tiny_decoder": tiny}
+    unet = load_part(work / "onestep" / "final", "unet")
+    controlnet = load_controlnet(str(work / "onestep_controlnet" / "final" / "controlnet"))
+    control = mini.eval_controls(digits)
+    result = {}
+    for key, kwargs in (("with_controlnet", dict(controlnet=controlnet, control=control)), ("without", {})):
+        latents = evaluator.onestep(unet, **kwargs)
+        with torch.no_grad():
+            tiny_px = torch.cat([decode_unet_samples(tiny, c) for c in latents.split(250)])
+        result[key] = {"edge_f1_tiny_decoder": edge_f1(tiny_px, control), **evaluator.score(key, latents)}
+    held_out = torch.cat([digits.test, mdata.photo_crops(600, 32, seed=0)[480:]])  # the run's held-out photos
+    latents = encode(evaluator.vae, held_out)
+    with torch.no_grad():
+        result["psnr"] = psnr(decode_unet_samples(tiny, latents), decode_unet_samples(evaluator.vae, latents))
     return result
 
 

@@ -1,11 +1,13 @@
 """Stage 2 (paper Fig. 2a): distil the tiny image decoder (TAESD-shaped ``AutoencoderTiny``) from the teacher VAE.
 
-Latents come from the frozen diffusion model: encoded real images and the teacher's own multi-step samples.  Both the
-teacher decoder and the tiny decoder decode them; loss = L1 after ``downsample``x average pooling (8 = the latent
-resolution) + ``gan_weight`` * hinge GAN loss, with teacher decodes as "real" and tiny decodes as "fake" for a
-spectral-normalised PatchGAN discriminator (our choice; the paper gives none).  Only the decoder is trained by
-these losses; with ``encoder_weight > 0`` the tiny encoder is additionally regressed onto the teacher's latents
-(MSE, real images only) so the exported ``AutoencoderTiny`` also serves image-to-image.
+Latents come from the frozen diffusion model: encoded real images, the teacher's own multi-step samples and, for a
+decoder fine-tuned on what an exported one-step pipeline decodes, the one-step model's samples (``onestep_unet``,
+with ``onestep_controlnet`` on controls extracted from the data's images; continue from stage 2's decoder through
+``tiny_vae``).  Both the teacher decoder and the tiny decoder decode them; loss = L1 after ``downsample``x average
+pooling (8 = the latent resolution) + ``gan_weight`` * hinge GAN loss, with teacher decodes as "real" and tiny
+decodes as "fake" for a spectral-normalised PatchGAN discriminator (our choice; the paper gives none).  Only the
+decoder is trained by these losses; with ``encoder_weight > 0`` the tiny encoder is additionally regressed onto the
+teacher's latents (MSE, real images only) so the exported ``AutoencoderTiny`` also serves image-to-image.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import torch
 
 from sdxs.decoder import build_tiny_autoencoder
 from training.config import TrainConfig, parse_args
+from training.control import extract_control
 from training.data import Bank, load_bank
 from training.losses import PatchDiscriminator, downsampled_l1, hinge_discriminator_loss, hinge_generator_loss
-from training.models import freeze, load_part, load_text_encoder, load_tiny_vae
+from training.models import freeze, load_controlnet, load_part, load_text_encoder, load_tiny_vae, student_unet
 from training.runner import Runner
-from training.sampling import ddim_sample
-from training.stages.common import decode_unet_samples
+from training.sampling import ddim_sample, onestep_sample
+from training.stages.common import alphas_cumprod, decode_unet_samples
 
 
 @dataclass
@@ -39,6 +42,14 @@ class DistillDecoderConfig(TrainConfig):
     teacher_samples: int = 0  # teacher multi-step samples added to the latent pool
     sample_steps: int = 25
     sample_guidance: float = 1.0
+    # one-step samples added to the latent pool (0: none): the one-step model's latents need not match the teacher's
+    # scale, and the tiny decoder's input clamp (tanh(x/3)*3) renders latents outside it worse than the teacher decoder
+    onestep_samples: int = 0
+    onestep_unet: str = ""  # a one-step UNet folder (stage 4's final)
+    onestep_controlnet: str = ""  # its ControlNet (stage 5's final); empty: text-only one-step samples
+    onestep_control_share: float = 1.0  # with onestep_controlnet: the share of samples made with it (the rest: text)
+    onestep_timestep: int = 999
+    control_kind: str = "canny"  # how controls are extracted from the data's images for onestep_controlnet
     cache_teacher_decodes: bool = True  # pixels of the fixed latent pool, decoded once (float16 in CPU memory)
 
 
@@ -74,8 +85,53 @@ def teacher_latents(cfg, run, bank: Bank, text) -> torch.Tensor:
     return torch.cat(out)
 
 
+@torch.no_grad()
+def onestep_latents(cfg, run, bank: Bank) -> torch.Tensor:
+    """``onestep_samples`` latents (N, 4, h, w, UNet space) from the one-step UNet for prompts of the data, from fresh
+    noise, on the main process: the first ``onestep_control_share`` of them with the ControlNet, on controls of the
+    data's images [-1, 1], the rest without."""
+    if cfg.onestep_controlnet and "pixels" not in bank.tensors:
+        raise ValueError("onestep_controlnet needs the data's images for its controls: use data with pixels")
+    unet = freeze(student_unet(None, cfg.onestep_unet, None)).to(run.device)
+    controlnet = freeze(load_controlnet(cfg.onestep_controlnet)).to(run.device) if cfg.onestep_controlnet else None
+    scheduler = load_part(cfg.teacher, "scheduler")
+    ac = alphas_cumprod(scheduler, run.device)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+
+    def draw(noise, embeds, controlnet=None, control=None) -> torch.Tensor:
+        t, prediction = cfg.onestep_timestep, scheduler.config.prediction_type
+        return onestep_sample(unet, noise, embeds, ac, t, prediction, controlnet, control).float().cpu()
+
+    with_control = round(cfg.onestep_control_share * cfg.onestep_samples) if controlnet is not None else 0
+    out = []
+    for i in range(0, cfg.onestep_samples, 64):
+        n = min(64, cfg.onestep_samples - i)
+        index = torch.randint(len(bank), (n,), generator=gen)
+        noise = torch.randn((n, *bank.tensors["latents"].shape[1:]), generator=gen).to(run.device)
+        embeds = bank.tensors["embeds"][index].to(run.device)
+        k = max(0, min(n, with_control - i))  # this chunk's first k rows take the ControlNet
+        if k:
+            control = extract_control(bank.tensors["pixels"][index[:k]].float().to(run.device), cfg.control_kind)
+            out.append(draw(noise[:k], embeds[:k], controlnet, control))
+        if k < n:
+            out.append(draw(noise[k:], embeds[k:]))
+    return torch.cat(out)
+
+
+def _cached(run, name: str, make) -> torch.Tensor:
+    """``make()`` saved under the run's cache on the main process once (resume reuses it), loaded everywhere."""
+    path = run.out / "cache" / name
+    if run.accelerator.is_main_process and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(make(), path)
+    run.accelerator.wait_for_everyone()
+    return torch.load(path)
+
+
 def main(argv=None) -> Runner:
     cfg = parse_args(DistillDecoderConfig, argv, __doc__)
+    if cfg.onestep_samples and not cfg.onestep_unet:
+        raise ValueError("onestep_samples needs onestep_unet (a one-step UNet folder)")
     run = Runner(cfg, "distill_decoder")
     device = run.device
 
@@ -85,16 +141,14 @@ def main(argv=None) -> Runner:
     disc = PatchDiscriminator(3, tuple(cfg.disc_channels)).to(device)
     text = load_text_encoder(cfg.teacher, device)
 
-    # 2. data: real-image latents (+ pixels for the encoder) and teacher samples
+    # 2. data: real-image latents (+ pixels for the encoder), teacher samples and one-step samples
     bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache")
-    pool = bank.tensors["latents"]
+    pool = [bank.tensors["latents"]]
     if cfg.teacher_samples:
-        path = run.out / "cache" / "teacher_latents.pt"
-        if run.accelerator.is_main_process and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(teacher_latents(cfg, run, bank, text), path)
-        run.accelerator.wait_for_everyone()
-        pool = torch.cat([pool, torch.load(path)])
+        pool.append(_cached(run, "teacher_latents.pt", lambda: teacher_latents(cfg, run, bank, text)))
+    if cfg.onestep_samples:
+        pool.append(_cached(run, "onestep_latents.pt", lambda: onestep_latents(cfg, run, bank)))
+    pool = torch.cat([p.float() for p in pool])
     latent_bank = Bank({"latents": pool})
     if cfg.cache_teacher_decodes:  # the teacher decoder is frozen: decode the fixed pool once, not every step
         scale_ = vae.config.scaling_factor
