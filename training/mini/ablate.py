@@ -85,15 +85,27 @@ def main(argv=None) -> dict:
     elif args.stage == 2:
         result.update(score_decoder(evaluator, work, load_tiny_vae(str(out / "final" / "vae")), digits))
     else:
-        control = mini.eval_controls(digits)
         unet = load_part(Path(cfg["student"]).parent, "unet")
         controlnet = load_controlnet(str(out / "final" / "controlnet"))
-        for key, kwargs in (("with_controlnet", dict(controlnet=controlnet, control=control)), ("without", {})):
-            scored = evaluator.score(key, evaluator.onestep(unet, **kwargs))
-            result[key] = {"edge_f1": edge_f1(evaluator.samples[key], control), **scored}
+        result.update(with_and_without_controlnet(evaluator, unet, controlnet, digits))
     print(json.dumps(result), flush=True)
     with open(Path(args.out) / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
+    return result
+
+
+def with_and_without_controlnet(evaluator: mini.Evaluator, unet, controlnet, digits: mdata.Digits, tiny=None) -> dict:
+    """One-step samples of ``unet`` with and without ``controlnet`` on the evaluation controls, scored; edge F1 of the
+    teacher decodes or, with ``tiny``, of ``tiny``'s decodes (``edge_f1_tiny_decoder``)."""
+    control = mini.eval_controls(digits)
+    result = {}
+    for key, kwargs in (("with_controlnet", dict(controlnet=controlnet, control=control)), ("without", {})):
+        latents = evaluator.onestep(unet, **kwargs)
+        scored = evaluator.score(key, latents)
+        if tiny is None:
+            result[key] = {"edge_f1": edge_f1(evaluator.samples[key], control), **scored}
+        else:
+            result[key] = {"edge_f1_tiny_decoder": edge_f1(evaluator.decode(tiny, latents), control), **scored}
     return result
 
 
@@ -103,17 +115,9 @@ def score_decoder(evaluator: mini.Evaluator, work: Path, tiny, digits: mdata.Dig
     evaluator.tiny_vaes = {"tiny_decoder": tiny}
     unet = load_part(work / "onestep" / "final", "unet")
     controlnet = load_controlnet(str(work / "onestep_controlnet" / "final" / "controlnet"))
-    control = mini.eval_controls(digits)
-    result = {}
-    for key, kwargs in (("with_controlnet", dict(controlnet=controlnet, control=control)), ("without", {})):
-        latents = evaluator.onestep(unet, **kwargs)
-        with torch.no_grad():
-            tiny_px = torch.cat([decode_unet_samples(tiny, c) for c in latents.split(250)])
-        result[key] = {"edge_f1_tiny_decoder": edge_f1(tiny_px, control), **evaluator.score(key, latents)}
-    held_out = torch.cat([digits.test, mdata.photo_crops(600, 32, seed=0)[480:]])  # the run's held-out photos
-    latents = encode(evaluator.vae, held_out)
-    with torch.no_grad():
-        result["psnr"] = psnr(decode_unet_samples(tiny, latents), decode_unet_samples(evaluator.vae, latents))
+    result = with_and_without_controlnet(evaluator, unet, controlnet, digits, tiny)
+    latents = encode(evaluator.vae, torch.cat([digits.test, mini.decoder_photos(0)[1]]))
+    result["psnr"] = psnr(decode_unet_samples(tiny, latents), decode_unet_samples(evaluator.vae, latents))
     return result
 
 

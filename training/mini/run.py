@@ -90,6 +90,12 @@ def common(work: Path, name: str, steps: int, seed: int, **extra) -> dict:
     )
 
 
+def decoder_photos(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The photo crops (N, 3, 32, 32) in [-1, 1] of stage 2's data: 480 to train on, 120 held out for PSNR."""
+    photos = mdata.photo_crops(600, 32, seed=seed)
+    return photos[:480], photos[480:]
+
+
 def tiny_decoders(work: Path) -> dict[str, Path]:
     """The run's tiny decoders that exist: ``tiny_decoder`` is the one the export ships (stage 2's, fine-tuned on the
     one-step model's latents), ``stage2_decoder`` stage 2's own where a fine-tuned one exists."""
@@ -152,12 +158,17 @@ class Evaluator:
         ]
         return torch.cat(out)
 
+    @staticmethod
+    def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+        """UNet-space latents (N, 4, 8, 8) -> pixels (N, 3, 32, 32) in [0, 1] through ``vae``, 250 at a time."""
+        return torch.cat([decode_unet_samples(vae, c) for c in latents.split(250)])
+
     def score(self, name: str, latents: torch.Tensor) -> dict:
-        pixels = torch.cat([decode_unet_samples(self.vae, c) for c in latents.split(250)])
+        pixels = self.decode(self.vae, latents)
         self.samples[name] = pixels
         result = self._classify(pixels)
         for key, vae in self.tiny_vaes.items():
-            tiny = self._classify(torch.cat([decode_unet_samples(vae, c) for c in latents.split(250)]))
+            tiny = self._classify(self.decode(vae, latents))
             result.update({f"fd_{key}": tiny["fd"], f"accuracy_{key}": tiny["accuracy"]})
         return result
 
@@ -242,9 +253,9 @@ def main(argv=None) -> dict:
     # 0. data
     digits = mdata.digits(32, seed=args.seed)
     captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
-    photos = mdata.photo_crops(600, 32, seed=args.seed)
+    photos_train, photos_test = decoder_photos(args.seed)
     digit_dir = mdata.write_folder(work / "data" / "digits", digits.train, captions)
-    mixed = torch.cat([digits.train, photos[:480]])
+    mixed = torch.cat([digits.train, photos_train])
     decoder_dir = mdata.write_folder(work / "data" / "decoder", mixed, captions + ["a photo"] * 480)
     mark("data")
 
@@ -436,7 +447,7 @@ def main(argv=None) -> dict:
     mark("stage6_export")
 
     # 3. metrics
-    results = evaluate(work, classifier, digits, photos[480:], args.seed, out)
+    results = evaluate(work, classifier, digits, photos_test, args.seed, out)
     results.update(
         export=export_check,
         steps=steps,

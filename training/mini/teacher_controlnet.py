@@ -38,9 +38,9 @@ def main(argv=None) -> list[dict]:
     digits = mdata.digits(32, seed=0)
     captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
     if not (work / "teacher").exists():
-        photos = mdata.photo_crops(600, 32, seed=0)
         steps = mini.scaled_steps(args.scale) | {"teacher_controlnet": 0}
-        prepare.build_teacher(work, digits.train, captions, torch.cat([digits.train, photos[:480]]), steps)
+        photos_train, _ = mini.decoder_photos(0)
+        prepare.build_teacher(work, digits.train, captions, torch.cat([digits.train, photos_train]), steps)
 
     unet, vae = load_part(work / "teacher", "unet"), load_part(work / "teacher", "vae")
     text = load_text_encoder(work / "teacher", torch.device("cpu"))
