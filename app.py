@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from sdxs.params import GenerationParams
@@ -82,6 +82,11 @@ def _mount_gradio(app: FastAPI, state: AppState) -> bool:
     from server.gradio_ui import build_gradio
 
     gr.mount_gradio_app(app, build_gradio(state), path="/gradio")
+
+    @app.get("/gradio", include_in_schema=False)
+    def gradio_slash() -> RedirectResponse:  # the mount answers /gradio/ only; a relative target keeps proxy prefixes
+        return RedirectResponse("gradio/", status_code=307)
+
     return True
 
 
@@ -97,7 +102,17 @@ def uvicorn_options(config: ServerConfig) -> dict:
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(config), **uvicorn_options(config))
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config)))
+    state: AppState = app.state.sdxs
+
+    def stop_after_load_failure() -> None:  # a process manager (Spaces, systemd) sees the failure and its log
+        server.should_exit = True
+
+    state.on_load_failed = stop_after_load_failure
+    server.run()
+    if state.loading["stage"] == "failed":
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

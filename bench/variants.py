@@ -6,7 +6,7 @@
 Rows: one UNet forward of the student and of its teacher (the teacher's per-step cost; a 32-NFE sampler pays it 32
 times), the tiny image decoder and the teacher's VAE decoder on the same latents, and the one-step frame they make
 (student UNet + tiny decoder; the prompt embedding is cached in serving).  The paper's latency table (A100, batch 1:
-SDXS-512 UNet 6.3 ms + decoder 1.7 ms, SDXS-1024 24 + 6.1 ms; REFERENCE.md section 4) is printed beside ours.
+SDXS-512 UNet 6.3 ms + decoder 1.7 ms, SDXS-1024 24 + 6.1 ms; arXiv 2403.16627) is printed beside ours.
 Weights are random: the cost does not depend on their values.  Prints a table and writes JSON under
 ``bench/results/``.
 """

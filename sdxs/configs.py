@@ -1,7 +1,8 @@
 """UNet configs of the SDXS students and their teachers, as diffusers ``UNet2DConditionModel`` configs.
 
 The students are derived from their teachers by block removal (BK-SDM style, see ``sdxs.student``).
-Defaults equal the released checkpoints' topology where it is known (REFERENCE.md section 2).
+Defaults equal the released checkpoints' topology where it is known (inferred from the released weights' names and
+shapes; the paper's parameter table in section 4).
 """
 
 from __future__ import annotations

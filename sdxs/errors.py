@@ -13,15 +13,27 @@ class InvalidRequest(ValueError):
 
 
 class WeightsUnavailable(RuntimeError):
-    """Model weights could not be found locally nor downloaded."""
+    """Model weights could not be found locally nor downloaded.
 
-    def __init__(self, repo: str, cache_dir: str, cause: str = ""):
+    ``repo`` is the one that failed; ``needed`` lists every Hub repo the requested setup uses (the model, its sketch
+    ControlNet, style adapters), so the hint downloads all of them at once.
+    """
+
+    def __init__(self, repo: str, cache_dir: str, cause: str = "", needed: tuple[str, ...] = ()):
         self.repo = repo
         self.cache_dir = cache_dir
+        self.cause = cause
+        self.needed = tuple(dict.fromkeys((*needed, repo)))  # in order, the failing repo included once
+        downloads = " && ".join(f"hf download {r}" for r in self.needed)
         super().__init__(
             f"Could not load weights for '{repo}': they are not in the Hugging Face cache ({cache_dir}) and the Hub "
             f"could not be reached{f' ({cause})' if cause else ''}.\n"
-            f"  - download them on a connected machine (`hf download {repo}`) and copy the cache, or\n"
-            f"  - pass a local diffusers folder: --model /path/to/{repo.split('/')[-1]}, or\n"
-            f"  - for development without weights, use a random-weight model: --model tiny."
+            f"  - download them on a connected machine (`{downloads}`) and copy the cache, or\n"
+            f"  - pass a local diffusers folder: --model /path/to/{self.needed[0].split('/')[-1]}, or\n"
+            f"  - without the Hub, use the miniature model this project trained and ships (32x32 digits): --model mini,"
+            f"\n    or a random-weight model for plumbing tests: --model tiny."
         )
+
+    def needing(self, needed: tuple[str, ...]) -> WeightsUnavailable:
+        """The same error, with the hint naming every repo in ``needed``."""
+        return WeightsUnavailable(self.repo, self.cache_dir, self.cause, needed)

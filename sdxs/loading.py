@@ -1,8 +1,11 @@
-"""Finding model folders: a Hub id (downloaded with progress into the Hugging Face cache), a local folder, or
-``tiny`` (a random-weight development model written once into the local cache)."""
+"""Finding model folders: a Hub id (downloaded with progress into the Hugging Face cache), a local folder, ``mini``
+(the miniature model this project trained and ships in ``models/sdxs-mini``) or ``tiny`` (a random-weight development
+model written once into the local cache).  ``auto`` is the released model, or ``mini`` when the Hub cannot be reached.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +15,10 @@ DEFAULT_MODEL = "IDKiro/sdxs-512-dreamshaper"
 DEFAULT_SKETCH_CONTROLNET = "IDKiro/sdxs-512-dreamshaper-sketch"
 DEFAULT_ANIME_LORA = "IDKiro/sdxs-512-dreamshaper-anime"
 TINY = "tiny"
+MINI = "mini"
+AUTO = "auto"
+MINI_DIR = Path(__file__).resolve().parents[1] / "models" / "sdxs-mini"  # shipped with the repository
+NOTES = "sdxs_model.json"  # optional notes in a model folder: {"notice": str, "example_prompts": [str, ...]}
 
 
 def sdxs_cache_dir() -> Path:
@@ -30,6 +37,11 @@ def resolve_folder(model: str) -> Path:
     Raises ``WeightsUnavailable`` (naming the repo, the cache and the alternatives) when a Hub id can be neither
     found in the cache nor downloaded.
     """
+    if model == MINI:
+        if not (MINI_DIR / "model_index.json").exists():
+            raise ValueError(f"--model mini: {MINI_DIR} is missing; the miniature model ships with the repository "
+                             "checkout (models/sdxs-mini), not with a wheel")
+        return MINI_DIR
     if model == TINY:
         from sdxs.tiny import write_tiny_model
 
@@ -60,3 +72,9 @@ def _download(repo_id: str) -> Path:
         except Exception:
             cause = f"{type(first).__name__}: {str(first).splitlines()[0] if str(first) else ''}"[:200]
             raise WeightsUnavailable(repo_id, hf_cache_dir(), cause) from None
+
+
+def model_notes(folder: Path) -> dict:
+    """The folder's ``sdxs_model.json`` notes for the page (what the model is, prompts it knows), or ``{}``."""
+    path = folder / NOTES
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -26,8 +26,8 @@ from PIL import Image
 from sdxs import preprocess
 from sdxs.caches import LRUCache
 from sdxs.device import resolve_device, resolve_dtype
-from sdxs.errors import InvalidRequest
-from sdxs.loading import DEFAULT_MODEL, DEFAULT_SKETCH_CONTROLNET, resolve_folder
+from sdxs.errors import InvalidRequest, WeightsUnavailable
+from sdxs.loading import AUTO, DEFAULT_MODEL, DEFAULT_SKETCH_CONTROLNET, MINI, model_notes, resolve_folder
 from sdxs.onestep import add_noise
 from sdxs.params import GenerationParams, Mode
 from sdxs.schedule import OneStepSchedule
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Parameters plus the input frame (PIL image or uint8 (H, W, 3) array; ``None`` in text mode)."""
+    """Parameters plus the input frame: a PIL image, a uint8 (H, W, 3) array or encoded image bytes (PNG, JPEG,
+    WebP); ``None`` in text mode."""
 
     params: GenerationParams = field(default_factory=GenerationParams)
     image: Any = None
@@ -49,7 +50,7 @@ class SDXSPipeline:
 
     def __init__(self, *, tokenizer, text_encoder, unet, vae, scheduler, controlnet=None, decoder=None,
                  adapters: Sequence[str] = (), device: torch.device, dtype: torch.dtype, is_random: bool = False,
-                 source: str = "", size: int | None = None):
+                 source: str = "", size: int | None = None, notes: dict | None = None):
         self.tokenizer, self.text_encoder, self.unet, self.controlnet = tokenizer, text_encoder, unet, controlnet
         self.encoder_vae = vae  # tiny autoencoder: encodes image-mode inputs
         self.decoder_vae = decoder or vae  # tiny by default; the full AutoencoderKL when asked for
@@ -57,6 +58,7 @@ class SDXSPipeline:
         self.device, self.dtype = device, dtype
         self.adapters = tuple(adapters)
         self.is_random, self.source = is_random, source
+        self.notes = dict(notes or {})  # the folder's sdxs_model.json: what the page says about the model
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent (8 released)
         native = int(unet.config.sample_size) * self.vae_scale_factor
         if size is not None and (size < 64 or size % 64):
@@ -76,7 +78,8 @@ class SDXSPipeline:
                         adapters: dict[str, str] | None = None, device: str = "auto", dtype: str = "auto",
                         decoder: str = "tiny", decoder_fp32: bool = False, channels_last: bool | str = "auto",
                         compile: bool | str = False, attention: str = "auto", size: int | None = None) -> SDXSPipeline:
-        """Load a Hub id, a local diffusers folder or ``"tiny"``.
+        """Load a Hub id, a local diffusers folder, ``"mini"`` (the shipped miniature), ``"tiny"`` (random weights)
+        or ``"auto"`` (the released default model; ``"mini"`` when the Hub cannot be reached).
 
         ``controlnet``: ``"auto"`` (the sketch ControlNet for the default model, ``DIR/controlnet`` for a local
         folder that has one), ``None``, a Hub id or a folder.  ``adapters``: style name -> PEFT LoRA (Hub id or
@@ -91,17 +94,30 @@ class SDXSPipeline:
         """
         from sdxs import components
 
-        folder = resolve_folder(model)
+        options = dict(controlnet=controlnet, adapters=adapters, device=device, dtype=dtype, decoder=decoder,
+                       decoder_fp32=decoder_fp32, channels_last=channels_last, compile=compile, attention=attention,
+                       size=size)
+        if model == AUTO:
+            try:
+                return cls.from_pretrained(DEFAULT_MODEL, **options)
+            except WeightsUnavailable as exc:
+                log.warning("%s\nServing the bundled miniature model instead (--model mini).", exc)
+                return cls.from_pretrained(MINI, **{**options, "adapters": None})
+        try:
+            folder = resolve_folder(model)
+            cn_folder = _controlnet_folder(model, folder, controlnet)
+            adapter_folders = {name: resolve_folder(ref) for name, ref in (adapters or {}).items()}
+        except WeightsUnavailable as exc:  # name every repo this setup needs, not only the first that failed
+            raise exc.needing(_hub_repos(model, controlnet, adapters)) from None
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         parts = components.load_folder(folder, dt, decoder=decoder)
-        cn_folder = _controlnet_folder(model, folder, controlnet)
         if cn_folder is not None:
             parts["controlnet"] = components.load_controlnet(cn_folder, dt)
-        for name, ref in (adapters or {}).items():
-            components.load_lora(parts["unet"], resolve_folder(ref), name)
+        for name, adapter_folder in adapter_folders.items():
+            components.load_lora(parts["unet"], adapter_folder, name)
         pipe = cls(**parts, adapters=tuple(adapters or ()), device=dev, dtype=dt,
-                   is_random=(folder / MARKER).exists(), source=model, size=size)
+                   is_random=(folder / MARKER).exists(), source=model, size=size, notes=model_notes(folder))
         if channels_last == "auto":  # measured (bench/README.md): faster for bf16 on CPU, slower for fp32 there
             channels_last = dev.type == "cpu" and dt == torch.bfloat16
         pipe._place(decoder_fp32=decoder_fp32, channels_last=channels_last, compile=compile, attention=attention)
@@ -301,8 +317,15 @@ class SDXSPipeline:
             self.last_timings[stage] += (time.perf_counter() - start) * 1000.0
 
 
+def _hub_repos(model: str, controlnet: str | None, adapters: dict[str, str] | None) -> tuple[str, ...]:
+    """The Hub ids among the model, its ControlNet and its adapters (what `hf download` must fetch)."""
+    refs = [model, DEFAULT_SKETCH_CONTROLNET if controlnet == "auto" and model == DEFAULT_MODEL else controlnet,
+            *(adapters or {}).values()]
+    return tuple(r for r in refs if r and r.count("/") == 1 and not Path(r).expanduser().exists())
+
+
 def _controlnet_folder(model: str, folder: Path, controlnet: str | None) -> Path | None:
-    if controlnet is None:
+    if controlnet is None or controlnet in ("", "none"):
         return None
     if controlnet != "auto":
         return resolve_folder(controlnet)

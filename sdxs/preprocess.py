@@ -1,11 +1,14 @@
 """Turning user images into the tensors the models expect.
 
-Inputs are PIL images or uint8 arrays (H, W, 3) in any size; they are centre-cropped to a square and resized to the
-model's size.  Outputs are float tensors (1, 3, S, S): ``to_pixels`` in [-1, 1] for the tiny encoder; control
-images in [0, 1], white strokes on black as the released sketch ControlNet expects.
+Inputs are PIL images, uint8 arrays (H, W, 3) or encoded image bytes (PNG, JPEG, WebP) in any size; they are
+centre-cropped to a square and resized to the model's size.  Outputs are float tensors (1, 3, S, S): ``to_pixels``
+in [-1, 1] for the tiny encoder; control images in [0, 1], white strokes on black as the released sketch ControlNet
+expects.
 """
 
 from __future__ import annotations
+
+import io
 
 import cv2
 import numpy as np
@@ -19,12 +22,19 @@ MIN_SIDE = 16
 
 def to_rgb_square(image, size: int, field: str = "image") -> Image.Image:
     """A PIL RGB image of ``size`` x ``size`` (centre crop, then bicubic resize)."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        try:
+            image = Image.open(io.BytesIO(image))
+            image.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InvalidRequest(field, f"bytes are not an image PIL can read ({exc})") from None
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise InvalidRequest(field, f"expected a uint8 (H, W[, 3]) array, got {image.dtype} {image.shape}")
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
-        raise InvalidRequest(field, f"expected a PIL image or a uint8 array, got {type(image).__name__}")
+        raise InvalidRequest(field, f"expected a PIL image, a uint8 array or encoded image bytes, got "
+                                    f"{type(image).__name__}")
     if min(image.size) < MIN_SIDE:
         raise InvalidRequest(field, f"image is {image.size[0]}x{image.size[1]}; each side must be >= {MIN_SIDE}")
     image = image.convert("RGB")

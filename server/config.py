@@ -21,9 +21,11 @@ class ServerConfig(BaseModel):
 
     host: str = Field("0.0.0.0", description="Interface to listen on.")
     port: int = Field(7860, ge=0, le=65535, description="TCP port (also read from $PORT).")
-    model: str = Field("IDKiro/sdxs-512-dreamshaper", description="Hub id, local diffusers folder, or 'tiny'.")
+    model: str = Field("auto", description="'auto' (IDKiro/sdxs-512-dreamshaper, or 'mini' when the Hub cannot be "
+                       "reached), a Hub id, a local diffusers folder, 'mini' (the miniature model this project trained "
+                       "and ships: 32x32 digits) or 'tiny' (random weights, for plumbing tests).")
     controlnet: str = Field("auto", description="ControlNet: 'auto' (the model's sketch ControlNet / DIR/controlnet "
-                            "when present), 'none', a hub id or a folder.")
+                            "when present), 'none' (or empty), a hub id or a folder.")
     styles: str = Field("", description="Style adapters loaded at start, 'name=hub_id_or_folder' separated by commas "
                         "(e.g. 'anime=IDKiro/sdxs-512-dreamshaper-anime'); visitors choose one per request.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
@@ -56,6 +58,8 @@ class ServerConfig(BaseModel):
     root_path: str = Field("", description="ASGI root_path when served under a path prefix by a proxy.")
     log_level: str = Field("info", description="uvicorn log level.")
     gradio: bool = Field(True, description="Mount server/gradio_ui.py at /gradio when it exists.")
+    load_retries: int = Field(2, ge=0, le=100, description="Retries of a model download that failed (network), "
+                              "10 s apart, before the server exits with status 1.")
 
     def style_adapters(self) -> dict[str, str]:
         """``styles`` as name -> Hub id or folder; a malformed entry is a ValueError naming it."""
@@ -102,4 +106,6 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     for key in ("safety_checker", "forwarded_allow_ips", "resolution"):
         if values.get(key) in ("", "none", "None"):
             values[key] = None
+    if values.get("controlnet", "auto").strip().lower() in ("", "none"):  # an empty Space variable means none
+        values["controlnet"] = "none"
     return ServerConfig.model_validate(values, strict=False)

@@ -24,6 +24,9 @@ from server.metrics import Metrics
 from server.worker import Worker
 
 log = logging.getLogger("sdxs.server")
+LOAD_RETRY_S = 10.0
+RANDOM_NOTICE = ("Development model with random weights: the pictures are noise on purpose. Start the server with a "
+                 "real model (or --model mini) for real images.")
 
 
 class LoadingStatus:
@@ -58,7 +61,9 @@ class AppState:
         self.pipe: Any = None
         self.worker: Worker | None = None
         self.connections: set = set()
+        self.on_load_failed: Callable[[], None] | None = None  # app.main: stop the server (exit status 1)
         self._loader: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def ready(self) -> bool:
@@ -74,10 +79,14 @@ class AppState:
         """`model` of /config.json and `welcome`; None until the model is loaded."""
         if self.pipe is None:
             return None
-        return {"id": self.config.model, "is_random": bool(self.pipe.is_random), "size": int(self.pipe.size),
-                "modes": [getattr(m, "value", str(m)) for m in self.pipe.modes],
+        notes = getattr(self.pipe, "notes", None) or {}
+        is_random = bool(self.pipe.is_random)
+        return {"id": getattr(self.pipe, "source", None) or self.config.model, "is_random": is_random,
+                "size": int(self.pipe.size), "modes": [getattr(m, "value", str(m)) for m in self.pipe.modes],
                 "controlnet": any(getattr(m, "value", m) in ("sketch", "edges") for m in self.pipe.modes),
-                "styles": list(getattr(self.pipe, "adapters", ()))}
+                "styles": list(getattr(self.pipe, "adapters", ())),
+                "notice": notes.get("notice") or (RANDOM_NOTICE if is_random else None),
+                "example_prompts": list(notes.get("example_prompts", []))}
 
     def start_loading(self) -> None:
         self._loader = threading.Thread(target=self._load, name="sdxs-loader", daemon=True)
@@ -89,22 +98,30 @@ class AppState:
         return self.ready
 
     def shutdown(self) -> None:
+        self._stopping.set()
         if self.worker is not None:
             self.worker.stop()
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
 
     def _load(self) -> None:
-        try:
-            pipe = load_pipeline(self.config, self.load_status)
-            safety = load_safety(self.config.safety_checker)
-        except WeightsUnavailable as exc:  # already says how to pass a local folder or use --model tiny
-            log.error("%s", exc)
-            self.load_status.set("failed", 0.0, str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - reported on /readyz, /config.json and in the log
-            log.error("model load failed:\n%s", traceback.format_exc())
-            self.load_status.set("failed", 0.0, f"{type(exc).__name__}: {exc}{_load_hint(self.config)}")
-            return
+        retries = self.config.load_retries
+        for attempt in range(retries + 1):
+            try:
+                pipe = load_pipeline(self.config, self.load_status)
+                safety = load_safety(self.config.safety_checker)
+                break
+            except WeightsUnavailable as exc:  # the network: worth another try; the message says what else to do
+                if attempt < retries:
+                    self.load_status.set("loading", 0.05, f"download failed ({exc.cause}); retry {attempt + 1} of "
+                                         f"{retries} in {LOAD_RETRY_S:g} s")
+                    if self._stopping.wait(LOAD_RETRY_S):
+                        return
+                    continue
+                log.error("%s", exc)
+                return self._failed(str(exc))
+            except Exception as exc:  # noqa: BLE001 - a bad folder or option: retrying cannot help
+                log.error("model load failed:\n%s", traceback.format_exc())
+                return self._failed(f"{type(exc).__name__}: {exc}{_load_hint(self.config)}")
         if self.wrap_pipeline is not None:
             pipe = self.wrap_pipeline(pipe)
         self.pipe = pipe
@@ -115,11 +132,17 @@ class AppState:
         self.load_status.set("ready", 1.0)
 
 
+    def _failed(self, error: str) -> None:
+        self.load_status.set("failed", 0.0, error)
+        if self.on_load_failed is not None:
+            self.on_load_failed()
+
+
 def _load_hint(config: ServerConfig) -> str:
-    if config.model == "tiny":
+    if config.model in ("tiny", "mini"):
         return ""
     return ("\nTo run without these weights, pass a local diffusers folder with --model DIR (or SDXS_MODEL=DIR), "
-            "or --model tiny for a random-weight development model.")
+            "--model mini for the miniature model this project ships, or --model tiny for random weights.")
 
 
 def load_pipeline(config: ServerConfig, status: LoadingStatus) -> Any:
@@ -132,7 +155,7 @@ def load_pipeline(config: ServerConfig, status: LoadingStatus) -> Any:
     torch.set_num_threads(torch_threads(config))
 
     status.set("loading", 0.2)
-    controlnet = None if config.controlnet.lower() == "none" else config.controlnet
+    controlnet = None if config.controlnet.lower() in ("", "none") else config.controlnet
     # "tiny" is written once into $SDXS_CACHE and then loads like any local folder
     # the UNet is convolutional: any multiple of 64 works as the resolution (e.g. 256 on a CPU)
     pipe = SDXSPipeline.from_pretrained(config.model, controlnet=controlnet, device=config.device, dtype=config.dtype,

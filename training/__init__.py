@@ -1,4 +1,4 @@
-"""The paper's training code (SDXS, arXiv 2403.16627, section 3 of ../shared/REFERENCE.md).
+"""The paper's training code (SDXS, arXiv 2403.16627, sections 3.1-3.2 and 4).
 
 Stages (each ``python -m training.stages.X --config FILE --set key=value`` or ``accelerate launch -m ...``):
 1. ``distill_unet``        block-removed student UNet: denoising + output KD + feature KD (Fig. 2b)

@@ -1,4 +1,4 @@
-"""Every loss of the SDXS training stages (paper sections in each docstring; REFERENCE.md section 3).
+"""Every loss of the SDXS training stages (the paper section of each is in its docstring).
 
 Conventions: latents are in the UNet's space (VAE latents times its scaling factor), shape (B, 4, h, w); pixels are in
 [-1, 1], shape (B, 3, H, W).  Losses named ``*_per_sample`` return shape (B,) so that the segmented objective can

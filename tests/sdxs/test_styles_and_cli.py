@@ -58,3 +58,26 @@ def test_cli_reports_bad_input_without_a_traceback(tiny_model_dir, tmp_path, cap
 def test_cli_info_prints_counts(capsys):
     assert main(["info", "sdxs-512-dreamshaper"]) == 0
     assert "315,746,244" in capsys.readouterr().out
+
+
+def test_cli_checks_its_arguments_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(SDXSPipeline, "from_pretrained", no_loading)
+    assert main(["generate", "--prompt", "x", "--mode", "image", "--out", str(tmp_path / "o.png")]) == 2
+    assert "--image" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--image", str(tmp_path / "missing.png"),
+                 "--out", str(tmp_path / "o.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+
+
+def test_every_cli_option_has_help_text():
+    from sdxs.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"`python -m sdxs {name}` option {action.dest!r} has no help text"

@@ -69,6 +69,35 @@ def test_unreachable_hub_weights_explain_what_to_do(tmp_path, monkeypatch):
     assert "IDKiro/sdxs-512-dreamshaper" in message and "--model" in message and "tiny" in message
 
 
+def test_the_default_setup_names_every_repo_it_needs_when_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsUnavailable) as error:
+        SDXSPipeline.from_pretrained("IDKiro/sdxs-512-dreamshaper", controlnet="auto",
+                                     adapters={"anime": "IDKiro/sdxs-512-dreamshaper-anime"})
+    message = str(error.value)
+    for repo in ("IDKiro/sdxs-512-dreamshaper", "IDKiro/sdxs-512-dreamshaper-sketch",
+                 "IDKiro/sdxs-512-dreamshaper-anime"):
+        assert f"hf download {repo}" in message
+    assert "--model mini" in message
+
+
+def test_encoded_image_bytes_are_accepted_at_the_library_edge(pipe):
+    import io
+
+    from PIL import Image
+
+    picture = np.random.default_rng(3).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(picture).save(png, "PNG")
+    params = GenerationParams(mode="image", seed=4)
+    from_bytes, from_array = pipe([GenerationRequest(params, png.getvalue()), GenerationRequest(params, picture)],
+                                  output_type="np")
+    assert np.array_equal(from_bytes, from_array)
+    with pytest.raises(InvalidRequest) as error:
+        pipe([GenerationRequest(params, b"not an image")])
+    assert error.value.field == "image"
+
+
 def test_missing_local_folder_is_a_clear_error():
     with pytest.raises(ValueError, match="no such folder"):
         SDXSPipeline.from_pretrained("./does/not/exist")

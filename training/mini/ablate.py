@@ -30,6 +30,7 @@ import yaml
 
 from training.mini import data as mdata
 from training.mini import run as mini
+from training.mini.folders import fresh_folder
 from training.mini.metrics import edge_f1, psnr, train_classifier
 from training.mini.prepare import encode
 from training.models import load_controlnet, load_part, load_tiny_vae
@@ -54,7 +55,7 @@ def main(argv=None) -> dict:
     overrides = json.loads(args.overrides)
     from_scratch = overrides.pop("from_scratch", False)
     from_weights = overrides.pop("from_warmup_weights", False)
-    shutil.rmtree(out, ignore_errors=True)
+    fresh_folder(out, "--out/NAME")
     config_name = {2: "decoder_onestep.yaml", 4: "onestep.yaml", 5: "onestep_controlnet.yaml"}[args.stage]
     cfg = yaml.safe_load((work / "configs" / config_name).read_text())
     if args.stage == 2:  # the same teacher samples as the run's decoders

@@ -25,6 +25,7 @@ from training.control import extract_control
 from training.images import make_grid, save_image
 from training.mini import data as mdata
 from training.mini import models
+from training.mini.folders import fresh_folder
 from training.mini.metrics import classify, edge_f1, frechet_distance, psnr, train_classifier
 from training.mini.prepare import CONTROL_KIND, build_teacher, log
 from training.models import load_controlnet, load_part, load_text_encoder, load_tiny_vae
@@ -242,7 +243,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     steps = scaled_steps(args.scale)
     out, work = Path(args.out), Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
+    fresh_folder(work, "--work")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     timings = {}

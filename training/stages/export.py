@@ -1,4 +1,4 @@
-"""Stage 6: write the released folder layout (REFERENCE.md section 1).
+"""Stage 6: write the released folder layout (the layout of the released Hub repos, e.g. IDKiro/sdxs-512-dreamshaper).
 
 ``<output_dir>/`` is a ``StableDiffusionPipeline`` folder whose ``vae/`` is the tiny ``AutoencoderTiny``, with the
 teacher's ``AutoencoderKL`` in ``vae_large/`` (not listed in ``model_index.json``), the student ControlNet in
