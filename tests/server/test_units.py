@@ -235,7 +235,7 @@ def test_worker_thread_submit_one_invalid_request_and_safety():
 def test_config_flags_beat_env_beat_defaults():
     config = parse_config(["--max-batch", "3"], {"SDXS_MAX_BATCH": "5", "SDXS_IDLE_TIMEOUT_S": "9", "PORT": "8000"})
     assert (config.max_batch, config.idle_timeout_s, config.port, config.model) == (
-        3, 9.0, 8000, "IDKiro/sdxs-512-dreamshaper")
+        3, 9.0, 8000, "auto")
     assert parse_config(["--controlnet", "none", "--resolution", "256"], {}).resolution == 256
     with pytest.raises(ValueError):
         parse_config(["--max-batch", "0"], {})
