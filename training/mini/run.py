@@ -289,7 +289,7 @@ def main(argv=None) -> dict:
         "lr": 1e-3,
         "gan_weight": 0.05,
         "disc_channels": [32, 64],
-        "teacher_samples": 256,
+        "teacher_samples": max(16, int(256 * args.scale)),  # teacher DDIM samples; fewer only for smoke runs
         "sample_guidance": GUIDANCE,
     }
     stage(

@@ -1,0 +1,131 @@
+"""Package a miniature run's export as the model the app serves offline: ``python -m training.mini.package``.
+
+Reads a finished ``python -m training.mini.run`` (its ``--work`` and ``--out`` folders) and writes ``models/sdxs-mini``:
+
+* the export in the released layout (one-step UNet, tiny decoder, one-step ControlNet, text encoder, tokenizer),
+  exactly as stage 6 wrote it;
+* ``sdxs_model.json``: what the page says about the model and the prompts it knows (``sdxs.loading.model_notes``);
+* ``digit_classifier.safetensors``: the run's digit classifier (``training.mini.metrics.DigitClassifier``, trained with
+  the run's seed), which scored the run and lets tests tell a right picture from a wrong one;
+* ``training_configs/``: every stage's YAML as the run used it, and ``README.md``, the model card with the run's
+  scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from training.mini import data as mdata
+from training.mini.metrics import train_classifier
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTES = {
+    "notice": "Miniature model trained on a 2-core CPU by this project's own training code (training/mini): "
+              "32x32 pictures of handwritten digits, shown upscaled. Prompts name a digit, e.g. \"7: a photo of the "
+              "digit 7\"; sketch a digit (sketch mode) or show one to the webcam (edges mode). Reach the Hugging Face "
+              "Hub, or pass --model, for SDXS-512.",
+    "example_prompts": [mdata.PROMPT.format(k) for k in range(10)],
+}
+
+
+def classifier_weights(seed: int) -> dict[str, torch.Tensor]:
+    """The run's digit classifier, retrained deterministically from the same digits and seed."""
+    digits = mdata.digits(32, seed=seed)
+    return {k: v.contiguous() for k, v in train_classifier(digits.train, digits.train_labels, seed=seed)
+            .state_dict().items()}
+
+
+def copy_configs(work: Path, out: Path) -> list[str]:
+    """The run's stage configs with its scratch folder replaced by ``<work>``."""
+    out.mkdir()
+    names = []
+    for path in sorted((work / "configs").glob("*.yaml")):
+        (out / path.name).write_text(path.read_text().replace(str(work), "<work>"))
+        names.append(path.name)
+    return names
+
+
+def model_card(results: dict, results_md: str, configs: list[str], commit: str) -> str:
+    shipped = results["generation"]["rows"]["one-step student, after segmented Diff-Instruct"]
+    control = results["controlnet"]["one-step student + one-step ControlNet (stage 5)"]
+    plain = results["controlnet"]["one-step student without ControlNet"]
+    table = results_md.split("\n", 1)[1].strip()  # without its title
+    return f"""---
+library_name: diffusers
+license: apache-2.0
+tags: [sdxs, one-step, controlnet, miniature, digits]
+---
+
+# sdxs-mini: a one-step SDXS model in miniature
+
+The model `python app.py` serves when the Hugging Face Hub cannot be reached (`--model mini`). It was trained from
+scratch on a 2-core CPU by this repository's own code (`python -m training.mini.run`, commit `{commit}`, about
+{results["total_minutes"]:.0f} minutes): a teacher latent diffusion model on scikit-learn's handwritten digits
+(upscaled to 32x32) and small photo crops, then the SDXS paper's stages on it: block-removal distillation of the
+UNet, a tiny image decoder, ControlNet distillation, the one-step stage (feature-matching warm-up, then segmented
+Diff-Instruct) and the one-step ControlNet, exported in the released models' layout by stage 6.
+
+* Pictures are 32x32; the page shows them upscaled.  Prompts name a digit: `7: a photo of the digit 7`.
+* One step at t=999, guidance 0, like the released SDXS models.  `vae/` is the tiny decoder (fine-tuned on the
+  one-step model's own latents), `vae_large/` the teacher's VAE, `controlnet/` the one-step ControlNet, trained on
+  Canny edges of digits (white on black, the released sketch ControlNet's convention).
+* Modes: text, image, sketch (the canvas is inverted to white strokes on black) and edges.
+* `digit_classifier.safetensors` is the small CNN (`training.mini.metrics.DigitClassifier`) that scored it below.
+
+It is a test bed, not an image generator: it shows that the method and the serving path work end to end, and it lets
+tests see a wrong picture (channel order, value range, latent scale, decoder mix-ups) that random weights cannot.
+
+## Scores (held-out digits; the run's own table)
+
+Shipped model through its shipped tiny decoder: FD {shipped["fd_tiny_decoder"]:.2f}, class accuracy
+{shipped["accuracy_tiny_decoder"]:.3f}; with the one-step ControlNet on held-out digits' edges: edge F1
+{control["edge_f1"]:.3f} against {plain["edge_f1"]:.3f} without it.
+
+{table}
+
+## Training settings
+
+Step counts: `{json.dumps(results["steps"])}`; seed 0.  Each stage's full configuration is in
+`training_configs/` ({", ".join(configs)}), with the run's scratch folder written as `<work>`.  Reproduce with
+
+```bash
+python -m training.mini.run --work /tmp/sdxs-mini --out training/results
+python -m training.mini.package --work /tmp/sdxs-mini --results training/results
+```
+"""
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--work", default="/tmp/sdxs-mini", help="the run's --work folder")
+    parser.add_argument("--results", default="training/results", help="the run's --out folder (results.json)")
+    parser.add_argument("--out", default=str(ROOT / "models" / "sdxs-mini"), help="the packaged model folder")
+    parser.add_argument("--seed", type=int, default=0, help="the run's --seed")
+    args = parser.parse_args(argv)
+    work, results_dir, out = Path(args.work), Path(args.results), Path(args.out)
+    results = json.loads((results_dir / "results.json").read_text())
+    if out.exists():
+        if any(out.iterdir()) and not (out / "sdxs_model.json").exists():
+            raise ValueError(f"{out} is not empty and holds no packaged model; nothing was changed")
+        shutil.rmtree(out)
+    shutil.copytree(work / "export", out)
+    (out / "sdxs_model.json").write_text(json.dumps(NOTES, indent=2) + "\n")
+    save_file(classifier_weights(args.seed), str(out / "digit_classifier.safetensors"))
+    configs = copy_configs(work, out / "training_configs")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    card = model_card(results, (results_dir / "results.md").read_text(), configs, commit)
+    (out / "README.md").write_text(card)
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
