@@ -37,7 +37,8 @@ export class Runner {
   ended(reason, text) {
     if (reason === "idle_timeout" && this.pump.starved) {
       this.parked = true; // nothing to send anyway: no "Stopped", just wait for pictures
-      return this.status.waiting(this.sources.current);
+      this.status.waiting(this.sources.current);
+      return this.status.timeLeft(null); // that session is over; a new one gets its own time
     }
     this.#halt();
     const again = () => this.start();

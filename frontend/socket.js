@@ -121,6 +121,7 @@ export class Session extends EventTarget {
     this.goodbye = null;
     this.ws = null;
     this.state = null;
+    this.inFlight.clear(); // no answers will come
     const retry = !this.stopped && (P.Close[event.code]?.retry ?? true);
     this.#emit("closed", { code: event.code, reason, text: P.Explain[reason] || `Closed (${event.code}).`, retry });
     if (retry) this.#retry(P.Explain[reason], reason);

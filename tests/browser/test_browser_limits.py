@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_helpers import frames_drawn, readouts, start, wait_frames, wait_status, wait_until
+from browser_helpers import ARTIFACTS, frames_drawn, readouts, start, wait_frames, wait_status, wait_until
 
 # Mean brightness (0-255) of the output canvas as the visitor sees it (transparent counts as the black behind it).
 OUTPUT_BRIGHTNESS = """() => { const c = document.getElementById('output');
@@ -35,6 +35,8 @@ def test_second_page_queues_third_sees_server_full_and_second_starts_when_first_
     second.wait_for_function(f"() => ({OUTPUT_BRIGHTNESS})() > 20", timeout=10_000)
     assert second.is_visible("#output-hint") and "Preview" in second.inner_text("#output-hint")
     assert second.is_disabled("#snapshot") and second.is_disabled("#record")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    second.screenshot(path=str(ARTIFACTS / "layout-desktop-queued.png"))
 
     third = open_page(limited.url)
     start(third)
