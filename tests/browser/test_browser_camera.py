@@ -150,6 +150,7 @@ def test_video_tab_waits_for_a_file_past_the_idle_timeout_and_a_dropped_file_str
     wait_status(page, "Waiting for video")
     assert "video file" in page.inner_text("#notice-text")
     time.sleep(IDLE_TIMEOUT_S + 1.5)  # the server ends the silent session; the page keeps waiting, truthfully
+    wait_until(lambda: slow_app.metric("sdxs_sessions", state="active") == 0, what="the idle session ended")
     assert "Waiting for video" in page.inner_text("#status")
     assert page.is_visible("#drop-zone")
 
@@ -159,5 +160,6 @@ def test_video_tab_waits_for_a_file_past_the_idle_timeout_and_a_dropped_file_str
     page.dispatch_event("#input-view", "drop", {"dataTransfer": drop})
     wait_status(page, "Live", timeout_s=20)
     wait_frames(page, frames_drawn(page) + 2)
+    assert slow_app.metric("sdxs_sessions", state="active") == 1, "a new session serves the file"
     assert page.is_hidden("#drop-zone")
     assert not page.errors
