@@ -48,6 +48,12 @@ export class Pump {
     return performance.now() - Math.max(this.video.lastFrameAt, this.video.startedAt) > STALL_MS;
   }
 
+  /** The source needs no picture, or gave one since it was (re)started: the stream is really live. */
+  get feeding() {
+    if (this.textOnly || !VIDEO_SOURCES.includes(this.source)) return true;
+    return this.video.lastFrameAt >= this.video.startedAt;
+  }
+
   loop() {
     requestAnimationFrame(this.loop);
     if (this.busy || document.hidden || !this.session.canSend || !this.settled()) return;

@@ -67,7 +67,8 @@ export class Runner {
     this.button.setAttribute("aria-pressed", String(on));
   }
 
-  /** While active: "Live" or "Waiting for ..."; while parked: rejoin once the source gives pictures. */
+  /** While active: "Live" once the source gives pictures, "Waiting for ..." when it gives none; while parked:
+   * rejoin once it does. */
   #check(force = false) {
     if (!this.running) return;
     const starved = this.pump.starved;
@@ -78,8 +79,8 @@ export class Runner {
       return this.session.start();
     }
     if (!this.session.active) return;
-    const phase = starved ? Phase.WAITING : Phase.STREAMING;
-    if (!force && this.status.phase === phase) return;
+    const phase = starved ? Phase.WAITING : this.pump.feeding ? Phase.STREAMING : null; // null: a source starting
+    if (!phase || (!force && this.status.phase === phase)) return;
     if (starved) this.status.waiting(this.sources.current);
     else this.status.streaming();
   }

@@ -79,7 +79,8 @@ def test_time_limit_shows_time_left_then_ends_and_start_again_rejoins(app_factor
     page = open_page(short.url)
     start(page)
     wait_status(page, "Live")
-    assert "Time left in this session: 0:0" in page.inner_text("#time-left")
+    page.wait_for_function("() => document.getElementById('time-left').textContent"
+                           ".includes('Time left in this session: 0:0')", timeout=5_000)  # its own message
     wait_status(page, "Stopped", timeout_s=15)
     assert "time is up" in page.inner_text("#notice-text")
     page.click("#notice-action")
