@@ -58,6 +58,8 @@ def phone_page(app, browser):
     """One live phone page for the phone tests (they only look and switch tabs)."""
     context = browser.new_context(viewport={"width": PHONE[0], "height": PHONE[1]}, is_mobile=True, has_touch=True)
     page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda err: page.errors.append(str(err)))
     page.goto(app.url)
     page.wait_for_selector("#p-prompt")
     yield page
@@ -106,6 +108,7 @@ def test_phone_video_tab_drop_zone(phone_page):
     shoot(phone_page, "phone-text")
     assert on_first_screen(phone_page, "#output-view", PHONE[1]) and on_first_screen(phone_page, "#p-prompt", PHONE[1])
     assert small_targets(phone_page) == []
+    assert not phone_page.errors
 
 
 def test_desktop_output_and_prompt_on_the_first_screen(app, open_page):
