@@ -1,5 +1,6 @@
 // Video sources: webcam (picker, front/rear, mirror), screen share and a local video file.
-// Every source ends up in one <video> element; `drawSquare` copies its centre square onto a canvas.
+// Every source ends up in one <video> element; `drawSquare` copies its centre square onto a canvas. `frames` counts
+// the new pictures the element has shown, so a 2 fps camera gives 2 new pictures a second however often one looks.
 
 export class VideoSource {
   constructor(video) {
@@ -9,6 +10,35 @@ export class VideoSource {
     this.mirror = false;
     this.facing = "user";
     this.kind = null; // "camera" | "screen" | "file"
+    this.frames = 0; // new pictures shown so far (never reset)
+    this.lastFrameAt = -Infinity; // performance.now() of the newest one
+    this.startedAt = -Infinity; // when the current source was asked for (a camera may wait for permission)
+    this.#countFrames();
+  }
+
+  /** One count per picture the element presents: requestVideoFrameCallback, else the decoder's frame counter (or the
+   * playback time, for files) polled once per animation frame. */
+  #countFrames() {
+    const seen = () => {
+      this.frames += 1;
+      this.lastFrameAt = performance.now();
+    };
+    if ("requestVideoFrameCallback" in this.video) {
+      const onFrame = () => {
+        seen();
+        this.video.requestVideoFrameCallback(onFrame);
+      };
+      return this.video.requestVideoFrameCallback(onFrame);
+    }
+    let last = null;
+    const poll = () => {
+      requestAnimationFrame(poll);
+      if (!this.ready) return;
+      const mark = this.video.getVideoPlaybackQuality?.().totalVideoFrames || this.video.currentTime;
+      if (mark !== last) seen();
+      last = mark;
+    };
+    requestAnimationFrame(poll);
   }
 
   get ready() {
@@ -28,6 +58,7 @@ export class VideoSource {
     if (!navigator.mediaDevices?.getUserMedia) {
       throw new Error("This browser gives no camera access here. Webcam needs HTTPS or localhost.");
     }
+    this.startedAt = performance.now();
     const video = deviceId ? { deviceId: { exact: deviceId } } : { facingMode: this.facing };
     Object.assign(video, { width: { ideal: 640 }, height: { ideal: 480 } });
     const stream = await navigator.mediaDevices.getUserMedia({ video, audio: false });
@@ -43,6 +74,7 @@ export class VideoSource {
 
   async startScreen() {
     if (!navigator.mediaDevices?.getDisplayMedia) throw new Error("Screen sharing is not supported here.");
+    this.startedAt = performance.now();
     const stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
     this.mirror = false;
     await this.#play(stream, "screen");
@@ -54,6 +86,7 @@ export class VideoSource {
     Object.assign(this.video, { srcObject: null, src: this.objectUrl, loop: true, muted: true });
     this.mirror = false;
     this.kind = "file";
+    this.startedAt = performance.now();
     await this.video.play();
   }
 
@@ -66,6 +99,18 @@ export class VideoSource {
     Object.assign(this.video, { src: "", srcObject: stream, muted: true });
     this.video.playsInline = true;
     await this.video.play();
+  }
+
+  /** Stop: a file pauses (it is no device), cameras and screen shares are released. */
+  pause() {
+    if (this.kind === "file") this.video.pause();
+    else this.stop();
+  }
+
+  resume() {
+    if (this.kind !== "file") return;
+    this.startedAt = performance.now();
+    return this.video.play();
   }
 
   stop() {

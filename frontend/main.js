@@ -1,60 +1,67 @@
-// Wires the page together: session events -> status, controls, output and metrics; sources -> pump -> session.
+// Wires the page together: session events -> status, controls, output and metrics; sources -> pump -> session;
+// Start/Stop -> runner. Nothing connects or asks for the camera before Start.
 
 import { Session } from "./socket.js";
-import { QUIET_ERRORS, Explain } from "./protocol.js";
+import { QUIET_ERRORS, plainError } from "./protocol.js";
 import { VideoSource } from "./camera.js";
 import { Sketch } from "./sketch.js";
+import { bindSketchTools } from "./sketchtools.js";
 import { Controls } from "./controls.js";
 import { Metrics } from "./metrics.js";
-import { Status } from "./status.js";
+import { Phase, Status } from "./status.js";
 import { Pump } from "./pump.js";
-import { Sources, SOURCE_MODES } from "./sources.js";
+import { Modes } from "./modes.js";
+import { Runner } from "./run.js";
+import { Sources } from "./sources.js";
 import { OutputView } from "./view.js";
 import { addPromptPresets, addSeedTools } from "./extras.js";
 
 const $ = (id) => document.getElementById(id);
 
 const status = new Status({ pill: "status", notice: "notice", noticeText: "notice-text", progress: "notice-progress",
-  action: "notice-action", banner: "random-banner", timeLeft: "time-left" });
-const metrics = new Metrics({ inFps: $("m-in"), outFps: $("m-out"), latency: $("m-latency"), server: $("m-server") });
+  action: "notice-action", banner: "random-banner", timeLeft: "time-left", hint: "output-hint" });
+const metrics = new Metrics({ inFps: $("m-in"), outFps: $("m-out"), cached: $("m-cached"), latency: $("m-latency"),
+  server: $("m-server") });
 const video = new VideoSource($("video"));
 const sketch = new Sketch($("sketch"), $("guide"));
-const controls = new Controls($("controls"), { onChange: (changed) => session.sendParams(changed) });
+const controls = new Controls($("controls"), { onChange: (changed) => modes.send(changed) });
 const session = new Session({ initialParams: () => (controls.inputs.size ? controls.values : {}) });
-const pump = new Pump({ session, metrics, video, sketch });
-const output = new OutputView({ session, sketch, controls, onError: (text) => status.flash(text) });
-let modelModes = null;
-
-/** Offer the modes that fit the source; a new source starts in its own mode, a reconnect keeps a fitting one. */
-function fitModes(source, newSource) {
-  const fitting = SOURCE_MODES[source].filter((m) => !modelModes || modelModes.includes(m));
-  controls.restrict("mode", fitting);
-  const mode = controls.inputs.get("mode")?.input.value;
-  if (mode && (newSource ? mode !== fitting[0] : !fitting.includes(mode))) controls.change("mode", fitting[0]);
-  pump.touch();
-}
+const pump = new Pump({ session, metrics, video, sketch, settled: () => modes.settled });
+const modes = new Modes({ controls, session, pump });
+const output = new OutputView({ session, sketch, controls, preview: (ctx, size) => pump.drawInput(ctx, size),
+  onError: (text) => status.flash(text) });
 
 const sources = new Sources({
   video, sketch, pump,
-  onSourceChange: (source) => fitModes(source, true),
+  onSourceChange: (source) => modes.fit(source, true),
   onError: (text) => status.flash(text, 8000),
 });
+bindSketchTools(sketch, { isActive: () => sources.current === "sketch", onError: (text) => status.flash(text) });
+const runner = new Runner({ session, sources, pump, status, button: $("start") });
+$("swap").addEventListener("click", () => $("stage").classList.toggle("swapped")); // phones: big <-> small picture
+
+status.onPhase = (phase) => {
+  output.setPhase(phase);
+  if (phase === Phase.STREAMING) metrics.reset();
+  else if (phase !== Phase.WAITING) metrics.blank();
+};
 
 session.addEventListener("loading", (e) => status.loading(e.detail));
 
-/** Build the controls once from the schema (config.json lets visitors prepare a prompt while they wait). */
+/** Build the controls once from the schema (config.json lets visitors prepare a prompt before Start). */
 function buildControls(schema, model, params) {
-  modelModes = model.modes || null;
-  const choices = { ...(modelModes && { mode: modelModes }), ...(model.styles && { style: model.styles }) };
+  modes.model = model.modes || null;
+  const choices = { ...(modes.model && { mode: modes.model }), ...(model.styles && { style: model.styles }) };
   controls.build(schema, params, choices);
   addPromptPresets(controls);
   addSeedTools(controls);
-  fitModes(sources.current, false);
+  modes.fit(sources.current, false);
 }
 
 session.addEventListener("config", (e) => {
   const { schema, model, gradio } = e.detail;
   $("gradio-link").hidden = !gradio;
+  if (model) status.randomWeights(!!model.is_random);
   if (!controls.inputs.size && schema && model) {
     const defaults = Object.fromEntries(Object.entries(schema.properties).map(([k, v]) => [k, v.default]));
     buildControls(schema, model, defaults);
@@ -68,44 +75,43 @@ session.addEventListener("welcome", (e) => {
   output.setSize(msg.limits.size);
   if (!controls.inputs.size) buildControls(msg.schema, msg.model || {}, msg.params);
   else controls.set(msg.params);
-  fitModes(sources.current, false);
-  metrics.reset();
+  modes.fit(sources.current, false);
 });
 
 session.addEventListener("queued", (e) => {
-  if (e.detail.position != null) status.queued(e.detail.position, e.detail.length);
-  else status.set("queued", "In line");
+  if (e.detail.position != null) status.queued(e.detail.position, e.detail.length, session.limits);
+  else status.set(Phase.QUEUED, "In line", "Preview. Your stream starts here by itself.");
 });
 
 session.addEventListener("active", (e) => {
-  status.streaming();
+  runner.activated();
   status.timeLeft(e.detail.timeLeft);
   controls.flush();
   pump.touch();
 });
 
 session.addEventListener("params", (e) => {
-  controls.set(e.detail);
+  modes.confirmed(e.detail);
   output.params = e.detail;
-  pump.textOnly = e.detail.mode === "text"; // text mode takes no picture: send empty frames
-  pump.touch();
 });
 
 session.addEventListener("timeleft", (e) => status.timeLeft(e.detail));
 
 session.addEventListener("frame", (e) => {
-  const frame = e.detail;
-  metrics.frameReceived(frame.clientTs, frame.serverMs);
-  output.show(frame);
+  metrics.frameReceived(e.detail);
+  output.show(e.detail);
 });
 
 session.addEventListener("control", (e) => output.showControl(e.detail));
 
 session.addEventListener("error", (e) => {
-  const { code, message, field } = e.detail;
-  if (QUIET_ERRORS.has(code) || e.detail.fatal) return; // fatal ones end in a goodbye, shown on close
-  if (code === "invalid_params" && field) controls.showError(field, message);
-  status.flash(`${Explain[code] || "Error"}: ${message}`);
+  const { code, message, field, fatal } = e.detail;
+  console.info(`server error ${code}: ${message}`);
+  if (QUIET_ERRORS.has(code) || fatal) return; // fatal ones end in a goodbye, shown on close
+  const title = field && document.querySelector(`[data-field="${field}"] > span`)?.textContent;
+  if (code === "invalid_params" && field) controls.showError(field, message.replace(`${field}: `, ""));
+  if (code === "invalid_params" && field === "mode") modes.refused();
+  status.flash(plainError(code, title));
 });
 
 session.addEventListener("reconnecting", (e) => {
@@ -117,23 +123,13 @@ session.addEventListener("reconnecting", (e) => {
 session.addEventListener("closed", (e) => {
   const { retry, text, reason } = e.detail;
   output.stopRecording();
-  if (retry) return;
-  if (reason === "client") return status.ended("You left the session.", "Start again", restart);
-  const label = reason === "idle_timeout" ? "Resume" : "Start again";
-  if (["time_limit", "idle_timeout"].includes(reason)) status.ended(text, label, restart);
-  else status.error(text, "Try again", restart);
+  if (!retry && runner.running) runner.ended(reason, text);
 });
-
-function restart() {
-  status.connecting();
-  session.attempt = 0;
-  session.start();
-}
 
 window.addEventListener("pagehide", () => session.stop());
 
-status.connecting();
+status.idle();
 sources.select("camera");
-session.start();
+session.peek();
 // Test and debugging hook: read-only views of the page's state.
-window.sdxs = { session, metrics, controls, sketch, pump, output };
+window.sdxs = { session, metrics, controls, sketch, pump, output, runner, status, modes };

@@ -1,5 +1,7 @@
 // The readout visitors asked for: input FPS, output FPS, end-to-end latency and the server's share of it.
-// FPS counts events in a sliding window; latencies are medians of the last few frames.
+// FPS counts events in a sliding window; latencies are medians of the last few frames. Answers the server took from
+// its cache (REUSED: same input and parameters, no inference, ~0 ms) are counted apart, never as output or latency.
+// While nothing streams (not started, queued, reconnecting) every readout is blank: no stale number stays up.
 
 const WINDOW_MS = 2000;
 const KEEP = 30;
@@ -29,14 +31,12 @@ function median(values) {
 }
 
 export class Metrics {
-  /** `fields`: elements to write numbers into: {inFps, outFps, latency, server}. */
+  /** `fields`: elements to write numbers into: {inFps, outFps, cached, latency, server}. */
   constructor(fields) {
     this.fields = fields;
-    this.input = new Rate();
-    this.output = new Rate();
-    this.latencies = [];
-    this.serverShares = [];
     this.framesOut = 0;
+    this.reset();
+    this.blank();
     this.timer = setInterval(() => this.render(), 500);
   }
 
@@ -44,21 +44,31 @@ export class Metrics {
     this.input.tick(performance.now());
   }
 
-  /** `sentAt`: performance.now() when the input frame left; `serverMs`: the server's own time for it, if known. */
-  frameReceived(sentAt, serverMs) {
+  /** An output frame: `clientTs` is performance.now() when its input left, `serverMs` the server's own time. */
+  frameReceived({ clientTs, serverMs, reused }) {
     const now = performance.now();
+    if (reused) return this.cached.tick(now);
     this.output.tick(now);
     this.framesOut += 1;
-    if (sentAt == null) return;
-    this.#keep(this.latencies, now - sentAt);
+    if (clientTs == null) return;
+    this.#keep(this.latencies, now - clientTs);
     if (serverMs != null) this.#keep(this.serverShares, serverMs);
   }
 
+  /** Start counting afresh and show numbers. */
   reset() {
+    this.blanked = false;
     this.input = new Rate();
     this.output = new Rate();
+    this.cached = new Rate();
     this.latencies = [];
     this.serverShares = [];
+    this.render();
+  }
+
+  /** Show dashes until the next reset. */
+  blank() {
+    this.blanked = true;
     this.render();
   }
 
@@ -67,6 +77,7 @@ export class Metrics {
     return {
       inFps: this.input.perSecond(now),
       outFps: this.output.perSecond(now),
+      cachedFps: this.cached.perSecond(now),
       latencyMs: median(this.latencies),
       serverMs: median(this.serverShares),
       framesOut: this.framesOut,
@@ -76,11 +87,13 @@ export class Metrics {
   render() {
     const s = this.snapshot();
     const f = this.fields;
-    f.inFps.textContent = s.inFps.toFixed(1);
-    f.outFps.textContent = s.outFps.toFixed(1);
-    f.latency.textContent = s.latencyMs == null ? "–" : `${Math.round(s.latencyMs)} ms`;
-    if (s.serverMs == null || s.latencyMs == null) {
-      f.server.textContent = "–";
+    const dash = "–";
+    f.inFps.textContent = this.blanked ? dash : s.inFps.toFixed(1);
+    f.outFps.textContent = this.blanked ? dash : s.outFps.toFixed(1);
+    f.cached.textContent = this.blanked || !s.cachedFps ? "" : `+ ${s.cachedFps.toFixed(1)} from cache`;
+    f.latency.textContent = this.blanked || s.latencyMs == null ? dash : `${Math.round(s.latencyMs)} ms`;
+    if (this.blanked || s.serverMs == null || s.latencyMs == null) {
+      f.server.textContent = dash;
     } else {
       const share = Math.min(100, (100 * s.serverMs) / Math.max(1, s.latencyMs));
       f.server.textContent = `${Math.round(s.serverMs)} ms (${Math.round(share)}%)`;

@@ -60,12 +60,19 @@ export const Explain = Object.freeze({
   handshake: "This page and the server speak different protocol versions. Reload the page.",
   server_shutdown: "The server is restarting.",
   internal_error: "The server hit an internal error.",
-  invalid_params: "That setting was not accepted",
+  invalid_params: "A setting was not accepted; the previous value stays.",
   inference_failed: "The model failed on a frame; it will try the next one.",
   bad_image: "A frame could not be read by the server.",
   image_required: "This mode needs an input picture (webcam, sketch, screen or video).",
   connection_lost: "Connection lost.",
 });
+
+/** A plain sentence for a non-fatal `error` message; the server's technical `message` is for the console (and,
+ * for a refused setting, next to that field). `fieldTitle`: the refused field's label. */
+export function plainError(code, fieldTitle) {
+  if (code === "invalid_params" && fieldTitle) return `${fieldTitle} was not accepted; the previous value stays.`;
+  return Explain[code] || "Something went wrong with one picture; the stream goes on.";
+}
 
 /** Errors that only concern one frame or field; the rest are shown to the visitor as a notice. */
 export const QUIET_ERRORS = new Set(["flow_control", "bad_frame_id", "not_active", "no_control"]);

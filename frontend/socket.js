@@ -3,10 +3,10 @@
 // timeleft, frame, control, error, closed, reconnecting.
 
 import * as P from "./protocol.js";
+import { InFlight } from "./flight.js";
 
 const BACKOFF_MS = [500, 1000, 2000, 4000, 5000];
 const BUSY_MIN_MS = 3000; // "server full" and friends: do not knock too often
-const STALE_MS = 15000; // a frame unanswered this long no longer blocks sending
 
 export class Session extends EventTarget {
   constructor({ initialParams }) {
@@ -14,11 +14,11 @@ export class Session extends EventTarget {
     this.initialParams = initialParams; // () => the params to send with hello
     this.ws = null;
     this.state = null;
-    this.limits = { max_in_flight: 2 };
+    this.limits = {};
     this.features = [];
-    this.inFlight = new Map(); // frame_id -> performance.now() at send
-    this.nextId = 1;
+    this.inFlight = new InFlight();
     this.attempt = 0;
+    this.run = 0;
     this.stopped = false;
   }
 
@@ -26,29 +26,39 @@ export class Session extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
+  get active() {
+    return this.ws?.readyState === WebSocket.OPEN && this.state === P.State.ACTIVE;
+  }
+
   get canSend() {
-    if (this.ws?.readyState !== WebSocket.OPEN || this.state !== P.State.ACTIVE) return false;
-    const now = performance.now();
-    for (const [id, at] of this.inFlight) if (now - at > STALE_MS) this.inFlight.delete(id);
-    return this.inFlight.size < this.limits.max_in_flight;
+    return this.active && !this.inFlight.full;
+  }
+
+  /** Fetch config.json once (event "config"); null when the server cannot be reached. */
+  async peek() {
+    try {
+      const config = await (await fetch(P.configUrl(), { cache: "no-store" })).json();
+      this.#emit("config", config);
+      return config;
+    } catch {
+      return null;
+    }
   }
 
   /** Wait for the model (polling config.json), then connect. */
   async start() {
+    const run = ++this.run; // a later start() or stop() ends this one
     this.stopped = false;
+    clearTimeout(this.retryTimer);
     for (;;) {
-      let config = null;
-      try {
-        config = await (await fetch(P.configUrl(), { cache: "no-store" })).json();
-      } catch {
-        return this.#retry("The server cannot be reached.");
-      }
-      this.#emit("config", config);
+      const config = await this.peek();
+      if (run !== this.run) return;
+      if (!config) return this.#retry("The server cannot be reached.");
       if (config.loading?.ready) return this.#connect();
       this.#emit("loading", config.loading);
       if (config.loading?.stage === "failed") return;
       await new Promise((r) => setTimeout(r, 1000));
-      if (this.stopped) return;
+      if (run !== this.run) return;
     }
   }
 
@@ -68,7 +78,9 @@ export class Session extends EventTarget {
       case P.Msg.WELCOME:
         this.attempt = 0;
         this.limits = msg.limits;
+        this.inFlight.limit = msg.limits.max_in_flight;
         this.features = msg.features || [];
+        this.state = msg.state; // handlers may send params right away
         this.#emit("welcome", msg);
         this.#emit("params", msg.params);
         return this.#setState(msg.state, null);
@@ -81,7 +93,7 @@ export class Session extends EventTarget {
       case P.Msg.TIME_LEFT:
         return this.#emit("timeleft", msg.time_left_s);
       case P.Msg.ERROR:
-        if (msg.frame_id != null) this.#ack(msg.frame_id);
+        if (msg.frame_id != null) this.inFlight.ack(msg.frame_id);
         return this.#emit("error", msg);
       case P.Msg.GOODBYE:
         this.goodbye = msg.reason;
@@ -99,12 +111,8 @@ export class Session extends EventTarget {
   #onFrame(buffer) {
     const frame = P.decodeFrame(buffer);
     if (frame.isControl) return this.#emit("control", frame);
-    this.#ack(frame.frameId);
+    this.inFlight.ack(frame.frameId);
     this.#emit("frame", frame);
-  }
-
-  #ack(frameId) {
-    for (const id of this.inFlight.keys()) if (id <= frameId) this.inFlight.delete(id);
   }
 
   #onClose(ws, event) {
@@ -113,6 +121,7 @@ export class Session extends EventTarget {
     this.goodbye = null;
     this.ws = null;
     this.state = null;
+    this.inFlight.clear(); // no answers will come
     const retry = !this.stopped && (P.Close[event.code]?.retry ?? true);
     this.#emit("closed", { code: event.code, reason, text: P.Explain[reason] || `Closed (${event.code}).`, retry });
     if (retry) this.#retry(P.Explain[reason], reason);
@@ -132,10 +141,8 @@ export class Session extends EventTarget {
   /** Send one frame; `format` is a P.Format value, `bytes` an ArrayBuffer (or null for Format.NONE). */
   sendFrame(format, bytes) {
     if (!this.canSend) return false;
-    const id = this.nextId++;
-    const now = performance.now();
-    this.inFlight.set(id, now);
-    this.ws.send(P.encodeFrame(id, now, format, bytes));
+    const { id, at } = this.inFlight.add();
+    this.ws.send(P.encodeFrame(id, at, format, bytes));
     return true;
   }
 
@@ -147,10 +154,15 @@ export class Session extends EventTarget {
     if (this.features.includes("control") && this.state === P.State.ACTIVE) this.ws.send(P.controlRequest());
   }
 
-  /** Leave cleanly and do not reconnect. */
+  /** Leave cleanly (bye, then close: the slot or queue place is free at once) and do not reconnect. */
   stop() {
+    this.run += 1;
     this.stopped = true;
     clearTimeout(this.retryTimer);
-    if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(P.bye());
+    const ws = this.ws;
+    if (!ws) return;
+    if (ws.readyState === WebSocket.OPEN) ws.send(P.bye());
+    ws.close(1000);
+    this.#onClose(ws, { code: 1000 }); // closed now for the page; the close handshake may finish later
   }
 }

@@ -1,7 +1,9 @@
 // The input side of the page: source tabs (webcam, sketch, screen, video file, text only) and their toolbars.
-// Switching source starts/stops the camera and picks the mode that fits, unless the visitor chose one that fits.
+// Switching source picks the mode that fits; the camera or screen share is asked for only while started (Start),
+// and released on Stop. The video tab is a drop zone until a file plays.
 
 const $ = (id) => document.getElementById(id);
+const VIDEO = ["camera", "screen", "file"];
 
 /** Modes each source can feed; the first one is the default. */
 export const SOURCE_MODES = {
@@ -20,15 +22,18 @@ export class Sources {
     this.onSourceChange = onSourceChange; // (source) => void
     this.onError = onError; // (message) => void
     this.current = null;
+    this.running = false;
     this.#bindTabs();
     this.#bindCamera();
-    this.#bindSketch();
+    this.#bindFile();
   }
 
   async select(source) {
     this.current = source;
     this.pump.source = source;
-    const isVideo = ["camera", "screen", "file"].includes(source);
+    const isVideo = VIDEO.includes(source);
+    $("stage").dataset.source = source;
+    $("stage").classList.toggle("swapped", source === "sketch"); // phones: draw on the big picture
     $("video").hidden = !isVideo;
     $("sketch").hidden = source !== "sketch";
     $("guide").hidden = source !== "sketch" || !this.sketch.hasGuide;
@@ -38,16 +43,36 @@ export class Sources {
     $("sketch-tools").hidden = source !== "sketch";
     document.querySelector(`input[name="source"][value="${source}"]`).checked = true;
     this.onSourceChange(source);
-    if (!isVideo) return this.video.stop();
+    this.#hints();
+    if (!isVideo || source !== this.video.kind) this.video.stop();
+    if (this.running) await this.#startMedia();
+  }
+
+  /** Start: turn on what the current source needs (a file, already chosen, plays on). */
+  start() {
+    this.running = true;
+    this.video.resume()?.catch(() => {});
+    return this.#startMedia();
+  }
+
+  /** Stop: release the camera or screen share; a video file pauses. */
+  stop() {
+    this.running = false;
+    this.video.pause();
+    this.#hints();
+  }
+
+  async #startMedia() {
+    const source = this.current;
     try {
-      if (source === "camera") await this.#startCamera();
-      if (source === "screen") await this.video.startScreen();
-      if (source === "file") this.video.stop();
+      if (source === "camera" && this.video.kind !== "camera") await this.#startCamera();
+      if (source === "screen" && this.video.kind !== "screen") await this.video.startScreen();
     } catch (err) {
       const what = source === "camera" ? "Camera" : "Screen share";
       this.onError(`${what} unavailable (${err.message}). Switched to the sketch canvas.`);
       if (this.current === source) return this.select("sketch");
     }
+    this.#hints();
     this.#mirrorUi();
   }
 
@@ -58,6 +83,16 @@ export class Sources {
     const chosen = this.video.stream?.getVideoTracks()[0]?.getSettings().deviceId;
     select.replaceChildren(...cameras.map((c) => new Option(c.label, c.id, false, c.id === chosen)));
     $("flip").hidden = cameras.length < 2;
+  }
+
+  /** What the input view says when it has no picture: the drop zone, or what Start will turn on. */
+  #hints() {
+    const source = this.current;
+    $("drop-zone").hidden = source !== "file" || this.video.kind === "file";
+    const off = (source === "camera" || source === "screen") && this.video.kind !== source;
+    const what = source === "camera" ? "The camera" : "Screen sharing";
+    $("input-hint").hidden = !off;
+    $("input-hint").textContent = this.running ? `${what} is starting…` : `${what} starts when you press Start.`;
   }
 
   #mirrorUi() {
@@ -79,33 +114,31 @@ export class Sources {
       this.video.mirror = $("mirror").checked;
       this.#mirrorUi();
     });
-    $("video-file").addEventListener("change", (e) => {
-      const file = e.target.files[0];
-      if (file) this.video.startFile(file).catch((err) => this.onError(`Cannot play that video: ${err.message}`));
-    });
   }
 
-  #bindSketch() {
-    const s = this.sketch;
-    for (const radio of document.querySelectorAll('input[name="tool"]')) {
-      radio.addEventListener("change", () => radio.checked && s.setTool(radio.value));
-    }
-    $("brush-size").addEventListener("input", (e) => s.setSize(e.target.value));
-    $("undo").addEventListener("click", () => s.undo());
-    $("redo").addEventListener("click", () => s.redo());
-    $("clear").addEventListener("click", () => s.clear());
-    $("download-sketch").addEventListener("click", () => s.download());
-    $("trace-file").addEventListener("change", (e) => {
-      const file = e.target.files[0];
-      if (file) s.loadGuide(file).catch(() => this.onError("That file is not an image this browser can read."));
-    });
-    document.addEventListener("keydown", (e) => {
-      if (this.current !== "sketch" || !(e.ctrlKey || e.metaKey) || e.target.closest("input, textarea")) return;
-      const key = e.key.toLowerCase();
-      if (key === "z" && !e.shiftKey) s.undo();
-      else if (key === "y" || (key === "z" && e.shiftKey)) s.redo();
-      else return;
+  /** A video file from the picker or dropped anywhere on the input view. */
+  #bindFile() {
+    const play = (file) => {
+      if (this.current !== "file") this.select("file");
+      this.video.startFile(file).then(
+        () => this.#hints(),
+        (err) => this.onError(`Cannot play that video: ${err.message}`),
+      );
+      this.#hints();
+    };
+    $("video-file").addEventListener("change", (e) => e.target.files[0] && play(e.target.files[0]));
+    const view = $("input-view");
+    view.addEventListener("dragover", (e) => {
       e.preventDefault();
+      view.classList.add("dragging");
+    });
+    view.addEventListener("dragleave", () => view.classList.remove("dragging"));
+    view.addEventListener("drop", (e) => {
+      e.preventDefault();
+      view.classList.remove("dragging");
+      const file = [...(e.dataTransfer?.files || [])].find((f) => !f.type || f.type.startsWith("video/"));
+      if (file) play(file);
+      else this.onError("Drop a video file (for example .webm or .mp4).");
     });
   }
 }

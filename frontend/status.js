@@ -1,11 +1,14 @@
-// What the visitor reads: one status pill (connecting, loading, queued, streaming, reconnecting, full, error),
-// a notice line for details and actions, the random-weights banner and the time left.
+// What the visitor reads: one status pill (not started, connecting, loading, queued, live, waiting for pictures,
+// reconnecting, full, stopped, error), a notice line for details and actions, a hint over the output, the
+// random-weights banner and the time left. `onPhase(phase)` lets the rest of the page follow the pill.
 
 export const Phase = Object.freeze({
+  IDLE: "idle",
   CONNECTING: "connecting",
   LOADING: "loading",
   QUEUED: "queued",
   STREAMING: "streaming",
+  WAITING: "waiting",
   RECONNECTING: "reconnecting",
   FULL: "full",
   ENDED: "ended",
@@ -27,17 +30,28 @@ export class Status {
     this.action = $(ids.action);
     this.banner = $(ids.banner);
     this.timeLeftEl = $(ids.timeLeft);
+    this.hint = $(ids.hint);
+    this.onPhase = () => {};
     this.phase = null;
     this.deadline = null;
     this.action.addEventListener("click", () => this.onAction?.());
     setInterval(() => this.#tickTimeLeft(), 1000);
   }
 
-  set(phase, text) {
+  set(phase, text, hint = "") {
+    const changed = phase !== this.phase;
     this.phase = phase;
     this.pill.dataset.state = phase;
     this.pill.textContent = text;
-    if (phase !== Phase.STREAMING) this.timeLeft(null);
+    this.hint.textContent = hint;
+    this.hint.hidden = !hint;
+    if (phase !== Phase.STREAMING && phase !== Phase.WAITING) this.timeLeft(null);
+    if (changed) this.onPhase(phase);
+  }
+
+  idle() {
+    this.set(Phase.IDLE, "Not started", "Press Start to begin.");
+    this.hide();
   }
 
   connecting() {
@@ -51,14 +65,26 @@ export class Status {
       { progress: progress || 0 });
   }
 
-  queued(position, length) {
-    this.set(Phase.QUEUED, `In line: ${position} of ${length}`);
-    this.show(`All places are taken. You are number ${position} in line; the stream starts by itself.`);
+  /** `limits`: the welcome's; each session ends within its time limit, which bounds the wait. */
+  queued(position, length, { session_time_limit_s: limit, max_sessions: slots } = {}) {
+    const wait = limit && slots ? `at most ${clock(Math.ceil(position / slots) * limit)}` : "unknown (no time limit)";
+    this.set(Phase.QUEUED, `In line: ${position} of ${length}`, `Preview. Your stream starts here by itself.`);
+    this.show(`All places are taken. You are number ${position} in line; estimated wait ${wait}. ` +
+      "The stream starts by itself.");
   }
 
   streaming() {
     this.set(Phase.STREAMING, "Live");
     this.hide();
+  }
+
+  /** Started, but the source gives no pictures: nothing is generated, and the pill says so. */
+  waiting(source) {
+    const what = { camera: "camera", screen: "screen share" }[source] || "video";
+    const why = { camera: "The camera sends no pictures yet (is it allowed and connected?).",
+      screen: "The screen share sends no pictures." }[source] || "Choose or drop a video file.";
+    this.set(Phase.WAITING, `Waiting for ${what}`);
+    this.show(`${why} The stream goes on by itself when pictures come.`);
   }
 
   reconnecting(delayMs, why) {
@@ -71,7 +97,7 @@ export class Status {
     this.show(`${text} (next try in ${Math.ceil(delayMs / 1000)} s)`);
   }
 
-  ended(text, actionLabel, onAction) {
+  ended(text, actionLabel = null, onAction = null) {
     this.set(Phase.ENDED, "Stopped");
     this.show(text, { action: actionLabel, onAction });
   }

@@ -1,17 +1,22 @@
 // The output side: draws generated frames (newest only), and owns snapshot, recording, full screen and the
-// control image overlay.
+// control image overlay. It follows the status pill's phase: while queued it shows a preview of the input (not a
+// black square), while not live the last picture is dimmed, and Snapshot/Record wait for a generated frame.
 
 import { snapshot, Recorder, toggleFullscreen } from "./output.js";
 
 const $ = (id) => document.getElementById(id);
 const CONTROL_EVERY_MS = 500;
+const PREVIEW_EVERY_MS = 100;
 
 export class OutputView {
-  constructor({ session, sketch, controls, onError }) {
+  /** `preview(ctx, size)`: draws the current input, shown while queued. */
+  constructor({ session, sketch, controls, preview, onError }) {
     this.session = session;
     this.sketch = sketch;
     this.controls = controls;
+    this.preview = preview;
     this.onError = onError;
+    this.hasFrame = false; // the canvas shows a generated picture (not a preview, not empty)
     this.canvas = $("output");
     this.ctx = this.canvas.getContext("2d");
     this.recorder = new Recorder(this.canvas);
@@ -25,6 +30,20 @@ export class OutputView {
   setSize(size) {
     if (this.canvas.width === size) return;
     this.canvas.width = this.canvas.height = size;
+  }
+
+  /** The status phase (status.js Phase values) decides dimming and the queued preview. */
+  setPhase(phase) {
+    $("output-view").dataset.phase = phase;
+    clearInterval(this.previewTimer);
+    if (phase !== "queued") return;
+    const draw = () => {
+      if (this.drawing || this.next) return;
+      this.preview(this.ctx, this.canvas.width);
+      this.#setHasFrame(false);
+    };
+    draw();
+    this.previewTimer = setInterval(draw, PREVIEW_EVERY_MS);
   }
 
   show(frame) {
@@ -41,6 +60,7 @@ export class OutputView {
       this.ctx.drawImage(bitmap, 0, 0, this.canvas.width, this.canvas.height);
       bitmap.close();
       this.frames += 1;
+      this.#setHasFrame(true);
       Object.assign(this.canvas.dataset, { frames: this.frames, frameId: frame.frameId, reused: frame.reused });
     } catch {
       // An undecodable frame is skipped; the next one replaces it.
@@ -55,10 +75,17 @@ export class OutputView {
     img.src = URL.createObjectURL(frame.image);
   }
 
+  #setHasFrame(on) {
+    this.hasFrame = on;
+    $("snapshot").disabled = !on;
+    $("record").disabled = !on && !this.recorder.recording;
+  }
+
   stopRecording() {
     this.recorder.stop();
     $("record").setAttribute("aria-pressed", "false");
     $("record").textContent = "Record";
+    $("record").disabled = !this.hasFrame;
   }
 
   /** Ask the server for the control image; without that feature, show the inverted sketch ourselves. */

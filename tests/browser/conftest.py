@@ -17,11 +17,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_helpers import free_port
+from browser_helpers import ARTIFACTS, ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("SDXS_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("SDXS_ARTIFACTS", ROOT / "tmp" / "artifacts" / "browser"))
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--no-first-run", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
@@ -141,11 +139,17 @@ def app(app_factory) -> AppProcess:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chromium_args() -> list[str]:
+    """Chromium's command line; a module overrides this fixture to add flags (e.g. a video file as the webcam)."""
+    return CHROMIUM_ARGS
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_args):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args)
         yield chromium
         chromium.close()
 
@@ -155,8 +159,11 @@ def open_page(browser, request):
     """Open pages in fresh contexts; screenshots of all of them land in ARTIFACTS when the test fails."""
     opened = []
 
-    def open_(url: str, viewport=(1280, 800)):
-        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    def open_(url: str, viewport=(1280, 800), phone: bool = False, init_script: str | None = None):
+        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, is_mobile=phone,
+                                      has_touch=phone)
+        if init_script:
+            context.add_init_script(init_script)
         page = context.new_page()
         page.errors = []
         page.on("pageerror", lambda err: page.errors.append(str(err)))

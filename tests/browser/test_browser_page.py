@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 from urllib.parse import urlparse
 
 import pytest
-from browser_helpers import canvas_hash, draw_stroke, frames_drawn, free_port, wait_frames, wait_status
+from browser_helpers import (
+    canvas_hash,
+    draw_stroke,
+    frames_drawn,
+    free_port,
+    readouts,
+    start,
+    wait_frames,
+    wait_status,
+)
 from prefix_proxy import ProxyServer
 
 
@@ -32,6 +42,7 @@ def test_webcam_frames_flow_and_readouts_show_numbers(app, open_page):
     hosts = set()
     page = open_page(app.url)
     page.on("request", lambda r: hosts.add(urlparse(r.url).hostname))
+    start(page)
     wait_status(page, "Live")
     first = wait_frames(page, 0)
     before = canvas_hash(page)
@@ -49,6 +60,7 @@ def test_webcam_frames_flow_and_readouts_show_numbers(app, open_page):
 def test_page_works_behind_a_reverse_proxy_under_a_path_prefix(app, open_page):
     with ProxyServer("/some/prefix", app.url.rstrip("/"), free_port()) as proxy:
         page = open_page(proxy.url)
+        start(page)
         wait_status(page, "Live")
         wait_frames(page, 1)
         assert not page.errors
@@ -58,6 +70,7 @@ def test_snapshot_carries_prompt_and_seed_and_recording_gives_webm(app, open_pag
     from PIL import Image
 
     page = open_page(app.url)
+    start(page)
     wait_status(page, "Live")
     wait_frames(page, 0)
     with page.expect_download() as snap:
@@ -76,6 +89,7 @@ def test_snapshot_carries_prompt_and_seed_and_recording_gives_webm(app, open_pag
 
 def test_prompt_change_reaches_the_server_and_later_frames_use_it(app, open_page):
     page = open_page(app.url)
+    start(page)
     wait_status(page, "Live")
     use_sketch(page)
     draw_stroke(page, [(0.2, 0.2), (0.8, 0.5), (0.3, 0.8)])
@@ -94,6 +108,7 @@ def test_prompt_change_reaches_the_server_and_later_frames_use_it(app, open_page
 
 def test_sketch_strokes_produce_output_undo_removes_one_and_idle_costs_nothing(app, open_page):
     page = open_page(app.url)
+    start(page)
     wait_status(page, "Live")
     use_sketch(page)
     draw_stroke(page, [(0.1, 0.5), (0.9, 0.5)])
@@ -120,23 +135,47 @@ def test_sketch_strokes_produce_output_undo_removes_one_and_idle_costs_nothing(a
     time.sleep(3)
     assert app.metric("sdxs_inference_seconds_count") == calls, "an idle sketch canvas caused inference"
     assert app.metric("sdxs_frames_total", result="reused") > reused
+    shown = readouts(page)  # answers from the cache are no output frames: shown apart, out of fps and latency
+    assert shown["out"] == "0.0" and re.fullmatch(r"\+ \d+\.\d from cache", shown["cached"]), shown
     assert not page.errors
 
 
 def test_text_only_mode_generates_while_typing_and_sources_work_by_keyboard(app, open_page):
     page = open_page(app.url)
+    start(page)
     wait_status(page, "Live")
     page.focus('input[name="source"][value="camera"]')
     page.keyboard.press("ArrowRight")  # a radio group: arrows move between sources
     page.wait_for_selector("#sketch", state="visible")
     page.click("text=Text only")
     page.wait_for_function("() => document.getElementById('p-mode').value === 'text'")
-    start = frames_drawn(page)
+    before = frames_drawn(page)
     page.fill("#p-prompt", "a lighthouse at night")
-    first = settled_output(page, start)
+    first = settled_output(page, before)
     page.fill("#p-prompt", "a lighthouse at dawn")
     page.wait_for_function("() => window.sdxs.output.params.prompt === 'a lighthouse at dawn'")
     assert settled_output(page, frames_drawn(page)) != first
+    assert not page.errors
+
+
+def test_traced_sketch_guide_can_be_removed_and_the_page_has_a_favicon(app, open_page, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), "orange").save(tmp_path / "guide.png")
+    page = open_page(app.url)
+    use_sketch(page)
+    assert page.is_hidden("#remove-guide")
+    page.set_input_files("#trace-file", str(tmp_path / "guide.png"))
+    page.wait_for_selector("#guide", state="visible")
+    page.click("#remove-guide")
+    page.wait_for_selector("#guide", state="hidden")
+    assert page.is_hidden("#remove-guide") and not page.evaluate("() => window.sdxs.sketch.hasGuide")
+
+    icon = page.evaluate("() => document.querySelector('link[rel~=icon]')?.href")
+    assert icon and not icon.startswith("data:"), icon
+    with urllib.request.urlopen(icon, timeout=5) as r:
+        assert r.status == 200 and r.headers["content-type"].startswith("image/")
+        assert b"<svg" in r.read(), "the favicon is an SVG icon"
     assert not page.errors
 
 
