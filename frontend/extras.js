@@ -15,10 +15,12 @@ const PRESETS = {
 
 const randomSeed = () => Math.floor(Math.random() * 2 ** 31);
 
-/** Add a preset picker above the prompt: picking one replaces the style words after the last " | ". */
-export function addPromptPresets(controls) {
+/** Add a preset picker above the prompt: the model's own example prompts when it has some (the miniature knows
+ * only digits), else style presets that replace the words after the last " | ". */
+export function addPromptPresets(controls, examples = []) {
   const prompt = controls.inputs.get("prompt");
   if (!prompt) return;
+  if (examples.length) return addExamples(controls, prompt, examples);
   const select = el("select", { id: "preset", title: "Style preset" },
     ...Object.keys(PRESETS).map((k) => el("option", { value: k }, k || "Style preset…")));
   select.addEventListener("change", () => {
@@ -26,6 +28,14 @@ export function addPromptPresets(controls) {
     controls.change("prompt", select.value ? `${subject} | ${PRESETS[select.value]}` : subject);
   });
   prompt.row.parentElement.before(el("label", { className: "field" }, el("span", {}, "Style preset"), select));
+}
+
+function addExamples(controls, prompt, examples) {
+  const select = el("select", { id: "preset", title: "Prompts this model knows" },
+    el("option", { value: "" }, "Example prompt…"), ...examples.map((p) => el("option", { value: p }, p)));
+  select.addEventListener("change", () => select.value && controls.change("prompt", select.value));
+  prompt.row.parentElement.before(el("label", { className: "field" }, el("span", {}, "Example prompt"), select));
+  if (!examples.includes(prompt.input.value)) controls.change("prompt", examples[0]);
 }
 
 export function addSeedTools(controls) {

@@ -19,7 +19,7 @@ import { addPromptPresets, addSeedTools } from "./extras.js";
 const $ = (id) => document.getElementById(id);
 
 const status = new Status({ pill: "status", notice: "notice", noticeText: "notice-text", progress: "notice-progress",
-  action: "notice-action", banner: "random-banner", timeLeft: "time-left", hint: "output-hint" });
+  action: "notice-action", banner: "model-banner", timeLeft: "time-left", hint: "output-hint" });
 const metrics = new Metrics({ inFps: $("m-in"), outFps: $("m-out"), cached: $("m-cached"), latency: $("m-latency"),
   server: $("m-server") });
 const video = new VideoSource($("video"));
@@ -53,7 +53,7 @@ function buildControls(schema, model, params) {
   modes.model = model.modes || null;
   const choices = { ...(modes.model && { mode: modes.model }), ...(model.styles && { style: model.styles }) };
   controls.build(schema, params, choices);
-  addPromptPresets(controls);
+  addPromptPresets(controls, model.example_prompts || []);
   addSeedTools(controls);
   modes.fit(sources.current, false);
 }
@@ -61,7 +61,7 @@ function buildControls(schema, model, params) {
 session.addEventListener("config", (e) => {
   const { schema, model, gradio } = e.detail;
   $("gradio-link").hidden = !gradio;
-  if (model) status.randomWeights(!!model.is_random);
+  if (model) status.modelNotice(model);
   if (!controls.inputs.size && schema && model) {
     const defaults = Object.fromEntries(Object.entries(schema.properties).map(([k, v]) => [k, v.default]));
     buildControls(schema, model, defaults);
@@ -70,7 +70,7 @@ session.addEventListener("config", (e) => {
 
 session.addEventListener("welcome", (e) => {
   const msg = e.detail;
-  status.randomWeights(!!msg.model?.is_random);
+  if (msg.model) status.modelNotice(msg.model);
   pump.setSize(msg.limits.size);
   output.setSize(msg.limits.size);
   if (!controls.inputs.size) buildControls(msg.schema, msg.model || {}, msg.params);

@@ -1,6 +1,6 @@
 // What the visitor reads: one status pill (not started, connecting, loading, queued, live, waiting for pictures,
 // reconnecting, full, stopped, error), a notice line for details and actions, a hint over the output, the
-// random-weights banner and the time left. `onPhase(phase)` lets the rest of the page follow the pill.
+// model banner and the time left. `onPhase(phase)` lets the rest of the page follow the pill.
 
 export const Phase = Object.freeze({
   IDLE: "idle",
@@ -128,8 +128,10 @@ export class Status {
     this.notice.hidden = true;
   }
 
-  randomWeights(isRandom) {
-    this.banner.hidden = !isRandom;
+  /** What the server says about its model (`model.notice`: the shipped miniature, random weights), or nothing. */
+  modelNotice({ notice, is_random: isRandom }) {
+    if (notice) this.banner.textContent = notice;
+    this.banner.hidden = !notice && !isRandom;
   }
 
   timeLeft(seconds) {

@@ -52,7 +52,8 @@ def test_webcam_frames_flow_and_readouts_show_numbers(app, open_page):
     assert float(page.inner_text("#m-in")) > 0
     assert re.fullmatch(r"\d+ ms", page.inner_text("#m-latency"))
     assert re.match(r"\d+ ms \(\d+%\)", page.inner_text("#m-server"))
-    assert page.is_visible("#random-banner"), "the tiny model has random weights: the page must say so"
+    assert page.is_visible("#model-banner"), "the tiny model has random weights: the page must say so"
+    assert "random weights" in page.inner_text("#model-banner")
     assert hosts <= {"127.0.0.1"}, f"requests to other hosts: {hosts}"
     assert not page.errors
 
