@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from sdxs.params import GenerationParams
 from server.config import ServerConfig, parse_config
 from server.connection import Connection
-from server.protocol import FEATURES, PROTOCOL_VERSION, GoodbyeReason
+from server.protocol import FEATURES, PROTOCOL_VERSION
 from server.state import AppState
 
 FRONTEND = Path(__file__).resolve().parent / "frontend"
@@ -37,7 +37,7 @@ def create_app(config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None 
         state.start_loading()
         yield
         for connection in list(state.connections):
-            connection.close(GoodbyeReason.SERVER_SHUTDOWN)
+            connection.shutdown()
         state.shutdown()
 
     app = FastAPI(title="SDXS real-time", lifespan=lifespan, root_path=config.root_path, docs_url=None,

@@ -57,7 +57,8 @@ class AppState:
         self.image_limits = ImageLimits(config.min_image_side, config.max_image_side, config.max_image_pixels)
         self.pipe: Any = None
         self.worker: Worker | None = None
-        self.connections: set = set()
+        self.connections: set = set()  # server.connection.Connection objects, from accept to the end of `run`
+        self.stopping = False  # the server is shutting down: new connections are told so
         self._loader: threading.Thread | None = None
 
     @property
@@ -89,6 +90,7 @@ class AppState:
         return self.ready
 
     def shutdown(self) -> None:
+        self.stopping = True
         if self.worker is not None:
             self.worker.stop()
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
