@@ -22,6 +22,7 @@ from sdxs.params import GenerationParams
 from server.config import ServerConfig, parse_config
 from server.connection import Connection
 from server.protocol import FEATURES, PROTOCOL_VERSION
+from server.serving import GRACEFUL_S, Server
 from server.state import AppState
 
 FRONTEND = Path(__file__).resolve().parent / "frontend"
@@ -36,8 +37,7 @@ def create_app(config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None 
     async def lifespan(app: FastAPI):
         state.start_loading()
         yield
-        for connection in list(state.connections):
-            connection.shutdown()
+        await state.close_connections(0)  # server.serving.Server did this already; for any other ASGI server
         state.shutdown()
 
     app = FastAPI(title="SDXS real-time", lifespan=lifespan, root_path=config.root_path, docs_url=None,
@@ -91,13 +91,18 @@ def uvicorn_options(config: ServerConfig) -> dict:
     return {"host": config.host, "port": config.port, "log_level": config.log_level,
             "ws_max_size": 4 * config.max_message_bytes, "ws_per_message_deflate": False,
             "proxy_headers": config.forwarded_allow_ips is not None,
-            "forwarded_allow_ips": config.forwarded_allow_ips}
+            "forwarded_allow_ips": config.forwarded_allow_ips, "timeout_graceful_shutdown": GRACEFUL_S}
+
+
+def make_server(app: FastAPI, **options: Any) -> Server:
+    """The uvicorn server for `app` (built by create_app): says goodbye on shutdown (server/serving.py)."""
+    return Server(uvicorn.Config(app, **options), app.state.sdxs)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(config), **uvicorn_options(config))
+    make_server(create_app(config), **uvicorn_options(config)).run()
 
 
 if __name__ == "__main__":

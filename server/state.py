@@ -7,6 +7,7 @@ docs/protocol.md section 10.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -89,8 +90,17 @@ class AppState:
             self._loader.join(timeout)
         return self.ready
 
-    def shutdown(self) -> None:
+    async def close_connections(self, timeout: float) -> None:
+        """Server shutdown: every session gets `goodbye server_shutdown` and close 1001; wait up to `timeout` for
+        the sessions to end (a client that does not read cannot be waited for)."""
         self.stopping = True
+        for connection in list(self.connections):
+            connection.shutdown()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    def shutdown(self) -> None:
         if self.worker is not None:
             self.worker.stop()
         self.codec_pool.shutdown(wait=False, cancel_futures=True)

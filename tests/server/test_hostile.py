@@ -7,13 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from server_harness import FaultyPipe, RunningServer, noise_image, tiny_config
-from websockets.asyncio.client import connect
+from server_harness import (
+    FaultyPipe,
+    RunningServer,
+    flood_params,
+    goodbye,
+    noise_image,
+    non_reading_client,
+    tiny_config,
+)
 
 from server import connection as connection_module
 from server import outbox as outbox_module
@@ -67,12 +73,6 @@ async def served_within(server: RunningServer, seconds: float) -> None:
     await visitor.expect_output(await visitor.send_frame(encode_image(noise_image(128, 5))), timeout=seconds)
     assert time.monotonic() - start < seconds
     await visitor.close()
-
-
-async def goodbye(client: Client, timeout: float = 10.0) -> tuple[dict | None, int | None]:
-    code = await client.closed(timeout)
-    bye = [m for m in client.messages if m["type"] == "goodbye"]
-    return (bye[-1] if bye else None), code
 
 
 # --- item 1: every field type- and range-checked ------------------------------------------------------------------
@@ -307,40 +307,10 @@ def test_a_prompt_reader_may_flood_pings_and_params(server):
     assert client.errors() == []
 
 
-def _small_window_socket(url: str) -> socket.socket:
-    """A client socket with a tiny receive window: what the client does not read soon blocks the server."""
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, int(port)))
-    sock.setblocking(False)
-    return sock
-
-
-async def _non_reader(server: RunningServer) -> Client:
-    """A session whose client stops reading: its websockets library pauses after one queued message."""
-    ws = await connect(server.url, sock=_small_window_socket(server.url), max_queue=1, max_size=None,
-                       compression=None)
-    client = Client(ws)
-    await client.send_json({"type": "hello", "version": 1})
-    client.welcome = await client.expect("welcome")
-    return client
-
-
 SLOW = {"type": "goodbye", "reason": "slow_consumer", "close_code": 1008}
 
 
-async def _flood_params(client: Client, count: int, on_every_50=None) -> None:
-    """`count` params messages of about 1 KB, each answered by a params_ok of about 1.2 KB."""
-    for i in range(count):
-        await client.send_json({"type": "params", "params": {"prompt": "p" * 900, "seed": i}})
-        if on_every_50 is not None and i % 50 == 0:
-            on_every_50()
-            await asyncio.sleep(0)
-
-
-# Loopback sockets buffer up to about 4 MB (tcp_wmem) before a server's write blocks: floods must exceed that.
-FLOOD = 6000
+FLOOD = 6000  # about 7 MB of answers: loopback sockets buffer up to about 4 MB before a server's write blocks
 
 
 def test_a_flooder_that_does_not_read_is_closed_and_never_buffered_unboundedly(server, monkeypatch):
@@ -352,8 +322,8 @@ def test_a_flooder_that_does_not_read_is_closed_and_never_buffered_unboundedly(s
         peak.append(max((c.outbox.backlog_bytes for c in server.state.connections.copy()), default=0))
 
     async def go():
-        client = await _non_reader(server)
-        await _flood_params(client, FLOOD, sample)  # about 7 MB of answers it does not read ...
+        client = await non_reading_client(server.url)
+        await flood_params(client, FLOOD, sample)  # about 7 MB of answers it does not read ...
         for _ in range(60):  # ... while the server works through what it sent
             sample()
             await asyncio.sleep(0.05)
@@ -372,8 +342,8 @@ def test_a_client_that_stops_reading_gets_goodbye_slow_consumer(server, monkeypa
     monkeypatch.setattr(outbox_module, "MAX_BACKLOG_BYTES", 1 << 30)  # only the stall acts here
 
     async def go():
-        client = await _non_reader(server)
-        await _flood_params(client, FLOOD)
+        client = await non_reading_client(server.url)
+        await flood_params(client, FLOOD)
         await asyncio.sleep(2.5)
         result = await goodbye(client)
         await idle(server)
@@ -451,8 +421,8 @@ def test_client_disconnects_are_info_not_errors(server, caplog):
             await client.send_frame(payload)
             await asyncio.sleep(0.003 * (i % 8))
             (client.ws.transport.abort if i % 2 else client.ws.transport.close)()
-        blocked = await _non_reader(server)  # leaves while the server waits to write to it
-        await _flood_params(blocked, FLOOD)
+        blocked = await non_reading_client(server.url)  # leaves while the server waits to write to it
+        await flood_params(blocked, FLOOD)
         await asyncio.sleep(0.5)
         blocked.ws.transport.abort()
         client = await Client.open(server.url)
