@@ -82,6 +82,10 @@ def _mount_gradio(app: FastAPI, state: AppState) -> bool:
     from server.gradio_ui import build_gradio
 
     gr.mount_gradio_app(app, build_gradio(state), path="/gradio")
+    gradio_app = next(route.app for route in app.routes if getattr(route, "path", None) == "/gradio")
+    # Gradio's heartbeat streams (one per open Gradio tab or gradio_client) end when this event is set, as Gradio's
+    # own launch() does on close; otherwise each would hold the shutdown until uvicorn's graceful timeout
+    state.stop_hooks.append(gradio_app.stop_event.set)
     return True
 
 

@@ -60,6 +60,7 @@ class AppState:
         self.worker: Worker | None = None
         self.connections: set = set()  # server.connection.Connection objects, from accept to the end of `run`
         self.stopping = False  # the server is shutting down: new connections are told so
+        self.stop_hooks: list[Callable[[], None]] = []  # run first on shutdown (e.g. end Gradio's long-lived streams)
         self._loader: threading.Thread | None = None
 
     @property
@@ -94,6 +95,8 @@ class AppState:
         """Server shutdown: every session gets `goodbye server_shutdown` and close 1001; wait up to `timeout` for
         the sessions to end (a client that does not read cannot be waited for)."""
         self.stopping = True
+        for hook in self.stop_hooks:
+            hook()
         for connection in list(self.connections):
             connection.shutdown()
         deadline = time.monotonic() + timeout
