@@ -23,6 +23,7 @@ from server_harness import (
 
 from server import connection as connection_module
 from server import outbox as outbox_module
+from server import serving as serving_module
 from server import stream as stream_module
 from server.client import Client, encode_image
 from server.protocol import ImageFormat
@@ -350,6 +351,26 @@ def test_a_client_that_stops_reading_gets_goodbye_slow_consumer(server, monkeypa
         return result
 
     assert run(go()) == (SLOW, 1008)
+
+
+def test_a_client_that_never_reads_again_is_dropped_and_its_socket_freed(server, monkeypatch):
+    """Its session ends after SEND_TIMEOUT_S without a goodbye it could read; then the socket, which asyncio would
+    keep trying to flush forever, is aborted REAP_AFTER_S later (both shortened here)."""
+    monkeypatch.setattr(connection_module, "SEND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(serving_module, "REAP_AFTER_S", 1.0)
+    sockets = server.server.server_state.connections
+
+    async def go():
+        before = len(sockets)
+        client = await non_reading_client(server.url)
+        await flood_params(client, FLOOD)
+        await idle(server, timeout=10)  # the session ended ...
+        deadline = time.monotonic() + 10
+        while len(sockets) > before and time.monotonic() < deadline:  # ... and then its socket went
+            await asyncio.sleep(0.1)
+        return len(sockets) - before
+
+    assert run(go()) == 0
 
 
 # --- item 4: metrics stay true ---------------------------------------------------------------------------------

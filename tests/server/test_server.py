@@ -372,7 +372,8 @@ def test_queueing_server_full_and_per_client_cap(tiny_model_dir):
         await first.send_json({"type": "bye"})
         assert (await first.expect("goodbye"))["reason"] == "client"
         assert await first.closed() == 1000
-        assert (await second.expect("state"))["state"] == "active"
+        assert (await second.expect("state"))["state"] == "active"  # a promoted session gets a state message ...
+        assert not [m for m in first.messages if m["type"] == "state"]  # ... one active from its welcome does not
         out = await second.expect_output(await second.send_frame(encode_image(noise_image(128, 71))))
         await second.close()
         await waiting.close()
