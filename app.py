@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Mount
 
 from sdxs.params import GenerationParams
 from server.config import ServerConfig, parse_config
@@ -82,7 +83,7 @@ def _mount_gradio(app: FastAPI, state: AppState) -> bool:
     from server.gradio_ui import build_gradio
 
     gr.mount_gradio_app(app, build_gradio(state), path="/gradio")
-    gradio_app = next(route.app for route in app.routes if getattr(route, "path", None) == "/gradio")
+    gradio_app = next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "/gradio")
     # Gradio's heartbeat streams (one per open Gradio tab or gradio_client) end when this event is set, as Gradio's
     # own launch() does on close; otherwise each would hold the shutdown until uvicorn's graceful timeout
     state.stop_hooks.append(gradio_app.stop_event.set)

@@ -25,6 +25,7 @@ from server.metrics import Metrics
 from server.worker import Worker
 
 log = logging.getLogger("sdxs.server")
+WORKER_STOP_S = 1.0  # at shutdown, the batch in progress gets this long; the process exits within 5 s regardless
 
 
 class LoadingStatus:
@@ -105,7 +106,7 @@ class AppState:
 
     def shutdown(self) -> None:
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.stop(timeout=WORKER_STOP_S)
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
 
     def _load(self) -> None:

@@ -88,9 +88,9 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 1.0) -> None:
-        """Stop after the batch in progress; waits at most `timeout` (the thread is a daemon: a long batch on a slow
-        device must not hold up the process's exit)."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the batch in progress; waits at most `timeout` (the thread is a daemon: the server passes a
+        short one, so that a long batch on a slow device cannot hold up its exit)."""
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
