@@ -17,11 +17,13 @@ import uvicorn
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Mount
 
 from sdxs.params import GenerationParams
 from server.config import ServerConfig, parse_config
 from server.connection import Connection
-from server.protocol import FEATURES, PROTOCOL_VERSION, GoodbyeReason
+from server.protocol import FEATURES, PROTOCOL_VERSION
+from server.serving import GRACEFUL_S, Server
 from server.state import AppState
 
 FRONTEND = Path(__file__).resolve().parent / "frontend"
@@ -36,8 +38,7 @@ def create_app(config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None 
     async def lifespan(app: FastAPI):
         state.start_loading()
         yield
-        for connection in list(state.connections):
-            connection.close(GoodbyeReason.SERVER_SHUTDOWN)
+        await state.close_connections(0)  # server.serving.Server did this already; for any other ASGI server
         state.shutdown()
 
     app = FastAPI(title="SDXS real-time", lifespan=lifespan, root_path=config.root_path, docs_url=None,
@@ -82,6 +83,10 @@ def _mount_gradio(app: FastAPI, state: AppState) -> bool:
     from server.gradio_ui import build_gradio
 
     gr.mount_gradio_app(app, build_gradio(state), path="/gradio")
+    gradio_app = next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "/gradio")
+    # Gradio's heartbeat streams (one per open Gradio tab or gradio_client) end when this event is set, as Gradio's
+    # own launch() does on close; otherwise each would hold the shutdown until uvicorn's graceful timeout
+    state.stop_hooks.append(gradio_app.stop_event.set)
 
     @app.get("/gradio", include_in_schema=False)
     def gradio_slash() -> RedirectResponse:  # the mount answers /gradio/ only; a relative target keeps proxy prefixes
@@ -96,14 +101,19 @@ def uvicorn_options(config: ServerConfig) -> dict:
     return {"host": config.host, "port": config.port, "log_level": config.log_level,
             "ws_max_size": 4 * config.max_message_bytes, "ws_per_message_deflate": False,
             "proxy_headers": config.forwarded_allow_ips is not None,
-            "forwarded_allow_ips": config.forwarded_allow_ips}
+            "forwarded_allow_ips": config.forwarded_allow_ips, "timeout_graceful_shutdown": GRACEFUL_S}
+
+
+def make_server(app: FastAPI, **options: Any) -> Server:
+    """The uvicorn server for `app` (built by create_app): says goodbye on shutdown (server/serving.py)."""
+    return Server(uvicorn.Config(app, **options), app.state.sdxs)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config)))
+    server = make_server(app, **uvicorn_options(config))
     state: AppState = app.state.sdxs
 
     def stop_after_load_failure() -> None:  # a process manager (Spaces, systemd) sees the failure and its log

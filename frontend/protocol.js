@@ -26,13 +26,62 @@ export const Msg = Object.freeze({
 export const State = Object.freeze({ QUEUED: "queued", ACTIVE: "active" });
 
 // Client -> server text messages.
+export const ClientMsg = Object.freeze({
+  HELLO: "hello",
+  PARAMS: "params",
+  PING: "ping",
+  BYE: "bye",
+  CONTROL: "control",
+});
 export const hello = (params, outputFormat = "jpeg") =>
-  JSON.stringify({ type: "hello", version: VERSION, params, output_format: outputFormat, client: "sdxs-page" });
-export const paramsMsg = (params) => JSON.stringify({ type: "params", params });
-export const ping = (t) => JSON.stringify({ type: "ping", t });
-export const bye = () => JSON.stringify({ type: "bye" });
+  JSON.stringify({ type: ClientMsg.HELLO, version: VERSION, params, output_format: outputFormat, client: "sdxs-page" });
+export const paramsMsg = (params) => JSON.stringify({ type: ClientMsg.PARAMS, params });
+export const ping = (t) => JSON.stringify({ type: ClientMsg.PING, t });
+export const bye = () => JSON.stringify({ type: ClientMsg.BYE });
 // Optional feature "control" (section 2): only sent when `welcome.features` lists it.
-export const controlRequest = () => JSON.stringify({ type: "control" });
+export const controlRequest = () => JSON.stringify({ type: ClientMsg.CONTROL });
+
+// `error.code` values (section 6).
+export const ErrorCode = Object.freeze({
+  BAD_JSON: "bad_json",
+  UNKNOWN_TYPE: "unknown_type",
+  BAD_MESSAGE: "bad_message",
+  NOT_READY: "not_ready",
+  UNSUPPORTED_VERSION: "unsupported_version",
+  HANDSHAKE_TIMEOUT: "handshake_timeout",
+  MESSAGE_TOO_BIG: "message_too_big",
+  BAD_FRAME_HEADER: "bad_frame_header",
+  BAD_FRAME_ID: "bad_frame_id",
+  FLOW_CONTROL: "flow_control",
+  NOT_ACTIVE: "not_active",
+  BAD_IMAGE: "bad_image",
+  IMAGE_TOO_SMALL: "image_too_small",
+  IMAGE_TOO_LARGE: "image_too_large",
+  IMAGE_REQUIRED: "image_required",
+  INVALID_PARAMS: "invalid_params",
+  INFERENCE_FAILED: "inference_failed",
+  NO_CONTROL: "no_control",
+  MODEL_LOADING: "model_loading",
+  SERVER_FULL: "server_full",
+  TOO_MANY_SESSIONS: "too_many_sessions",
+  POLICY_VIOLATION: "policy_violation",
+  INTERNAL_ERROR: "internal_error",
+});
+
+// `goodbye.reason` -> the close code that follows it (section 7).
+export const GoodbyeClose = Object.freeze({
+  client: 1000,
+  time_limit: 4000,
+  idle_timeout: 4001,
+  handshake: 4002,
+  policy_violation: 1008,
+  server_full: 1013,
+  too_many_sessions: 1013,
+  model_loading: 1013,
+  server_shutdown: 1001,
+  internal_error: 1011,
+  slow_consumer: 1008,
+});
 
 /** What the page should do after a close, by close code / goodbye reason (section 7). */
 export const Close = Object.freeze({

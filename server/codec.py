@@ -31,15 +31,17 @@ def decode(payload: bytes, fmt: ImageFormat, size: int, limits: ImageLimits, fra
     IMAGE_TOO_LARGE. Transparent pixels are composited on white (an empty sketch canvas is white paper).
     """
     image = _open_checked(payload, fmt, limits, frame_id)
-    if fmt is ImageFormat.JPEG:  # let libjpeg decode at a reduced DCT scale that still covers `size`
-        side = min(image.size)
-        image.draft("RGB", (image.size[0] * size // side, image.size[1] * size // side))
     try:
+        if fmt is ImageFormat.JPEG:  # let libjpeg decode at a reduced DCT scale that still covers `size`
+            side = min(image.size)
+            image.draft("RGB", (image.size[0] * size // side, image.size[1] * size // side))
         image.load()
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL reports truncation and corrupt data as these
-        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{fmt.pil_name} data could not be decoded: {exc}",
-                            frame_id=frame_id) from exc
-    return np.asarray(_square(_to_rgb(image), size))
+        return np.asarray(_square(_to_rgb(image), size))
+    # PIL's decoders raise OSError and ValueError mostly, but also EOFError, struct.error, IndexError... on corrupt
+    # bytes: every one means "not a valid image", the client's bad_image, never a server error
+    except Exception as exc:  # noqa: BLE001
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{fmt.pil_name} data could not be decoded: "
+                            f"{type(exc).__name__}: {exc}", frame_id=frame_id) from exc
 
 
 def _open_checked(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_id: int | None) -> Image.Image:
@@ -49,7 +51,7 @@ def _open_checked(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_i
             image = Image.open(io.BytesIO(payload), formats=[fmt.pil_name])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ProtocolError(ErrorCode.IMAGE_TOO_LARGE, f"image too large: {exc}", frame_id=frame_id) from exc
-    except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
+    except Exception as exc:  # noqa: BLE001 - any parser error on client bytes is bad_image (see decode)
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"bytes are not a valid {fmt.pil_name} image",
                             frame_id=frame_id) from exc
     width, height = image.size

@@ -34,7 +34,8 @@ class ServerConfig(BaseModel):
                                    description="Square resolution; default: the model's native size (512 released).")
     max_sessions: int = Field(8, ge=1, description="Sessions served at once; later ones wait in the queue.")
     max_queue: int = Field(16, ge=0, description="Sessions that may wait; beyond that: 'server full'.")
-    max_sessions_per_client: int = Field(4, ge=1, description="Sessions per client address (active + queued).")
+    max_sessions_per_client: int = Field(4, ge=1, description="WebSockets per client address, counted from accept "
+                                         "(also before `hello`) to close.")
     session_time_limit_s: float = Field(600.0, ge=0, description="Active time per session; 0 = unlimited.")
     idle_timeout_s: float = Field(60.0, ge=0, description="Close an active session silent this long; 0 = never.")
     handshake_timeout_s: float = Field(10.0, gt=0, description="Time to send `hello` after connecting.")
@@ -47,7 +48,8 @@ class ServerConfig(BaseModel):
     min_image_side: int = Field(16, ge=1, description="Smallest accepted input side in pixels.")
     max_image_side: int = Field(4096, ge=16, description="Largest accepted input side in pixels.")
     max_image_pixels: int = Field(4096 * 4096, ge=256, description="Largest accepted input area (bomb guard).")
-    max_violations: int = Field(10, ge=1, description="Protocol violations before closing with 1008.")
+    max_violations: int = Field(10, ge=1, description="Protocol violations tolerated per session; the next one "
+                                "closes it with 1008.")
     output_format: Literal["jpeg", "webp", "png"] = Field("jpeg", description="Default output image format.")
     output_quality: int = Field(80, ge=1, le=100, description="JPEG/WebP quality.")
     codec_threads: int = Field(2, ge=1, le=64, description="Threads decoding and encoding images.")

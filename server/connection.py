@@ -2,30 +2,38 @@
 
 The frames themselves travel through `server.stream.FrameStream` (decode, mailbox, worker, encode). A connection
 never touches another session's state.
+
+Failure containment, one mechanism: every way into a connection (its tasks, the tasks it spawns, callbacks from the
+worker and codec threads, admission's callbacks) goes through `_run_guarded` or `@_contained`. An exception there is a
+server bug: it is logged with its traceback and ends this session, and only this one, with `internal_error`, a
+goodbye and close 1011. Whatever happens, `run` releases the slot, the queue place and the worker registration in
+its `finally` before it awaits anything, so no path can keep them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sdxs.errors import InvalidRequest
 from sdxs.params import GenerationParams
+from server.messages import Bye, Control, Hello, Params, Ping, parse_params, validate
 from server.outbox import Close, Outbox, OutgoingFrame
 from server.protocol import (
     CLOSE_CODE_FOR,
+    FATAL,
     FEATURES,
     PROTOCOL_VERSION,
     VIOLATIONS,
     ClientMessage,
+    CloseCode,
     ErrorCode,
     FrameTimings,
     GoodbyeReason,
@@ -50,8 +58,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("sdxs.session")
 
 _PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)  # stands for "an image will come" when checking parameters
-SEND_TIMEOUT_S = 15.0  # a client that accepts no data for this long is gone
+SEND_TIMEOUT_S = 15.0  # a client that accepts no data for this long is gone: drop it without a goodbye
+STOP_TIMEOUT_S = 2.0  # the session's tasks get this long to finish once cancelled (they hold nothing by then)
 TICK_S = 0.2
+
+
+def _contained(method: Callable) -> Callable:
+    """For methods called from outside this session's own tasks: an exception ends this session (1011) instead of
+    escaping into the caller (another session's admission, the event loop's callback runner)."""
+
+    @functools.wraps(method)
+    def call(self: Connection, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except Exception:  # noqa: BLE001 - a server bug: logged with its traceback by _crash, the session ends
+            self._crash(method.__name__)
+            return None
+
+    return call
 
 
 class Connection:
@@ -61,50 +85,59 @@ class Connection:
         self.loop = asyncio.get_running_loop()
         self.session = Session(self.client, GenerationParams(), self.config.max_in_flight,
                                self.config.max_violations)
+        self.sid = self.session.id[:8]  # for logs
         self.outbox = Outbox()
-        self.stream = FrameStream(self.session, app, self.loop, self._deliver, self.send_error, self._internal_error)
+        self.stream = FrameStream(self.session, app, self.loop, self._deliver, self._report, self._fail)
         self._last_time_left = 0.0
         self._control_busy = False
         self._tasks: set[asyncio.Task] = set()
+        self._ended = False
+        self._handlers: dict[ClientMessage, Callable] = {
+            ClientMessage.HELLO: self._on_hello, ClientMessage.PARAMS: self._on_params,
+            ClientMessage.PING: self._on_ping, ClientMessage.BYE: self._on_bye, ClientMessage.CONTROL: self._on_control,
+        }
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     async def run(self) -> None:
+        """The whole life of the connection; returns once the close is written, the client is gone, or it read
+        nothing for SEND_TIMEOUT_S."""
         await self.ws.accept()
         self.app.connections.add(self)
-        sender = asyncio.create_task(self._send_loop(), name=f"send-{self.session.id[:8]}")
-        receiver = asyncio.create_task(self._receive_loop(), name=f"recv-{self.session.id[:8]}")
-        ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session.id[:8]}")
+        sender = self._spawn(self._send_loop(), "sending")
+        self._spawn(self._receive_loop(), "receiving")
+        self._spawn(self._tick_loop(), "timers")
         try:
             self._admit_connection()
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if receiver.done() and not sender.done():  # the client left: nothing more to send
-                sender.cancel()
+            await sender
         finally:
-            for task in (sender, receiver, ticker, *self._tasks):
-                task.cancel()
-            await asyncio.gather(sender, receiver, ticker, *self._tasks, return_exceptions=True)
-            self._cleanup()
-            for task in (receiver, sender):
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    log.error("session %s failed", self.session.id[:8], exc_info=task.exception())
+            self._end()  # first: nothing awaited below can keep the slot
+            await self._stop_tasks()
 
+    @_contained
     def _admit_connection(self) -> None:
-        if not self.app.ready:
+        if self.app.stopping:
+            self.close(GoodbyeReason.SERVER_SHUTDOWN)
+        elif not self.app.ready:
             self._fatal(ProtocolError(ErrorCode.MODEL_LOADING, "the model is still loading; poll readyz and "
-                                      "reconnect"), GoodbyeReason.MODEL_LOADING)
-            return
-        try:
-            self.app.admission.connect(self)
-        except ProtocolError as err:
-            self._fatal(err, GoodbyeReason.TOO_MANY_SESSIONS)
+                                      "reconnect"))
+        else:
+            try:
+                self.app.admission.connect(self)
+            except ProtocolError as err:
+                self._fatal(err)
 
-    def _cleanup(self) -> None:
-        if self.session.open:
-            self.session.transition(SessionState.CLOSING)
-        self.session.transition(SessionState.CLOSED)
-        self._release()
-        self.app.connections.discard(self)
-        log.info("session %s closed (violations=%d)", self.session.id[:8], self.session.violations)
+    def _end(self) -> None:
+        """The connection is over, whichever way: release everything the session held (idempotent)."""
+        if self._ended:
+            return
+        self._ended = True
+        self.outbox.abandon()
+        try:
+            self.session.finish()
+        finally:
+            self._release()
+            self.app.connections.discard(self)
+            log.info("session %s closed (violations=%d)", self.sid, self.session.violations)
 
     def _release(self) -> None:
         """Leave the worker and admission (idempotent); drop the pending frame."""
@@ -113,40 +146,92 @@ class Connection:
             self.app.worker.unregister(self.stream)
         self.app.admission.leave(self)
 
+    def _spawn(self, coro: Coroutine, what: str) -> asyncio.Task:
+        task = asyncio.create_task(self._run_guarded(coro, what), name=f"{what}-{self.sid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run_guarded(self, coro: Coroutine, what: str) -> None:
+        try:
+            await coro
+        except Exception:  # noqa: BLE001 - a server bug: logged with its traceback by _crash, the session ends
+            self._crash(what)
+
+    async def _stop_tasks(self) -> None:
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            if stuck:  # they hold nothing any more (released above); say so, do not wait for them
+                log.error("session %s: %s did not stop when cancelled", self.sid, sorted(t.get_name() for t in stuck))
+
+    def _crash(self, what: str) -> None:
+        """A server bug in this session (called from an `except`): log it, end the session with 1011."""
+        log.exception("session %s: %s failed", self.sid, what)
+        try:
+            self._fatal(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed on this session (a bug, "
+                                      "logged); please reconnect"))
+        except Exception:  # noqa: BLE001 - even the goodbye failed: logged; close without it
+            log.exception("session %s: could not say goodbye", self.sid)
+            self.outbox.put_close(int(CloseCode.INTERNAL_ERROR))
+
     def close(self, reason: GoodbyeReason) -> None:
         """Say goodbye and close with the reason's code (idempotent)."""
         if not self.session.open:
             return
         self.session.transition(SessionState.CLOSING)
         self._release()  # the slot frees now, not after the close handshake: a queued session moves up at once
+        if reason is GoodbyeReason.SLOW_CONSUMER:
+            self.outbox.drop_text()  # it would not read them: the goodbye goes first
         code = CLOSE_CODE_FOR[reason]
         self.outbox.put_text(message(ServerMessage.GOODBYE, reason=reason.value, close_code=int(code)))
         self.outbox.put_close(int(code))
 
-    def _fatal(self, err: ProtocolError, reason: GoodbyeReason) -> None:
-        self.send_error(err, fatal=True)
-        self.close(reason)
+    @_contained
+    def shutdown(self) -> None:
+        """The server is stopping (called by AppState for every connection)."""
+        self.close(GoodbyeReason.SERVER_SHUTDOWN)
 
-    def _internal_error(self, message_text: str) -> None:
-        self._fatal(ProtocolError(ErrorCode.INTERNAL_ERROR, message_text), GoodbyeReason.INTERNAL_ERROR)
+    def _fatal(self, err: ProtocolError) -> None:
+        self.send_error(err, fatal=True)
+        self.close(FATAL[err.code])
+
+    def _reject(self, err: ProtocolError) -> None:
+        """A client mistake: an error message, and the end of the session when the code is fatal."""
+        if err.code in FATAL:
+            self._fatal(err)
+        else:
+            self.send_error(err)
 
     # --- sending ------------------------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
-        while True:
-            item = await self.outbox.get()
-            if isinstance(item, Close):
-                with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client may already be gone
-                    await asyncio.wait_for(self.ws.close(item.code), SEND_TIMEOUT_S)
-                return
-            send = self.ws.send_text(item) if isinstance(item, str) else self._send_frame(item)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation (the send loop then
+        # outlived its session and kept its slot)
+        while (item := await self.outbox.get()) is not None:
             try:
-                await asyncio.wait_for(send, SEND_TIMEOUT_S)
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await self._write(item)
             except TimeoutError:
-                log.info("session %s: client stopped reading for %.0f s", self.session.id[:8], SEND_TIMEOUT_S)
+                log.info("session %s: the client read nothing for %.0f s; dropping it", self.sid, SEND_TIMEOUT_S)
                 return
-            if self.outbox.overflowed:
-                self.outbox.overflowed = False
-                self.close(GoodbyeReason.SLOW_CONSUMER)
+            except (WebSocketDisconnect, OSError):
+                log.info("session %s: the client disconnected while we were sending", self.sid)
+                return
+            except Exception:  # noqa: BLE001 - a server bug: logged by _crash; the goodbye and close follow
+                self._crash("sending")
+            self.outbox.sent()
+            if isinstance(item, Close):
+                return
+
+    async def _write(self, item: str | OutgoingFrame | Close) -> None:
+        if isinstance(item, Close):
+            await self.ws.close(item.code)
+        elif isinstance(item, str):
+            await self.ws.send_text(item)
+        else:
+            await self._send_frame(item)
 
     async def _send_frame(self, item: OutgoingFrame) -> None:
         server_s = time.perf_counter() - item.received_at
@@ -158,8 +243,14 @@ class Connection:
             self.app.metrics.frame_sent(server_s, "reused" if item.flags & OutputFlag.REUSED else "generated")
 
     def send(self, text: str) -> None:
-        if not self.outbox.put_text(text):
-            log.info("session %s: control queue overflow", self.session.id[:8])
+        self.outbox.put_text(text)
+        if self.session.open and self.outbox.slow():
+            self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        log.info("session %s: the client is not reading what it is sent (%d bytes waiting)", self.sid,
+                 self.outbox.backlog_bytes)
+        self.close(GoodbyeReason.SLOW_CONSUMER)
 
     def send_error(self, err: ProtocolError, fatal: bool = False) -> None:
         self.app.metrics.errors.labels(err.code.value).inc()
@@ -169,69 +260,66 @@ class Connection:
         self.send(error_message(err, fatal=fatal))
         if err.code in VIOLATIONS and self.session.violation() and self.session.open:
             self._fatal(ProtocolError(ErrorCode.POLICY_VIOLATION, f"more than {self.config.max_violations} "
-                                      "protocol violations"), GoodbyeReason.POLICY_VIOLATION)
+                                      "protocol violations"))
 
     # --- receiving ----------------------------------------------------------------------------------------------
     async def _receive_loop(self) -> None:
         while True:
             msg = await self.ws.receive()
             if msg["type"] == "websocket.disconnect":
+                if self.session.open:
+                    log.info("session %s: the client disconnected (code %s)", self.sid, msg.get("code"))
+                self.outbox.abandon()  # nothing can be written any more: the send loop, and the session, end
                 return
-            if not self.session.open:
-                continue  # closing: ignore whatever the client still sends
-            self.session.touch()
-            data = msg.get("bytes") if msg.get("bytes") is not None else msg.get("text")
-            if data is None:
-                continue
+            if self.session.open:  # closing: ignore whatever the client still sends
+                self._on_message(msg, time.perf_counter())
+            await asyncio.sleep(0)  # one message per turn: a flood cannot starve other sessions, answers leave
+
+    def _on_message(self, msg: dict, received_at: float) -> None:
+        self.session.touch()
+        data = msg.get("bytes") if msg.get("bytes") is not None else msg.get("text")
+        if data is None:
+            return
+        try:
             if len(data) > self.config.max_message_bytes:
-                self.send_error(ProtocolError(ErrorCode.MESSAGE_TOO_BIG, f"message of {len(data)} bytes; at most "
-                                              f"{self.config.max_message_bytes}"))
-                continue
-            try:
-                if isinstance(data, bytes):
-                    self._on_binary(data, time.perf_counter())
-                else:
-                    self._on_text(data)
-            except ProtocolError as err:
-                self.send_error(err)
+                raise ProtocolError(ErrorCode.MESSAGE_TOO_BIG, f"message of {len(data)} bytes; at most "
+                                    f"{self.config.max_message_bytes}")
+            if isinstance(data, bytes):
+                self._on_binary(data, received_at)
+            else:
+                self._on_text(data)
+        except ProtocolError as err:
+            self._reject(err)
+        except Exception:  # noqa: BLE001 - a server bug: logged by _crash; the receive loop goes on to the close
+            self._crash("handling a message")
 
     def _on_text(self, text: str) -> None:
         kind, obj = parse_text(text)
-        if self.session.state is SessionState.CONNECTING and kind is not ClientMessage.HELLO:
+        state = self.session.state
+        if state is SessionState.CONNECTING and kind is not ClientMessage.HELLO:
             raise ProtocolError(ErrorCode.NOT_READY, f"expected hello first, got {kind.value}")
-        handler = {ClientMessage.HELLO: self._on_hello, ClientMessage.PARAMS: self._on_params,
-                   ClientMessage.PING: self._on_ping, ClientMessage.BYE: self._on_bye,
-                   ClientMessage.CONTROL: self._on_control}[kind]
-        handler(obj)
-
-    def _on_hello(self, obj: dict) -> None:
-        if self.session.state is not SessionState.CONNECTING:
+        if state is not SessionState.CONNECTING and kind is ClientMessage.HELLO:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello was already received", field="type")
-        if obj.get("version") != PROTOCOL_VERSION:
-            self._fatal(ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {obj.get('version')!r} "
-                                      f"is not supported; this server speaks {PROTOCOL_VERSION}", field="version"),
-                        GoodbyeReason.HANDSHAKE)
-            return
-        fmt = obj.get("output_format", self.config.output_format)
-        if fmt not in ("jpeg", "webp", "png"):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "output_format must be jpeg, webp or png",
-                                field="output_format")
-        self.stream.output_format = ImageFormat.from_name(fmt)
-        log.info("session %s: hello from %r", self.session.id[:8], str(obj.get("client", ""))[:64])
-        if obj.get("params") is not None:
+        self._handlers[kind](validate(kind, obj))
+
+    def _on_hello(self, hello: Hello) -> None:
+        if hello.output_format is not None:
+            self.stream.output_format = ImageFormat.from_name(hello.output_format)
+        log.info("session %s: hello from %r", self.sid, hello.client or "")
+        if hello.params is not None:
             try:
-                self._apply_params(obj["params"], reply=False)
+                self._apply_params(hello.params, reply=False)
             except ProtocolError as err:
                 self.send_error(err)  # defaults stay in force; the welcome says which
         try:
             state = self.app.admission.join(self)
         except ProtocolError as err:
-            self._fatal(err, GoodbyeReason.SERVER_FULL)
+            self._fatal(err)
             return
         self.session.transition(state)
         self._welcome()
         if state is SessionState.ACTIVE:
-            self._on_activated()
+            self._on_activated()  # the welcome says "active": no separate state message
         else:
             self.app.admission.announce_positions()
 
@@ -244,21 +332,13 @@ class Connection:
             output={"format": self.stream.output_format.name.lower(), "quality": self.config.output_quality},
             features=list(FEATURES),
         ))
-        log.info("session %s %s (address %s)", self.session.id[:8], self.session.state.value, self.client)
+        log.info("session %s %s (address %s)", self.sid, self.session.state.value, self.client)
 
-    def _on_params(self, obj: dict) -> None:
-        self._apply_params(obj.get("params"), reply=True)
+    def _on_params(self, msg: Params) -> None:
+        self._apply_params(msg.params, reply=True)
 
-    def _apply_params(self, update: object, reply: bool) -> None:
-        if not isinstance(update, dict):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "params must be a JSON object", field="params")
-        merged = {**self.session.params.model_dump(), **update}
-        try:
-            params = GenerationParams.model_validate(merged)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "params"
-            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{field}: {first['msg']}", field=field) from None
+    def _apply_params(self, update: dict, reply: bool) -> None:
+        params = parse_params(self.session.params, update)
         try:  # the pipeline's own check: mode loaded (ControlNet), style loaded
             self.app.pipe.check(make_request(params, _PLACEHOLDER if params.uses_image else None))
         except InvalidRequest as exc:
@@ -267,20 +347,18 @@ class Connection:
         if reply:
             self.send(message(ServerMessage.PARAMS_OK, params=params.model_dump(mode="json")))
 
-    def _on_ping(self, obj: dict) -> None:
-        t = obj.get("t")
-        self.send(message(ServerMessage.PONG, t=t if isinstance(t, int | float) and math.isfinite(t) else None,
-                          server_time_ms=time.time() * 1000.0))
+    def _on_ping(self, ping: Ping) -> None:
+        self.send(message(ServerMessage.PONG, t=ping.t, server_time_ms=time.time() * 1000.0))
 
-    def _on_bye(self, obj: dict) -> None:
+    def _on_bye(self, _: Bye) -> None:
         self.close(GoodbyeReason.CLIENT)
 
-    def _on_control(self, obj: dict) -> None:
+    def _on_control(self, _: Control) -> None:
         """Send the control image of the latest input under the current parameters (flag CONTROL)."""
         if self.session.state is not SessionState.ACTIVE or self._control_busy:
             return  # queued: ignored; one request at a time
         self._control_busy = True
-        self._spawn(self._send_control())
+        self._spawn(self._send_control(), "control image")
 
     async def _send_control(self) -> None:
         try:
@@ -289,18 +367,13 @@ class Connection:
             self.send_error(err)
             return
         except Exception as exc:  # noqa: BLE001 - logged and reported to this client; the session goes on
-            log.exception("session %s: control image failed", self.session.id[:8])
+            log.exception("session %s: control image failed", self.sid)
             self.send_error(ProtocolError(ErrorCode.NO_CONTROL, f"control image failed: {type(exc).__name__}"))
             return
         finally:
             self._control_busy = False
         if self.session.state is SessionState.ACTIVE:
             self.outbox.put_aux(frame)
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- frames -------------------------------------------------------------------------------------------------
     def _on_binary(self, data: bytes, received_at: float) -> None:
@@ -315,15 +388,27 @@ class Connection:
         if frame.fmt is ImageFormat.NONE and self.session.params.uses_image:
             raise ProtocolError(ErrorCode.IMAGE_REQUIRED, f"mode {self.session.params.mode.value!r} needs an input "
                                 "image; send JPEG, WebP or PNG bytes", frame_id=frame.frame_id)
-        self._spawn(self.stream.prepare(frame, received_at))
+        self._spawn(self.stream.prepare(frame, received_at), "decoding a frame")
 
+    # --- callbacks from the frame stream (event loop, via call_soon_threadsafe) -----------------------------------
+    @_contained
     def _deliver(self, out: OutgoingFrame) -> None:
         if self.session.state is not SessionState.ACTIVE:
             return
         self.session.acknowledge(out.frame_id)
         self.outbox.put_frame(out)
 
+    @_contained
+    def _report(self, err: ProtocolError) -> None:
+        self.send_error(err)
+
+    @_contained
+    def _fail(self, what: str) -> None:
+        """The frame stream hit a server bug (already logged there): end the session with 1011."""
+        self._fatal(ProtocolError(ErrorCode.INTERNAL_ERROR, f"the server failed while {what}; please reconnect"))
+
     # --- admission callbacks and timers (event loop) -------------------------------------------------------------
+    @_contained
     def activate(self) -> None:
         if self.session.state is not SessionState.QUEUED:
             return
@@ -337,6 +422,7 @@ class Connection:
         self.app.worker.register(self.stream)
         self._send_time_left()
 
+    @_contained
     def set_queue_position(self, position: int, queue_length: int) -> None:
         if self.session.state is SessionState.QUEUED:
             self.send(message(ServerMessage.QUEUE, position=position, queue_length=queue_length))
@@ -354,9 +440,10 @@ class Connection:
 
     def _tick(self) -> None:
         s, c, now = self.session, self.config, time.monotonic()
+        if s.open and self.outbox.slow(now):
+            self._slow_consumer()
         if s.state is SessionState.CONNECTING and now - s.created_at > c.handshake_timeout_s:
-            self._fatal(ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT, f"no hello within {c.handshake_timeout_s} s"),
-                        GoodbyeReason.HANDSHAKE)
+            self._fatal(ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT, f"no hello within {c.handshake_timeout_s} s"))
         if s.state is not SessionState.ACTIVE:
             return
         left = s.time_left(c.session_time_limit_s)

@@ -22,8 +22,10 @@ Named endpoints for `gradio_client` (images come back as file paths):
     c.predict({"background": None, "layers": [], "composite": handle_file("sketch.png")}, "a cat", 0, 0.8,
               api_name="/sketchpad_to_image")                                          # the sketchpad's own value
 
-`/webcam_frame` is the webcam tab's streaming event (`.stream`); gradio_client 2.7 cannot consume streaming events
-(it fails on the `process_streaming` message), so single frames from scripts go to `/image_to_image`.
+These four are the whole API: each works from gradio_client (tests/server/test_gradio_api.py calls every endpoint the
+API info lists). The webcam tab's streaming event is private (`api_visibility="private"`): gradio_client 2.7 cannot
+consume streaming events (it fails with KeyError 'process_streaming'), so it is not offered; the tab itself still
+streams. Single frames from scripts go to `/image_to_image`.
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ def build_gradio(app_state: Any) -> gr.Blocks:
                 w_strength = gr.Slider(0.02, 1, 0.5, step=0.02, label="Strength")
                 w_mode = gr.Radio(["image", "edges"], value="image", label="Mode")
             demo.load(lambda: _webcam_modes(app_state), None, w_mode, api_visibility="private")
-            w_in.stream(webcam_frame, [w_in, prompt, seed, w_strength, w_mode], w_out, api_name="webcam_frame",
+            w_in.stream(webcam_frame, [w_in, prompt, seed, w_strength, w_mode], w_out, api_visibility="private",
                         stream_every=STREAM_EVERY_S, time_limit=time_limit, concurrency_limit=sessions)
     demo.queue(default_concurrency_limit=concurrency)
     return demo

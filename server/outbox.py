@@ -1,18 +1,25 @@
 """A bounded per-connection send queue: ordered text messages, one slot for the newest output frame, one for a
-control-image frame, and a close.
+control-image frame, and a close; and the judge of slow consumers.
 
-Lives on the event loop (not thread-safe; threads hand items over with `loop.call_soon_threadsafe`). If the client
-stops reading, at most `max_control` text messages and ONE output frame wait here; more control messages than that
-mark the outbox overflowed and the connection is closed as a slow consumer.
+Lives on the event loop (not thread-safe; threads hand items over with `loop.call_soon_threadsafe`). The connection's
+send loop takes one item at a time and writes it; a write only waits when the transport's buffer is full, i.e. when
+the client has left more than the transport's high-water mark (64 KiB) unread. So items pile up here only while the
+client is not reading, never because a burst of answers was produced faster than one loop turn: a prompt reader
+is never judged slow, however many pings it sends. A client is slow when one send has waited `STALL_S`, or when more
+than `MAX_BACKLOG_BYTES` of text waits behind a blocked send (the memory bound); frames never pile up (newest wins).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from dataclasses import dataclass
 
 from server.protocol import FrameTimings, ImageFormat, OutputFlag
+
+STALL_S = 5.0  # a send blocked this long: the client has read nothing for seconds
+MAX_BACKLOG_BYTES = 1 << 20  # text waiting behind a blocked send (a flooder that does not read its answers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,30 +42,35 @@ class Close:
 
 
 class Outbox:
-    def __init__(self, max_control: int = 64):
-        self.max_control = max_control
-        self._control: collections.deque[str] = collections.deque()
+    def __init__(self, stall_s: float | None = None, max_backlog_bytes: int | None = None):
+        self.stall_s = STALL_S if stall_s is None else stall_s
+        self.max_backlog_bytes = MAX_BACKLOG_BYTES if max_backlog_bytes is None else max_backlog_bytes
+        self._text: collections.deque[str] = collections.deque()
+        self.backlog_bytes = 0  # characters of the queued text messages (their UTF-8 size, near enough)
         self._frame: OutgoingFrame | None = None
         self._aux: OutgoingFrame | None = None  # a control-image frame: its own slot, never displaces an output
         self._close: Close | None = None
+        self._gone = False
+        self._sending_since: float | None = None  # monotonic time the item being written was taken
         self._ready = asyncio.Event()
-        self.overflowed = False
         self.frames_replaced = 0
 
-    def put_text(self, text: str) -> bool:
-        """Queue a control message; False (and `overflowed`) when the client is not reading."""
-        if self._close is not None:
-            return True
-        if len(self._control) >= self.max_control:
-            self.overflowed = True
-            return False
-        self._control.append(text)
-        self._ready.set()
-        return True
+    # --- producers ----------------------------------------------------------------------------------------------
+    def put_text(self, text: str) -> None:
+        """Queue a text message (in order); ignored once a close is queued."""
+        if self._close is None and not self._gone:
+            self._text.append(text)
+            self.backlog_bytes += len(text)
+            self._ready.set()
+
+    def drop_text(self) -> None:
+        """Forget the queued text messages (a slow consumer will never read them; its goodbye goes first)."""
+        self._text.clear()
+        self.backlog_bytes = 0
 
     def put_frame(self, frame: OutgoingFrame) -> None:
         """Queue an output frame, replacing an unsent older one (newest wins on the way out too)."""
-        if self._close is not None:
+        if self._close is not None or self._gone:
             return
         if self._frame is not None:
             self.frames_replaced += 1
@@ -68,7 +80,7 @@ class Outbox:
 
     def put_aux(self, frame: OutgoingFrame) -> None:
         """Queue a control-image frame (newest wins in its own one-frame slot)."""
-        if self._close is None:
+        if self._close is None and not self._gone:
             self._aux = frame
             self._ready.set()
 
@@ -79,17 +91,49 @@ class Outbox:
             self._frame = self._aux = None
             self._ready.set()
 
-    async def get(self) -> str | OutgoingFrame | Close:
+    def abandon(self) -> None:
+        """The client is gone: drop everything; `get` returns None from now on."""
+        self._gone = True
+        self.drop_text()
+        self._frame = self._aux = None
+        self._ready.set()
+
+    # --- the send loop ----------------------------------------------------------------------------------------
+    async def get(self) -> str | OutgoingFrame | Close | None:
+        """The next item to write (None: the client is gone). Call `sent()` once it is written."""
         while True:
-            if self._control:
-                return self._control.popleft()
-            if self._close is not None:
-                return self._close
-            if self._frame is not None:
-                frame, self._frame = self._frame, None
-                return frame
-            if self._aux is not None:
-                frame, self._aux = self._aux, None
-                return frame
+            item = self._take()
+            if item is not None or self._gone:
+                self._sending_since = None if item is None else time.monotonic()
+                return item
             self._ready.clear()
             await self._ready.wait()
+
+    def sent(self) -> None:
+        self._sending_since = None
+
+    def _take(self) -> str | OutgoingFrame | Close | None:
+        if self._gone:
+            return None
+        if self._text:
+            text = self._text.popleft()
+            self.backlog_bytes -= len(text)
+            return text
+        if self._close is not None:
+            return self._close
+        if self._frame is not None:
+            frame, self._frame = self._frame, None
+            return frame
+        if self._aux is not None:
+            frame, self._aux = self._aux, None
+            return frame
+        return None
+
+    # --- judging the client -------------------------------------------------------------------------------------
+    def slow(self, now: float | None = None) -> bool:
+        """True when the client has left what it was sent unread: a send blocked for `stall_s`, or more than
+        `max_backlog_bytes` of text waiting behind one."""
+        if self.backlog_bytes > self.max_backlog_bytes:
+            return True
+        started = self._sending_since
+        return started is not None and (now or time.monotonic()) - started > self.stall_s

@@ -156,12 +156,46 @@ VIOLATIONS: frozenset[ErrorCode] = frozenset({
 })
 
 
+MAX_ERROR_MESSAGE_CHARS = 300  # an error never echoes more than this (messages quote client input: keep it short)
+MAX_FIELD_CHARS = 64  # `field` names a parameter; a client can send a 200 KB key, we echo a prefix
+
+
+# Errors that end the session: each is followed by a goodbye with this reason and the reason's close code.
+FATAL: dict[ErrorCode, GoodbyeReason] = {
+    ErrorCode.UNSUPPORTED_VERSION: GoodbyeReason.HANDSHAKE,
+    ErrorCode.HANDSHAKE_TIMEOUT: GoodbyeReason.HANDSHAKE,
+    ErrorCode.MODEL_LOADING: GoodbyeReason.MODEL_LOADING,
+    ErrorCode.SERVER_FULL: GoodbyeReason.SERVER_FULL,
+    ErrorCode.TOO_MANY_SESSIONS: GoodbyeReason.TOO_MANY_SESSIONS,
+    ErrorCode.POLICY_VIOLATION: GoodbyeReason.POLICY_VIOLATION,
+    ErrorCode.INTERNAL_ERROR: GoodbyeReason.INTERNAL_ERROR,
+}
+
+
 class ProtocolError(Exception):
-    """A client mistake that becomes an `error` message: code, human-readable message, optional frame id / field."""
+    """A client mistake that becomes an `error` message: code, human-readable message, optional frame id / field.
+
+    Message and field are clipped here, the one place every error passes, so no error can echo a large part of
+    what the client sent."""
 
     def __init__(self, code: ErrorCode, message: str, *, frame_id: int | None = None, field: str | None = None):
+        message, field = clip(message, MAX_ERROR_MESSAGE_CHARS), None if field is None else clip(field, MAX_FIELD_CHARS)
         super().__init__(f"{code.value}: {message}")
         self.code, self.message, self.frame_id, self.field = code, message, frame_id, field
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def quote(value: object, limit: int = 40) -> str:
+    """A short, safe rendering of a client value for an error message: strings are quoted and clipped, other values
+    are named by their JSON type (repr of a 4000-digit int or a deep list can be huge, slow, or raise)."""
+    if isinstance(value, str):
+        return repr(clip(value, limit))
+    if value is None or isinstance(value, bool | float) or (isinstance(value, int) and abs(value) < 10**15):
+        return json.dumps(value)
+    return {int: "a huge number", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 # --- binary frames --------------------------------------------------------------------------------------------
@@ -249,14 +283,14 @@ def parse_text(text: str) -> tuple[ClientMessage, dict]:
     """Parse a client text message into (type, object); raises ProtocolError for bad JSON or an unknown type."""
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an int over 4300 digits
         raise ProtocolError(ErrorCode.BAD_JSON, f"text message is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, f"text message must be a JSON object, got {type(obj).__name__}")
     kind = obj.get("type")
     if not isinstance(kind, str) or kind not in ClientMessage._value2member_map_:
         known = ", ".join(m.value for m in ClientMessage)
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {str(kind)[:40]!r}; expected one of {known}")
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {quote(kind)}; expected one of {known}")
     return ClientMessage(kind), obj
 
 

@@ -116,6 +116,13 @@ class Session:
         if new is SessionState.ACTIVE:
             self.activated_at = time.monotonic()
 
+    def finish(self) -> None:
+        """-> CLOSED from any state (through CLOSING): the connection is over, whichever way it ended."""
+        if self.open:
+            self.transition(SessionState.CLOSING)
+        if self.state is SessionState.CLOSING:
+            self.transition(SessionState.CLOSED)
+
     @property
     def open(self) -> bool:
         return self.state in (SessionState.CONNECTING, SessionState.QUEUED, SessionState.ACTIVE)

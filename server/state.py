@@ -7,6 +7,7 @@ docs/protocol.md section 10.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -24,6 +25,7 @@ from server.metrics import Metrics
 from server.worker import Worker
 
 log = logging.getLogger("sdxs.server")
+WORKER_STOP_S = 1.0  # at shutdown, the batch in progress gets this long; the process exits within 5 s regardless
 LOAD_RETRY_S = 10.0
 RANDOM_NOTICE = ("Development model with random weights: the pictures are noise on purpose. Start the server with a "
                  "real model (or --model mini) for real images.")
@@ -60,10 +62,16 @@ class AppState:
         self.image_limits = ImageLimits(config.min_image_side, config.max_image_side, config.max_image_pixels)
         self.pipe: Any = None
         self.worker: Worker | None = None
-        self.connections: set = set()
+        self.connections: set = set()  # server.connection.Connection objects, from accept to the end of `run`
+        self.stop_hooks: list[Callable[[], None]] = []  # run first on shutdown (e.g. end Gradio's long-lived streams)
         self.on_load_failed: Callable[[], None] | None = None  # app.main: stop the server (exit status 1)
         self._loader: threading.Thread | None = None
         self._stopping = threading.Event()
+
+    @property
+    def stopping(self) -> bool:
+        """The server is shutting down: new connections are told so, a model download waiting to retry gives up."""
+        return self._stopping.is_set()
 
     @property
     def ready(self) -> bool:
@@ -97,10 +105,22 @@ class AppState:
             self._loader.join(timeout)
         return self.ready
 
+    async def close_connections(self, timeout: float) -> None:
+        """Server shutdown: every session gets `goodbye server_shutdown` and close 1001; wait up to `timeout` for
+        the sessions to end (a client that does not read cannot be waited for)."""
+        self._stopping.set()
+        for hook in self.stop_hooks:
+            hook()
+        for connection in list(self.connections):
+            connection.shutdown()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
     def shutdown(self) -> None:
         self._stopping.set()
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.stop(timeout=WORKER_STOP_S)
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
 
     def _load(self) -> None:

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,11 +40,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("sdxs.session")
 
 
+def _fails_session(what: str) -> Callable:
+    """For the methods other threads call (worker, codec pool): an exception there is a server bug; log it and end
+    this session with internal_error, instead of losing the frame silently in the other thread's error handler."""
+
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def call(self: FrameStream, *args):
+            try:
+                return method(self, *args)
+            except Exception:  # noqa: BLE001 - logged here; the session is told and closed on the loop
+                log.exception("session %s: %s failed", self.session.id[:8], what)
+                self._to_loop(self.fail, what)
+                return None
+
+        return call
+
+    return wrap
+
+
 class FrameStream:
     def __init__(self, session: Session, app: AppState, loop: asyncio.AbstractEventLoop,
                  deliver: Callable[[OutgoingFrame], None], report: Callable[[ProtocolError], None],
                  fail: Callable[[str], None]):
-        """`deliver`, `report` (a non-fatal error) and `fail` (an internal error: close) run on the event loop."""
+        """`deliver`, `report` (a non-fatal error) and `fail` (a server bug, given what failed: close 1011) run on
+        the event loop."""
         self.session, self.app, self.loop = session, app, loop
         self.deliver, self.report, self.fail = deliver, report, fail
         self.output_format = ImageFormat.from_name(app.config.output_format)
@@ -102,6 +121,7 @@ class FrameStream:
     def pending(self) -> bool:
         return self.session.mailbox.pending and self.session.state is SessionState.ACTIVE
 
+    @_fails_session("scheduling a frame")
     def take_job(self) -> Job | None:
         """The pending frame as a job with the parameters in force now; an unchanged input is answered here."""
         frame = self.session.mailbox.take()
@@ -118,19 +138,21 @@ class FrameStream:
         on_done = functools.partial(self._on_result, frame, params)
         return Job(make_request(params, frame.image), frame.received_at, on_done, tag=frame)
 
+    @_fails_session("scheduling a frame")
     def return_job(self, job: Job) -> None:
         self.session.mailbox.put_back(job.tag)
 
+    @_fails_session("handling an inference result")
     def _on_result(self, frame: PendingFrame, params: GenerationParams, result: JobResult) -> None:
         if not self.session.open:
             return  # the client left mid-inference: the result is simply dropped
         if result.error is not None:
             self._to_loop(self.report, inference_error(result.error, frame.frame_id))
             return
-        future = self.app.codec_pool.submit(self._encode, frame, params, result)
-        future.add_done_callback(self._encode_failed)
+        self.app.codec_pool.submit(self._encode, frame, params, result)
 
     # --- codec threads ------------------------------------------------------------------------------------------
+    @_fails_session("encoding the output image")
     def _encode(self, frame: PendingFrame, params: GenerationParams, result: JobResult) -> None:
         """Encode, remember for reuse, hand to the loop."""
         start = time.perf_counter()
@@ -142,12 +164,6 @@ class FrameStream:
         timings = FrameTimings(result.queue_ms, frame.decode_ms, result.inference_ms, encode_ms)
         self._to_loop(self.deliver, OutgoingFrame(frame.frame_id, frame.client_ts, frame.received_at,
                                                   self.output_format, payload, timings, flags, result.batch_size))
-
-    def _encode_failed(self, future: Future) -> None:
-        if future.cancelled() or future.exception() is None:
-            return
-        log.error("session %s: encode failed", self.session.id[:8], exc_info=future.exception())
-        self._to_loop(self.fail, "could not encode the output image")
 
     def _to_loop(self, fn: Callable, *args) -> None:
         if self.session.open and not self.loop.is_closed():

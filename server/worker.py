@@ -81,12 +81,16 @@ class Worker:
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="sdxs-worker", daemon=True)
+        # counted when scraped, never stored: a stored count went stale when sessions left between rounds
+        metrics.pending.set_function(self.pending_count)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the batch in progress; waits at most `timeout` (the thread is a daemon: the server passes a
+        short one, so that a long batch on a slow device cannot hold up its exit)."""
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
@@ -101,6 +105,11 @@ class Worker:
         with self._wake:
             if source in self._sources:
                 self._sources.remove(source)
+
+    def pending_count(self) -> int:
+        """Sources with a job waiting (`sdxs_pending_frames`)."""
+        with self._wake:
+            return sum(s.pending for s in self._sources)
 
     def notify(self) -> None:
         """A source has a new pending job (thread-safe)."""
@@ -159,7 +168,6 @@ class Worker:
         """Take the most-starved compatible group of pending jobs (at most max_batch); return the rest."""
         with self._wake:
             ready = sorted((s for s in self._sources if s.pending), key=lambda s: s.last_served)
-        self.metrics.pending.set(len(ready))
         taken: list[tuple[Source, Job]] = [(s, job) for s in ready if (job := s.take_job()) is not None]
         if not taken:
             return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import threading
@@ -12,11 +13,13 @@ from typing import Any
 
 import httpx
 import numpy as np
-import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: app.py, server/, sdxs/
 
-from app import create_app, uvicorn_options  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+
+from app import create_app, make_server, uvicorn_options  # noqa: E402
+from server.client import Client  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
 
 
@@ -48,7 +51,7 @@ class RunningServer:
         self.app = create_app(config, wrap)
         self.state = self.app.state.sdxs
         options = {**uvicorn_options(config), "host": "127.0.0.1", "port": self.port, "log_level": "warning"}
-        self.server = uvicorn.Server(uvicorn.Config(self.app, **options))
+        self.server = make_server(self.app, **options)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"ws://127.0.0.1:{self.port}/ws"
         self.http = f"http://127.0.0.1:{self.port}"
@@ -82,3 +85,36 @@ def tiny_config(model_dir, **overrides) -> ServerConfig:
 
 def noise_image(size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+# --- hostile clients ----------------------------------------------------------------------------------------------
+
+async def goodbye(client: Client, timeout: float = 10.0) -> tuple[dict | None, int | None]:
+    """Read until the server closes: (its last goodbye message or None, the close code or None on timeout)."""
+    code = await client.closed(timeout)
+    byes = [m for m in client.messages if m["type"] == "goodbye"]
+    return (byes[-1] if byes else None), code
+
+
+async def non_reading_client(url: str, hello: bool = True) -> Client:
+    """A client that stops reading: its websockets library pauses after one queued message, and its socket has a
+    tiny receive window, so what it does not read soon blocks the server's writes."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    client = Client(await connect(url, sock=sock, max_queue=1, max_size=None, compression=None))
+    if hello:
+        await client.send_json({"type": "hello", "version": 1})
+        client.welcome = await client.expect("welcome")
+    return client
+
+
+async def flood_params(client: Client, count: int, on_every_50=None) -> None:
+    """`count` params messages of about 1 KB, each answered by a params_ok of about 1.2 KB."""
+    for i in range(count):
+        await client.send_json({"type": "params", "params": {"prompt": "p" * 900, "seed": i}})
+        if on_every_50 is not None and i % 50 == 0:
+            on_every_50()
+            await asyncio.sleep(0)

@@ -78,7 +78,10 @@ def test_round_trip_equals_pipeline_output(main_server):
     assert out.frame_id == 1 and out.fmt is ImageFormat.PNG and out.batch_size == 1
     assert out.timings.inference_ms > 0 and out.timings.server_ms >= out.timings.inference_ms
     expected = main_server.state.pipe([GenerationRequest(GenerationParams(**params), image)], output_type="np")[0]
-    np.testing.assert_array_equal(decode_image(out.payload), expected)
+    # the worker thread runs with the server's torch thread count (one per core but one), this thread with torch's
+    # default: float sums in another order can flip a rare pixel by one level, nothing more
+    diff = np.abs(decode_image(out.payload).astype(int) - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_jpeg_round_trip_matches_up_to_codec(main_server):
@@ -369,7 +372,8 @@ def test_queueing_server_full_and_per_client_cap(tiny_model_dir):
         await first.send_json({"type": "bye"})
         assert (await first.expect("goodbye"))["reason"] == "client"
         assert await first.closed() == 1000
-        assert (await second.expect("state"))["state"] == "active"
+        assert (await second.expect("state"))["state"] == "active"  # a promoted session gets a state message ...
+        assert not [m for m in first.messages if m["type"] == "state"]  # ... one active from its welcome does not
         out = await second.expect_output(await second.send_frame(encode_image(noise_image(128, 71))))
         await second.close()
         await waiting.close()

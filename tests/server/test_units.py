@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import numpy as np
@@ -108,21 +107,44 @@ def test_session_state_machine_and_flow_control():
     assert not session.violation() and not session.violation() and session.violation()
 
 
-def test_outbox_is_bounded_and_newest_frame_wins():
+def test_outbox_keeps_order_newest_frame_wins_and_judges_unread_backlog():
+    def frame(frame_id):
+        return OutgoingFrame(frame_id, 0, 0, ImageFormat.JPEG, b"", FrameTimings(), OutputFlag(0), 1)
+
     async def go():
-        box = Outbox(max_control=2)
-        assert box.put_text("a") and box.put_text("b") and not box.put_text("c")
-        assert box.overflowed
+        box = Outbox(stall_s=60, max_backlog_bytes=10)
+        box.put_text("a"), box.put_text("b")
         for frame_id in (1, 2):
-            box.put_frame(OutgoingFrame(frame_id, 0, 0, ImageFormat.JPEG, b"", FrameTimings(), OutputFlag(0), 1))
+            box.put_frame(frame(frame_id))
         got = [await box.get(), await box.get(), await box.get()]
+        box.sent()
+        assert not box.slow()
+        box.put_text("x" * 11)  # more text than the client may leave unread
+        assert box.slow()
+        box.drop_text()
         box.put_text("bye")
         box.put_close(1000)
-        box.put_frame(OutgoingFrame(3, 0, 0, ImageFormat.JPEG, b"", FrameTimings(), OutputFlag(0), 1))
-        return got + [await box.get(), await box.get()]
+        box.put_frame(frame(3))
+        got += [await box.get(), await box.get()]
+        box.abandon()
+        return got + [await box.get()]
 
-    a, b, frame, bye, close = asyncio.run(go())
-    assert (a, b, frame.frame_id, bye) == ("a", "b", 2, "bye") and close == Close(1000)
+    a, b, out, bye, close, gone = asyncio.run(go())
+    assert (a, b, out.frame_id, bye, close, gone) == ("a", "b", 2, "bye", Close(1000), None)
+
+
+def test_outbox_judges_a_blocked_send_slow():
+    async def go():
+        box = Outbox(stall_s=0.05)
+        box.put_text("a")
+        await box.get()  # the send loop took it and is writing it ...
+        assert not box.slow()
+        await asyncio.sleep(0.1)  # ... and the write has not completed
+        slow = box.slow()
+        box.sent()
+        return slow, box.slow()
+
+    assert asyncio.run(go()) == (True, False)
 
 
 class _Member:
@@ -229,7 +251,7 @@ def test_worker_thread_submit_one_invalid_request_and_safety():
         assert ok[0, 0, 0] == 3 and flagged.max() == 0  # the flagged image was replaced by a blank one
     finally:
         worker.stop()
-    assert not any(t.name == "sdxs-worker" and t.is_alive() for t in threading.enumerate())
+    assert not worker._thread.is_alive()  # this worker's thread (another server's may still finish its batch)
 
 
 def test_config_flags_beat_env_beat_defaults():

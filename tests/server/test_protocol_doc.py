@@ -1,0 +1,118 @@
+"""docs/protocol.md is the contract (issue 14, item 6): its tables of messages (section 2), errors (section 6) and
+goodbye reasons with close codes (section 7), and its option table (section 0), must name exactly what
+server/protocol.py, server/config.py and frontend/protocol.js define, so the three cannot drift apart."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from server.config import ServerConfig
+from server.messages import MODELS
+from server.protocol import (
+    CLOSE_CODE_FOR,
+    FATAL,
+    VIOLATIONS,
+    ClientMessage,
+    ErrorCode,
+    GoodbyeReason,
+    ServerMessage,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = (ROOT / "docs" / "protocol.md").read_text()
+JS = (ROOT / "frontend" / "protocol.js").read_text()
+TRANSPORT_CLOSE_CODES = {1006, 1009}  # no close frame at all; a message cut by the transport (section 6)
+
+
+def section(number: int) -> str:
+    match = re.search(rf"^## {number}\. .*?(?=^## \d+\. |\Z)", DOC, re.M | re.S)
+    assert match, f"docs/protocol.md has no section {number}"
+    return match.group(0)
+
+
+def table(text: str, after: str | None = None) -> list[list[str]]:
+    """The rows (cells, stripped) of the first Markdown table in `text` (after the line containing `after`)."""
+    if after is not None:
+        text = text[text.index(after):]
+    rows = []
+    for line in text[text.index("\n|"):].splitlines()[1:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows[2:]  # without the header and the |---| line
+
+
+def names(cell: str) -> list[str]:
+    """The `code`-quoted names in a cell."""
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def js_object(name: str) -> dict[str, str]:
+    """`export const NAME = Object.freeze({ KEY: "value", ... })` of frontend/protocol.js as a dict."""
+    match = re.search(rf"export const {name} = Object\.freeze\(\{{(.*?)\}}\);", JS, re.S)
+    assert match, f"frontend/protocol.js exports no {name}"
+    pairs = re.findall(r'^\s*"?([\w]+)"?\s*:\s*("?)([^",{}]+)\2', match.group(1), re.M)
+    return {key: value.strip() for key, _, value in pairs}
+
+
+def test_client_messages_agree():
+    documented = [names(row[0])[0] for row in table(section(2), "### Client -> server, text")]
+    assert set(documented) == {m.value for m in ClientMessage} == set(js_object("ClientMsg").values())
+    assert set(MODELS) == set(ClientMessage)  # every type has its field model (server/messages.py)
+
+
+def test_server_messages_agree():
+    documented = [names(row[0])[0] for row in table(section(2), "### Server -> client, text")]
+    assert set(documented) == {m.value for m in ServerMessage} == set(js_object("Msg").values())
+
+
+def test_error_codes_fatality_and_violations_agree():
+    rows = table(section(6))
+    documented = {names(code)[0]: (fatal, violation, meaning) for code, fatal, violation, meaning in rows}
+    assert set(documented) == {c.value for c in ErrorCode} == set(js_object("ErrorCode").values())
+    for code, (fatal, violation, meaning) in documented.items():
+        assert (fatal == "yes") == (ErrorCode(code) in FATAL), code
+        assert (violation == "yes") == (ErrorCode(code) in VIOLATIONS), code
+        if fatal == "yes":  # "(close NNNN)": the code of the goodbye that follows
+            closes = re.findall(r"close (\d{4})", meaning)
+            assert closes == [str(int(CLOSE_CODE_FOR[FATAL[ErrorCode(code)]]))], code
+
+
+def test_goodbye_reasons_and_close_codes_agree():
+    documented = {}
+    for reasons, close_code, _ in table(section(7)):
+        for reason in names(reasons):
+            documented[reason] = int(close_code)
+    assert documented == {r.value: int(c) for r, c in CLOSE_CODE_FOR.items()}
+    assert set(documented) == {r.value for r in GoodbyeReason}
+    assert {k: int(v) for k, v in js_object("GoodbyeClose").items()} == documented
+    js_close_codes = {int(code) for code in re.findall(r"^\s*(\d{4}): \{", JS, re.M)}
+    assert js_close_codes == set(documented.values()) | TRANSPORT_CLOSE_CODES  # the page's reactions, by close code
+
+
+def test_quiet_errors_are_error_codes():
+    quiet = re.search(r"QUIET_ERRORS = new Set\(\[(.*?)\]\)", JS).group(1)
+    assert set(re.findall(r'"(\w+)"', quiet)) <= {c.value for c in ErrorCode}
+
+
+def test_option_table_mirrors_server_config():
+    rows = {names(flag)[0]: meaning for flag, _, _, meaning in table(section(0))}
+    expected = {"--" + name.replace("_", "-"): field.description for name, field in ServerConfig.model_fields.items()}
+    assert set(rows) == set(expected)
+    for flag, meaning in rows.items():
+        assert meaning == expected[flag].replace("'", "`") or meaning == expected[flag], flag
+
+
+def test_limits_object_lists_every_limit():
+    block = re.search(r"`limits` object \(all numbers\):\s*```json\n(.*?)```", DOC, re.S).group(1)
+    documented = json.loads(block)
+    assert set(documented) == set(ServerConfig().limits(512))
+
+
+@pytest.mark.parametrize("code", sorted(c.value for c in ErrorCode))
+def test_every_error_code_is_explained_in_the_doc_once(code):
+    assert len(re.findall(rf"^\| `{code}` \|", section(6), re.M)) == 1
