@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -121,8 +122,12 @@ def main(argv: list[str] | None = None) -> None:
 
     state.on_load_failed = stop_after_load_failure
     server.run()
-    if state.loading["stage"] == "failed":
-        raise SystemExit(1)
+    code = 1 if state.loading["stage"] == "failed" else 0
+    if not state.join(timeout=1.0):  # a batch or a model load still inside torch: a normal exit would abort
+        logging.getLogger("sdxs.server").info("exiting with inference or loading still running")
+        logging.shutdown()
+        os._exit(code)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

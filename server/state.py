@@ -67,6 +67,7 @@ class AppState:
         self.on_load_failed: Callable[[], None] | None = None  # app.main: stop the server (exit status 1)
         self._loader: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._start_lock = threading.Lock()
 
     @property
     def stopping(self) -> bool:
@@ -100,6 +101,16 @@ class AppState:
         self._loader = threading.Thread(target=self._load, name="sdxs-loader", daemon=True)
         self._loader.start()
 
+    def join(self, timeout: float) -> bool:
+        """After `shutdown`: wait up to `timeout` for the loader and worker threads; True when both have ended.
+        (A thread still inside torch when the interpreter exits aborts the process.)"""
+        deadline = time.monotonic() + timeout
+        if self._loader is not None:
+            self._loader.join(max(0.0, deadline - time.monotonic()))
+        worker = self.worker
+        ended = worker is None or worker.join(max(0.0, deadline - time.monotonic()))
+        return ended and not (self._loader is not None and self._loader.is_alive())
+
     def wait_ready(self, timeout: float) -> bool:
         if self._loader is not None:
             self._loader.join(timeout)
@@ -119,8 +130,10 @@ class AppState:
 
     def shutdown(self) -> None:
         self._stopping.set()
-        if self.worker is not None:
-            self.worker.stop(timeout=WORKER_STOP_S)
+        with self._start_lock:
+            worker = self.worker
+        if worker is not None:
+            worker.stop(timeout=WORKER_STOP_S)
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
 
     def _load(self) -> None:
@@ -144,10 +157,13 @@ class AppState:
                 return self._failed(f"{type(exc).__name__}: {exc}{_load_hint(self.config)}")
         if self.wrap_pipeline is not None:
             pipe = self.wrap_pipeline(pipe)
-        self.pipe = pipe
-        worker = Worker(pipe, self.metrics, self.config.max_batch, self.config.batch_wait_ms, safety=safety)
-        worker.start()
-        self.worker = worker
+        with self._start_lock:  # shutdown may have begun while the model loaded: then no worker starts
+            if self._stopping.is_set():
+                return
+            self.pipe = pipe
+            worker = Worker(pipe, self.metrics, self.config.max_batch, self.config.batch_wait_ms, safety=safety)
+            worker.start()
+            self.worker = worker
         self.metrics.model_ready.set(1)
         self.load_status.set("ready", 1.0)
 

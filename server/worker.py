@@ -94,8 +94,13 @@ class Worker:
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
+        self.join(timeout)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the thread to end (after `stop`); True when it has."""
         if self._thread.is_alive():
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def register(self, source: Source) -> None:
         with self._wake:

@@ -74,6 +74,8 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(15)
+        # the loader and worker threads too: one still inside torch when pytest exits aborts the process
+        assert self.state.join(60), "the model loader or the worker thread did not end"
 
 
 def tiny_config(model_dir, **overrides) -> ServerConfig:
