@@ -27,10 +27,10 @@ from training.mini.metrics import train_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTES = {
-    "notice": "Miniature model trained on a 2-core CPU by this project's own training code (training/mini): "
-              "32x32 pictures of handwritten digits, shown upscaled. Prompts name a digit, e.g. \"7: a photo of the "
-              "digit 7\"; sketch a digit (sketch mode) or show one to the webcam (edges mode). Reach the Hugging Face "
-              "Hub, or pass --model, for SDXS-512.",
+    "notice": "Miniature model, trained on a 2-core CPU by this project's own code (training/mini): it draws "
+              "handwritten digits at 32x32, shown upscaled, and nothing else. Prompts name a digit, e.g. \"7: a photo "
+              "of the digit 7\"; sketch a digit, or hold one up to the webcam in edges mode. For SDXS-512 the "
+              "server needs the Hugging Face Hub or a local copy (--model).",
     "example_prompts": [mdata.PROMPT.format(k) for k in range(10)],
 }
 
