@@ -20,9 +20,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 def cpu_bf16_speedup() -> float:
     """fp32 time over bf16 time of a UNet-shaped conv + matmul on this CPU (>1: bf16 is faster; 0: unsupported).
 
-    Takes about a tenth of a second once per process.
+    Takes about a tenth of a second once per process where oneDNN has bf16 kernels; 0 at once where it has none.
     """
-    if not torch.backends.mkldnn.is_available():
+    if not torch.backends.mkldnn.is_available() or not _onednn_has_bf16():
         return 0.0
     conv = torch.nn.Conv2d(320, 320, 3, padding=1)
     x = torch.randn(1, 320, 32, 32)
@@ -41,6 +41,16 @@ def cpu_bf16_speedup() -> float:
         return timed(torch.float32) / timed(torch.bfloat16)
     except RuntimeError:
         return 0.0
+
+
+def _onednn_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 or AMX).  On an AVX2-only CPU it emulates bf16 about
+    100x slower than fp32: the probe above then took 20 s of a 2-core machine's start-up to learn the obvious."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else True
+    except RuntimeError:
+        return True
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
