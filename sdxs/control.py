@@ -115,20 +115,27 @@ def _hysteresis(strong: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
 
 def control_images(rgb: torch.Tensor, kinds: Sequence[str], low: Sequence[int] | int = 80,
                    high: Sequence[int] | int = 160) -> torch.Tensor:
-    """uint8 (B, 3, H, W) RGB -> float32 (B, 3, H, W) in [0, 1], white on black; ``kinds[i]`` is ``"sketch"`` or
-    ``"edges"`` (the serving modes) for frame i; ``low``/``high`` apply to the edge frames."""
+    """uint8 (B, 3, H, W) RGB -> float32 (B, 3, H, W) in [0, 1], white on black (a view repeating one channel);
+    ``kinds[i]`` is ``"sketch"`` or ``"edges"`` (the serving modes) for frame i; ``low``/``high`` apply to edges."""
     n = rgb.shape[0]
-    out = torch.empty((n, 1, *rgb.shape[-2:]), dtype=torch.uint8, device=rgb.device)
     lows, highs = _per_frame(low, n), _per_frame(high, n)
+    made = {}
     for kind in set(kinds):
         rows = [i for i, k in enumerate(kinds) if k == kind]
+        picked = rgb if len(rows) == n else rgb[rows]
         if kind == "sketch":
-            out[rows] = sketch(rgb[rows])
+            made[kind] = rows, sketch(picked)
         elif kind == "edges":
-            out[rows] = canny(rgb[rows], [lows[i] for i in rows], [highs[i] for i in rows])
+            made[kind] = rows, canny(picked, [lows[i] for i in rows], [highs[i] for i in rows])
         else:
             raise ValueError(f"unknown control kind {kind!r}")
-    return out.expand(-1, 3, -1, -1).float() / 255.0
+    if len(made) == 1:
+        out = next(iter(made.values()))[1]
+    else:
+        out = torch.empty((n, 1, *rgb.shape[-2:]), dtype=torch.uint8, device=rgb.device)
+        for rows, values in made.values():
+            out[rows] = values
+    return (out.float() / 255.0).expand(-1, 3, -1, -1)
 
 
 def _per_frame(value: Sequence[int] | int, n: int) -> list[int]:

@@ -61,11 +61,13 @@ def square(images: Sequence[Any], size: int, device: torch.device | str = "cpu")
     """Frames of any sizes -> uint8 (B, 3, size, size) on ``device``, channels-last, in input order."""
     device = torch.device(device)
     frames = [to_hwc(image) for image in images]
-    out = torch.empty((len(frames), 3, size, size), dtype=torch.uint8, device=device)
-    out = out.contiguous(memory_format=torch.channels_last)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, frame in enumerate(frames):
         groups[tuple(frame.shape)].append(i)
+    if len(groups) == 1:  # the usual case (a webcam's frames): no gather
+        return square_batch(upload(frames, device), size)
+    out = torch.empty((len(frames), 3, size, size), dtype=torch.uint8, device=device)
+    out = out.contiguous(memory_format=torch.channels_last)
     for rows in groups.values():
         out[rows] = square_batch(upload([frames[i] for i in rows], device), size)
     return out
@@ -76,6 +78,8 @@ def upload(frames: Sequence[np.ndarray | torch.Tensor], device: torch.device) ->
     buffer; pinned, and copied without blocking, on CUDA)."""
     if all(isinstance(f, torch.Tensor) for f in frames):
         stacked = torch.stack([f.to(device, non_blocking=True) for f in frames])
+    elif device.type == "cpu" and len(frames) == 1:  # no copy at all
+        stacked = torch.from_numpy(np.asarray(frames[0])).unsqueeze(0)  # (a numpy [None] has stride 0: not NHWC)
     else:
         host = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=device.type == "cuda")
         np.stack([np.asarray(f) for f in frames], out=host.numpy())
@@ -98,9 +102,29 @@ def square_batch(frames: torch.Tensor, size: int) -> torch.Tensor:
     return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def to_pixels(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> (B, 3, S, S) in [-1, 1] (diffusers' ``VaeImageProcessor`` convention) in ``dtype``."""
-    return (frames.float() / 255.0 * 2.0 - 1.0).to(dtype)
+def to_pixels(frames: torch.Tensor, dtype: torch.dtype,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> (B, 3, S, S) in [-1, 1] (diffusers' ``VaeImageProcessor`` convention) in ``dtype`` and
+    ``memory_format``: one converting copy, then arithmetic in place."""
+    pixels = torch.empty(frames.shape, dtype=torch.float32, device=frames.device, memory_format=memory_format)
+    pixels.copy_(frames).div_(255.0).mul_(2.0).sub_(1.0)
+    return pixels.to(dtype)
+
+
+def to_uint8_hwc(unit: torch.Tensor) -> torch.Tensor:
+    """Rounded float (B, 3, S, S) in [0, 255] -> uint8 (B, S, S, 3), one buffer for the batch.  On the CPU through
+    numpy and OpenCV (torch's float-to-uint8 cast and transposition take ten times as long there)."""
+    if unit.device.type != "cpu":
+        return unit.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    if unit.is_contiguous(memory_format=torch.channels_last):
+        return torch.from_numpy(unit.permute(0, 2, 3, 1).numpy().astype(np.uint8))
+    import cv2
+
+    planes = unit.numpy().astype(np.uint8)
+    out = np.empty((planes.shape[0], *planes.shape[2:], 3), np.uint8)
+    for frame, rgb in zip(out, planes):
+        cv2.merge(list(rgb), dst=frame)
+    return torch.from_numpy(out)
 
 
 def to_pil(frame: torch.Tensor) -> Image.Image:

@@ -289,8 +289,9 @@ class SDXSPipeline:
         square = self.square([requests[i].image for i in rows])  # (len(rows), 3, S, S) uint8
         staged.image_rows = [i for i in rows if params[i].mode is Mode.image]
         if staged.image_rows:
-            image = square[[j for j, i in enumerate(rows) if params[i].mode is Mode.image]]
-            staged.pixels = frames.to_pixels(image, self.encoder_vae.dtype).contiguous(memory_format=self.memory_format)
+            picked = [j for j, i in enumerate(rows) if params[i].mode is Mode.image]
+            image = square if len(picked) == len(rows) else square[picked]
+            staged.pixels = frames.to_pixels(image, self.encoder_vae.dtype, self.memory_format)
         if params[0].uses_controlnet:  # every row of a ControlNet batch has a frame
             cond = control.control_images(square, [p.mode.value for p in params], [p.edge_low for p in params],
                                           [p.edge_high for p in params])
@@ -408,8 +409,8 @@ class SDXSPipeline:
         with self._timed("decode"):
             scaled = latents.to(self.decoder_dtype) / self.decoder_vae.config.scaling_factor
             pixels = self.decoder_vae.decode(scaled, return_dict=False)[0]
-            unit = (pixels.float() / 2 + 0.5).clamp(0, 1)
-            return (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+            unit = pixels.float().div(2).add_(0.5).clamp_(0, 1).mul_(255).round_()  # one new tensor, then in place
+            return frames.to_uint8_hwc(unit)
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
 
