@@ -119,6 +119,7 @@ def _decode_on_gpu(images: list[Encoded], device: Any) -> None:
         decoded = _nvjpeg(data, mode=ImageReadMode.RGB, device=device)
     except Exception:  # noqa: BLE001 - a bad frame fails the batched call: each is then decoded (or refused) alone
         return
+    torch.cuda.current_stream(device).synchronize()  # (the staging thread's own wait) frames ready for any stream
     for image, chw in zip(images, decoded):
         image.decoded = chw.permute(1, 2, 0)
 
