@@ -110,3 +110,21 @@ def test_tensor_path_equals_the_pil_path_it_replaced(pipe, at_size):
     for request, expected in zip(reqs[3:], old_controls):  # edges identical; sketch grey: PIL's vs OpenCV's luma
         got = np.asarray(pipe.control_image(request)).astype(int)
         assert np.abs(got - expected).max() <= (0 if request.params.mode == "edges" else 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_path_equals_the_pil_path_on_the_cpu(tiny_model_dir, pipe, at_size):
+    """The same parity on a GPU (staging on a side stream, pinned host buffer), TF32 off so both compute in fp32."""
+    from sdxs import SDXSPipeline
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    gpu = SDXSPipeline.from_pretrained(str(tiny_model_dir), device="cuda", dtype="float32")
+    reqs = requests(*at_size)
+    pipe.legacy = True
+    try:
+        old = pipe(reqs, output_type="np")
+    finally:
+        pipe.legacy = False
+    gpu.buckets = (1, 4, 8)
+    for request, a, b in zip(reqs, gpu(reqs, output_type="np"), old):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, request.params.mode

@@ -168,6 +168,35 @@ def test_a_frame_that_does_not_decode_leaves_its_batch_and_is_answered():
     assert results["ok"][0].batch_size == 2 and results["ok"][0].image.shape == (48, 64, 3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_worker_returns_what_the_pipeline_returns(tiny_model_dir):
+    """On a GPU: nvJPEG (when torchvision loads) or CPU decode, staging on a side stream while the model thread runs,
+    the completion thread's wait for the pinned copy: each frame equals a direct pipeline call within one level."""
+    from sdxs import SDXSPipeline
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    pipe = SDXSPipeline.from_pretrained(str(tiny_model_dir), device="cuda", dtype="float32")
+    size = int(pipe.size)
+    worker = Worker(pipe, Metrics(), max_batch=2, decode=lambda images: codec.decode_frames(images, size, pipe.device))
+    payload = webcam_jpeg(size + 32, size)
+    results = {f"prompt {i}": [] for i in range(5)}
+    worker.start()
+    try:
+        for prompt, out in results.items():
+            worker.register(OneJob(prompt, codec.probe(payload, ImageFormat.JPEG, LIMITS), out))
+        worker.notify()
+        deadline = time.monotonic() + 60
+        while sum(map(len, results.values())) < len(results) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    decoded = codec.decode_frames([codec.probe(payload, ImageFormat.JPEG, LIMITS)], size, pipe.device)[0]
+    for prompt, (result,) in results.items():
+        assert result.error is None, result.error
+        direct = pipe([make_request(GenerationParams(prompt=prompt), decoded)], output_type="np")[0]
+        assert np.abs(result.image.astype(int) - direct).max() <= 1, prompt
+
+
 def test_warm_up_runs_on_the_model_thread_before_serving():
     seen = []
     worker = Worker(PhasedPipe(), Metrics())
