@@ -12,6 +12,7 @@ Output: uint8 (B, 3, S, S) RGB, values 0-255, on the device.
 from __future__ import annotations
 
 import io
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -78,8 +79,10 @@ def upload(frames: Sequence[np.ndarray | torch.Tensor], device: torch.device) ->
     buffer; pinned, and copied without blocking, on CUDA)."""
     if all(isinstance(f, torch.Tensor) for f in frames):
         stacked = torch.stack([f.to(device, non_blocking=True) for f in frames])
-    elif device.type == "cpu" and len(frames) == 1:  # no copy at all
-        stacked = torch.from_numpy(np.asarray(frames[0])).unsqueeze(0)  # (a numpy [None] has stride 0: not NHWC)
+    elif device.type == "cpu" and len(frames) == 1:  # no copy at all (the frame is only read)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            stacked = torch.from_numpy(np.asarray(frames[0])).unsqueeze(0)  # (numpy's [None] has stride 0: not NHWC)
     else:
         host = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=device.type == "cuda")
         np.stack([np.asarray(f) for f in frames], out=host.numpy())
