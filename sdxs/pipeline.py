@@ -1,9 +1,15 @@
 """The batched one-step image-conditioned SDXS pipeline.
 
 One call takes a list of requests (prompt, seed, mode, strength, control scale, style and an input image), groups
-the ones that can share a forward (``batch_key``), and for each group runs: 1. prompt embeddings (cached), 2. input
-images, 3. latents (fixed noise per seed), 4. ControlNet, 5. one UNet forward, 6. the one-step update, 7. decode.
-Images come back in request order as PIL RGB or uint8 (H, W, 3) arrays of ``size`` x ``size``.
+the ones that can share a forward (``batch_key``), and runs each group in two phases:
+
+* ``stage``: input frames squared once (``sdxs.frames``), control images (``sdxs.control``), noise, timesteps and
+  control scales, all as tensors on the device;
+* ``run``: 1. prompt embeddings (cached), 2. latents, 3. ControlNet, 4. one UNet forward, 5. the one-step update,
+  6. decode, padded up to a batch-size bucket (``sdxs.buckets``) when buckets are set (CUDA graphs).
+
+Images come back in request order as PIL RGB or uint8 (H, W, 3) arrays of ``size`` x ``size``.  The server calls the
+phases itself, on two threads, to overlap them (server/worker.py).
 
 Guidance is 0 and there is one step: negative prompts and guidance scales do not apply to SDXS.
 """
@@ -23,7 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdxs import preprocess
+from sdxs import control, frames, preprocess
+from sdxs.buckets import bucket, pad_rows
 from sdxs.caches import LRUCache
 from sdxs.device import resolve_device, resolve_dtype
 from sdxs.errors import InvalidRequest, WeightsUnavailable
@@ -43,6 +50,28 @@ class GenerationRequest:
 
     params: GenerationParams = field(default_factory=GenerationParams)
     image: Any = None
+
+
+@dataclass
+class StagedBatch:
+    """One batch between ``stage`` and ``run``: per-request values as tensors (on the device unless noted)."""
+
+    params: list[GenerationParams]
+    timesteps_cpu: torch.Tensor | None = None  # (B,) int64 on the CPU: the schedule's index per row
+    timesteps: torch.Tensor | None = None  # the same on the device
+    alphas: torch.Tensor | None = None  # (B,) float64: alphas_cumprod at each row's timestep
+    noise: torch.Tensor | None = None  # (B, C, S/f, S/f), model dtype
+    image_rows: list[int] = field(default_factory=list)  # rows in image mode (their frames are tiny-encoded)
+    image_index: torch.Tensor | None = None  # image_rows as a tensor on the device
+    pixels: torch.Tensor | None = None  # (len(image_rows), 3, S, S) in [-1, 1], the encoder's dtype
+    control: torch.Tensor | None = None  # (B, 3, S, S) in [0, 1], model dtype: white on black
+    control_scale: torch.Tensor | None = None  # (B,), model dtype
+    ready: Any = None  # CUDA event: the staging stream's work is done
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.timesteps, self.alphas, self.noise, self.image_index, self.pixels, self.control,
+                            self.control_scale) if t is not None]
 
 
 class SDXSPipeline:
@@ -68,6 +97,10 @@ class SDXSPipeline:
         self.memory_format = torch.contiguous_format
         self.last_timings: dict[str, float] = {}
         self.profile = False  # True: synchronise CUDA around each stage so last_timings are exact (benchmarks)
+        self.legacy = False  # True: the former PIL preprocessing (kept to measure against; bench/server.py)
+        self.buckets: tuple[int, ...] | None = None  # batch sizes padded up to (CUDA graphs: one capture each)
+        self.graphs = False  # compiled with CUDA graphs (torch.compile mode "reduce-overhead")
+        self._stream = None  # the CUDA staging stream, made on first use
         self._prompts = LRUCache(256)
         self._noise = LRUCache(64)
 
@@ -87,9 +120,9 @@ class SDXSPipeline:
         float32 (the model card's advice for fp16).  ``attention``: ``auto`` (xformers on CUDA when installed, else
         PyTorch SDPA), ``sdpa`` or ``xformers``.  ``channels_last``: ``auto`` turns it on for bf16 on the CPU,
         where oneDNN's NHWC convolutions were measured faster (and slower in fp32; ``bench/pipeline.py``).
-        ``compile``: ``True`` or a ``torch.compile`` mode for the UNet and decoder; on CUDA at batch 1 the eager UNet
-        is kernel-launch bound and ``"reduce-overhead"`` (CUDA graphs, one capture per batch size) measured 5x faster
-        (``bench/variants.py``).
+        ``compile``: ``True`` or a ``torch.compile`` mode for the UNet, ControlNet and the tiny VAE; on CUDA at batch 1
+        the eager UNet is kernel-launch bound and ``"reduce-overhead"`` (CUDA graphs, one capture per batch size)
+        measured 5x faster (``bench/variants.py``): set ``pipe.buckets`` and warm up every bucket.
         ``size``: square output size in pixels (a multiple of 64; the model's native size by default).
         """
         from sdxs import components
@@ -139,7 +172,11 @@ class SDXSPipeline:
                 net.to(memory_format=torch.channels_last)
         if compile:
             mode = compile if isinstance(compile, str) else None
+            self.graphs = mode == "reduce-overhead" and self.device.type == "cuda"
             self.unet = torch.compile(self.unet, mode=mode)
+            if self.controlnet is not None:
+                self.controlnet = torch.compile(self.controlnet, mode=mode)
+            self.encoder_vae.encoder = torch.compile(self.encoder_vae.encoder, mode=mode)
             self.decoder_vae.decoder = torch.compile(self.decoder_vae.decoder, mode=mode)
 
     # ---- public helpers ----------------------------------------------------------------------------------------
@@ -167,15 +204,22 @@ class SDXSPipeline:
         if p.uses_image and request.image is None:
             raise InvalidRequest("image", f"mode {p.mode.value!r} needs an input image")
 
+    def square(self, images: Sequence[Any]) -> torch.Tensor:
+        """Frames of any size (see ``sdxs.frames``) -> uint8 (B, 3, S, S) on the device, cropped and resized once."""
+        return frames.square(images, self.size, self.device)
+
     def control_image(self, request: GenerationRequest) -> Image.Image:
         """The control image the ControlNet sees: sketch inverted, or Canny edges (white on black, size x size)."""
-        image = preprocess.to_rgb_square(request.image, self.size)
-        if request.params.mode is Mode.sketch:
-            return preprocess.sketch_control(image)
-        return preprocess.edge_control(image, request.params.edge_low, request.params.edge_high)
+        p = request.params
+        if self.legacy:
+            image = preprocess.to_rgb_square(request.image, self.size)
+            return self._control_from(p, image)
+        unit = control.control_images(self.square([request.image]), [p.mode.value], p.edge_low, p.edge_high)
+        return frames.to_pil((unit[0] * 255).round().to(torch.uint8))
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Run every mode once per batch size so kernels are picked (and compiled) before the first visitor."""
+        """Run every mode once per batch size so kernels are picked (and compiled, CUDA graphs captured) before the
+        first visitor.  With ``buckets``, pass them all: each is a graph of its own."""
         still = np.full((self.size, self.size, 3), 200, np.uint8)
         for n in batch_sizes:
             for mode in self.modes:
@@ -196,41 +240,122 @@ class SDXSPipeline:
             groups[self.batch_key(request)].append(i)
         results: list[Any] = [None] * len(requests)
         for indices in groups.values():
-            images = self._run_group([requests[i] for i in indices])
+            staged = self.stage([requests[i] for i in indices])
+            for name, ms in staged.timings.items():
+                self.last_timings[name] += ms
+            host, ready = self.to_host(self.run(staged))
             with self._timed("postprocess"):
-                arrays = images.cpu().numpy()
+                if ready is not None:
+                    ready.synchronize()
+                arrays = host.numpy()
                 for i, array in zip(indices, arrays):
                     results[i] = Image.fromarray(array) if output_type == "pil" else array
         self.last_timings = dict(self.last_timings)
         return results
 
-    def _run_group(self, requests: list[GenerationRequest]) -> torch.Tensor:
-        """One forward for requests sharing a batch key.  Returns uint8 (B, S, S, 3) on the device."""
+    @torch.inference_mode()
+    def stage(self, requests: Sequence[GenerationRequest]) -> StagedBatch:
+        """Everything before the models, for requests sharing one batch key: frames squared once, image-mode pixels,
+        control images, noise, timesteps and control scales as tensors on the device.  On CUDA it runs on a side
+        stream (the server stages batch n+1 on its own thread while the models run batch n); ``run`` waits for it."""
         params = [r.params for r in requests]
-        # 1. prompt embeddings
+        if len({self.batch_key(r) for r in requests}) != 1:
+            raise ValueError("stage() takes requests of one batch key; __call__ groups them")
+        for request in requests:
+            self.check(request)
+        staged = StagedBatch(params)
+        with self._staging_stream() as stream:
+            with self._timed("preprocess", staged.timings):
+                (self._stage_legacy if self.legacy else self._stage_frames)(requests, staged)
+            # per-request values as tensors: strength -> timestep and alpha, seed -> noise, control scale
+            timesteps = torch.tensor([self.schedule.timestep(p.strength if p.mode is Mode.image else None)
+                                      for p in params])
+            staged.timesteps_cpu, staged.timesteps = timesteps, self._upload(timesteps)
+            staged.alphas = self._upload(self.schedule.alphas(timesteps))
+            staged.noise = torch.cat([self.noise(p.seed) for p in params])
+            if staged.image_rows:
+                staged.image_index = self._upload(torch.tensor(staged.image_rows))
+            if params[0].uses_controlnet:
+                staged.control_scale = self._upload(torch.tensor([p.control_scale for p in params], dtype=self.dtype))
+            if stream is not None:
+                staged.ready = stream.record_event()
+        return staged
+
+    def _stage_frames(self, requests: Sequence[GenerationRequest], staged: StagedBatch) -> None:
+        params = staged.params
+        rows = [i for i, p in enumerate(params) if p.uses_image]
+        if not rows:
+            return
+        square = self.square([requests[i].image for i in rows])  # (len(rows), 3, S, S) uint8
+        staged.image_rows = [i for i in rows if params[i].mode is Mode.image]
+        if staged.image_rows:
+            picked = [j for j, i in enumerate(rows) if params[i].mode is Mode.image]
+            image = square if len(picked) == len(rows) else square[picked]
+            staged.pixels = frames.to_pixels(image, self.encoder_vae.dtype, self.memory_format)
+        if params[0].uses_controlnet:  # every row of a ControlNet batch has a frame
+            cond = control.control_images(square, [p.mode.value for p in params], [p.edge_low for p in params],
+                                          [p.edge_high for p in params])
+            staged.control = cond.to(self.dtype).contiguous(memory_format=self.memory_format)
+
+    def _stage_legacy(self, requests: Sequence[GenerationRequest], staged: StagedBatch) -> None:
+        """The PIL path this replaced (``legacy = True``), kept to measure against (bench/server.py)."""
+        params = staged.params
+        squares = [preprocess.to_rgb_square(r.image, self.size) if r.params.uses_image else None for r in requests]
+        staged.image_rows = [i for i, p in enumerate(params) if p.mode is Mode.image]
+        if staged.image_rows:
+            pixels = torch.cat([preprocess.to_pixels(squares[i]) for i in staged.image_rows])
+            staged.pixels = pixels.to(self.device, self.encoder_vae.dtype).contiguous(memory_format=self.memory_format)
+        if params[0].uses_controlnet:
+            controls = [self._control_from(p, f) for p, f in zip(params, squares)]
+            cond = torch.cat([preprocess.pil_to_unit_tensor(c) for c in controls]).to(self.device, self.dtype)
+            staged.control = cond.contiguous(memory_format=self.memory_format)
+
+    @torch.inference_mode()
+    def run(self, staged: StagedBatch) -> torch.Tensor:
+        """The models on a staged batch, padded up to its bucket.  Returns uint8 (B, S, S, 3) on the device."""
+        if staged.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(staged.ready)
+            for t in staged.tensors():
+                t.record_stream(torch.cuda.current_stream(self.device))
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        params, n = staged.params, len(staged.params)
+        rows = bucket(n, self.buckets)
+        # 1. prompt embeddings (cached)
         with self._timed("prompt"):
-            embeds = torch.cat([self.encode_prompt(p.prompt) for p in params])
-        # 2. input images, resized once
-        with self._timed("preprocess"):
-            frames = [preprocess.to_rgb_square(r.image, self.size) if r.params.uses_image else None for r in requests]
-        # 3. latents: fixed noise per seed; image-mode inputs encoded and noised to their strength's timestep
-        timesteps = torch.tensor([self.schedule.timestep(p.strength if p.mode is Mode.image else None)
-                                  for p in params])
-        noise = torch.cat([self.noise(p.seed) for p in params])
-        latents = self._prepare_latents(params, frames, noise, timesteps)
-        timesteps = timesteps.to(self.device)
-        # 4. ControlNet residuals (sketch and edge modes), scaled per request
+            embeds = pad_rows(torch.cat([self.encode_prompt(p.prompt) for p in params]), rows)
+        # 2. latents: fixed noise per seed; image-mode inputs encoded and noised to their strength's timestep
+        timesteps = pad_rows(staged.timesteps, rows)
+        latents = pad_rows(self._prepare_latents(staged), rows).contiguous(memory_format=self.memory_format)
+        # 3. ControlNet residuals (sketch and edge modes), scaled per request
         extra = {}
         if params[0].uses_controlnet:
-            extra = self._control_residuals(requests, frames, latents, timesteps, embeds)
-        # 5. one UNet forward
+            extra = self._control_residuals(pad_rows(staged.control, rows), pad_rows(staged.control_scale, rows),
+                                            latents, timesteps, embeds)
+        # 4. one UNet forward
         with self._timed("unet"), self._style(params[0].style):
             model_output = self.unet(latents, timesteps, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
-        # 6. the one-step update
+        # 5. the one-step update
         with self._timed("step"):
-            x0 = self.schedule.step(model_output, latents, timesteps)
-        # 7. decode to uint8 pixels
-        return self.decode(x0)
+            x0 = self.schedule.step(model_output, latents, pad_rows(staged.timesteps_cpu, rows),
+                                    alphas=pad_rows(staged.alphas, rows))
+        # 6. decode to uint8 pixels
+        return self.decode(x0)[:n]
+
+    def _upload(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A small CPU tensor to the device without making the host wait (pinned first on CUDA)."""
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def to_host(self, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Device uint8 (B, S, S, 3) -> one host buffer (pinned, copied without blocking on CUDA) and the event to
+        wait for before reading it (None on the CPU)."""
+        if images.device.type != "cuda":
+            return images.contiguous(), None
+        host = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(images, non_blocking=True)
+        return host, torch.cuda.current_stream(images.device).record_event()
 
     # ---- phases ------------------------------------------------------------------------------------------------
 
@@ -255,26 +380,19 @@ class SDXSPipeline:
 
         return self._noise.get((seed, shape), compute)
 
-    def _prepare_latents(self, params, frames, noise, timesteps) -> torch.Tensor:
-        image_rows = [i for i, p in enumerate(params) if p.mode is Mode.image]
-        if not image_rows:
+    def _prepare_latents(self, staged: StagedBatch) -> torch.Tensor:
+        noise, n = staged.noise, len(staged.image_rows)
+        if not n:
             return noise
         with self._timed("encode"):
-            pixels = torch.cat([preprocess.to_pixels(frames[i]) for i in image_rows])
-            pixels = pixels.to(self.device, self.encoder_vae.dtype)  # fp32 when decoder_fp32 shares the tiny VAE
-            pixels = pixels.contiguous(memory_format=self.memory_format)
-            encoded = self.encoder_vae.encode(pixels).latents * self.encoder_vae.config.scaling_factor
-            alphas = self.schedule.alphas(timesteps[image_rows]).float()
-            latents = noise.clone()
-            latents[image_rows] = add_noise(encoded.float(), noise[image_rows].float(), alphas).to(self.dtype)
-        return latents
+            pixels = pad_rows(staged.pixels, bucket(n, self.buckets))  # the encoder has its own buckets
+            encoded = self.encoder_vae.encode(pixels).latents[:n] * self.encoder_vae.config.scaling_factor
+            index = staged.image_index
+            alphas = staged.alphas.index_select(0, index).float()
+            noised = add_noise(encoded.float(), noise.index_select(0, index).float(), alphas).to(self.dtype)
+            return noise.index_copy(0, index, noised)
 
-    def _control_residuals(self, requests, frames, latents, timesteps, embeds) -> dict[str, Any]:
-        with self._timed("preprocess"):
-            controls = [self._control_from(r.params, f) for r, f in zip(requests, frames)]
-            cond = torch.cat([preprocess.pil_to_unit_tensor(c) for c in controls]).to(self.device, self.dtype)
-            cond = cond.contiguous(memory_format=self.memory_format)
-            scale = torch.tensor([r.params.control_scale for r in requests], device=self.device, dtype=self.dtype)
+    def _control_residuals(self, cond, scale, latents, timesteps, embeds) -> dict[str, Any]:
         with self._timed("control"):
             down, mid = self.controlnet(latents, timesteps, encoder_hidden_states=embeds, controlnet_cond=cond,
                                         conditioning_scale=scale.view(-1, 1, 1, 1), return_dict=False)
@@ -291,8 +409,8 @@ class SDXSPipeline:
         with self._timed("decode"):
             scaled = latents.to(self.decoder_dtype) / self.decoder_vae.config.scaling_factor
             pixels = self.decoder_vae.decode(scaled, return_dict=False)[0]
-            unit = (pixels.float() / 2 + 0.5).clamp(0, 1)
-            return (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+            unit = pixels.float().div(2).add_(0.5).clamp_(0, 1).mul_(255).round_()  # one new tensor, then in place
+            return frames.to_uint8_hwc(unit)
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
 
@@ -307,14 +425,27 @@ class SDXSPipeline:
         yield
 
     @contextmanager
-    def _timed(self, stage: str):
+    def _timed(self, stage: str, into: dict[str, float] | None = None):
         start = time.perf_counter()
         try:
             yield
         finally:
             if self.profile and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.last_timings[stage] += (time.perf_counter() - start) * 1000.0
+            timings = self.last_timings if into is None else into
+            timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
+
+    @contextmanager
+    def _staging_stream(self):
+        """On CUDA: a side stream of this pipeline's own (yielded), so that staging overlaps the models' work on the
+        default stream; elsewhere nothing (None)."""
+        if self.device.type != "cuda":
+            yield None
+            return
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._stream):
+            yield self._stream
 
 
 def _hub_repos(model: str, controlnet: str | None, adapters: dict[str, str] | None) -> tuple[str, ...]:

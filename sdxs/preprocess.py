@@ -1,4 +1,6 @@
-"""Turning user images into the tensors the models expect.
+"""The former PIL preprocessing, kept only for ``SDXSPipeline.legacy`` (the old path that bench/server.py measures
+against) and the server's ``--frame-path legacy``; the pipeline squares frames with ``sdxs.frames`` and makes control
+images with ``sdxs.control``.
 
 Inputs are PIL images, uint8 arrays (H, W, 3) or encoded image bytes (PNG, JPEG, WebP) in any size; they are
 centre-cropped to a square and resized to the model's size.  Outputs are float tensors (1, 3, S, S): ``to_pixels``

@@ -58,9 +58,11 @@ class OneStepSchedule:
     def alphas(self, timesteps: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod[timesteps.cpu().long()]
 
-    def step(self, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The one-step result for a batch whose samples sit at ``timesteps`` (B,).  x0 math runs in float64."""
-        a = self.alphas(timesteps)
+    def step(self, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor,
+             alphas: torch.Tensor | None = None) -> torch.Tensor:
+        """The one-step result for a batch whose samples sit at ``timesteps`` (B,).  x0 math runs in float64.
+        ``alphas``: ``self.alphas(timesteps)`` already on ``x_t``'s device (no host round trip on CUDA)."""
+        a = self.alphas(timesteps) if alphas is None else alphas
         x0 = predict_x0(model_output, x_t, a, self.prediction_type)
         if self.lcm_timestep_scaling is not None:
             scaled = timesteps.double().cpu() * self.lcm_timestep_scaling

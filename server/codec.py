@@ -1,20 +1,33 @@
-"""Image decode (with size checks and a decompression-bomb guard) and encode. CPU-bound: call from a thread pool.
+"""The server's image boundary: header checks, batch decode, encode.
 
-Pixel convention at this boundary: uint8 RGB, shape (H, W, 3), values 0-255.
+Frames stay encoded bytes until the worker.  On the event loop `probe` reads only the header and applies the size
+checks and the decompression-bomb guard (bad_image / image_too_small / image_too_large at once); the worker's staging
+thread then decodes a whole batch with `decode_frames`: JPEG with libjpeg-turbo (simplejpeg) at the smallest DCT scale
+that still covers the served size, or nvJPEG on CUDA where a matching torchvision is installed; PNG and WebP with PIL
+(transparent pixels composited on white).  The pipeline squares the frames (sdxs.frames).  `encode` writes JPEG with
+libjpeg-turbo, WebP and PNG with PIL.
+
+Pixel convention at this boundary: uint8 RGB, shape (H, W, 3), values 0-255.  `decode` (PIL, squared here) is the
+former path, kept for `--frame-path legacy`.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile
 
 from server.protocol import ErrorCode, ImageFormat, ProtocolError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, never a half-grey frame
+log = logging.getLogger("sdxs.codec")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +37,95 @@ class ImageLimits:
     max_pixels: int = 4096 * 4096
 
 
+class Encoded:
+    """An input frame still encoded: its bytes, declared format and header size (checked by `probe`).  `decoded`
+    keeps its pixels once decoded, so an unchanged input under new parameters is not decoded again."""
+
+    __slots__ = ("payload", "fmt", "width", "height", "decoded")
+
+    def __init__(self, payload: bytes, fmt: ImageFormat, width: int, height: int):
+        self.payload, self.fmt, self.width, self.height = payload, fmt, width, height
+        self.decoded: Any = None
+
+
+def probe(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_id: int | None = None) -> Encoded:
+    """Read the header only: raises ProtocolError BAD_IMAGE (not this format), IMAGE_TOO_SMALL or IMAGE_TOO_LARGE.
+    A JPEG header takes microseconds (call it on the event loop); PNG and WebP go through PIL (use a thread)."""
+    try:
+        if fmt is not ImageFormat.JPEG:
+            raise ValueError("PIL reads PNG and WebP headers")
+        height, width, _, _ = simplejpeg.decode_jpeg_header(payload)
+        _check_size(width, height, limits, frame_id)
+    except ValueError:  # PNG, WebP, or a JPEG libjpeg-turbo does not read: PIL decides (and checks the size)
+        width, height = _open_checked(payload, fmt, limits, frame_id).size
+    return Encoded(payload, fmt, width, height)
+
+
+def decode_frames(images: Sequence[Any], size: int, device: Any = None) -> list[Any]:
+    """Decode the `Encoded` among `images` (others pass through): uint8 RGB (H, W, 3) arrays (CUDA tensors when
+    nvJPEG decoded them), at least `size` on the short side where the source is, or a ProtocolError (BAD_IMAGE) in
+    place of a frame that does not decode.  One bad frame never fails the others."""
+    out = list(images)
+    todo = [i for i, im in enumerate(images) if isinstance(im, Encoded) and im.decoded is None]
+    if getattr(device, "type", None) == "cuda":
+        _decode_on_gpu([images[i] for i in todo if images[i].fmt is ImageFormat.JPEG], device)
+    for i in todo:
+        if images[i].decoded is None:
+            try:
+                images[i].decoded = _decode_one(images[i], size)
+            except ProtocolError as err:
+                out[i] = err
+    return [im.decoded if isinstance(im, Encoded) and im.decoded is not None else im for im in out]
+
+
+def _decode_one(image: Encoded, size: int) -> np.ndarray:
+    if image.fmt is ImageFormat.JPEG:
+        short = min(image.width, image.height)
+        try:  # libjpeg-turbo scales by M/8 while decoding: the smallest scale whose short side still covers size
+            return simplejpeg.decode_jpeg(image.payload, "RGB", min_height=size if image.height == short else 0,
+                                          min_width=size if image.width == short else 0)
+        except ValueError:  # truncated, corrupt, or a kind libjpeg-turbo's fast path refuses (CMYK): PIL decides
+            pass
+    try:
+        pil = Image.open(io.BytesIO(image.payload), formats=[image.fmt.pil_name])
+        pil.load()
+        return np.asarray(_to_rgb(pil))
+    except Exception as exc:  # noqa: BLE001 - every decoder error on client bytes is bad_image (see decode)
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{image.fmt.pil_name} data could not be decoded: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+
+_nvjpeg: Any = None  # torchvision.io.decode_jpeg once found usable; False when not
+
+
+def _decode_on_gpu(images: list[Encoded], device: Any) -> None:
+    """nvJPEG, one batched call (torchvision, imported only here); frames it cannot take stay for the CPU path."""
+    global _nvjpeg
+    if not images or _nvjpeg is False:
+        return
+    if _nvjpeg is None:
+        try:
+            from torchvision.io import decode_jpeg
+        except Exception as exc:  # noqa: BLE001 - no (matching) torchvision: the CPU decoder serves
+            log.info("nvJPEG unavailable (%s: %s); decoding JPEG on the CPU", type(exc).__name__, exc)
+            _nvjpeg = False
+            return
+        _nvjpeg = decode_jpeg
+    import torch
+    from torchvision.io import ImageReadMode
+
+    data = [torch.frombuffer(bytearray(im.payload), dtype=torch.uint8) for im in images]
+    try:
+        decoded = _nvjpeg(data, mode=ImageReadMode.RGB, device=device)
+    except Exception:  # noqa: BLE001 - a bad frame fails the batched call: each is then decoded (or refused) alone
+        return
+    torch.cuda.current_stream(device).synchronize()  # (the staging thread's own wait) frames ready for any stream
+    for image, chw in zip(images, decoded):
+        image.decoded = chw.permute(1, 2, 0)
+
+
 def decode(payload: bytes, fmt: ImageFormat, size: int, limits: ImageLimits, frame_id: int | None = None) -> np.ndarray:
-    """Decode `payload` (declared as `fmt`) to uint8 RGB (size, size, 3): center-crop to a square, resize.
+    """Former path (`--frame-path legacy`): decode with PIL to uint8 RGB (size, size, 3), squared here.
 
     Checks the header's dimensions before decoding pixels; raises ProtocolError with BAD_IMAGE, IMAGE_TOO_SMALL or
     IMAGE_TOO_LARGE. Transparent pixels are composited on white (an empty sketch canvas is white paper).
@@ -54,7 +154,11 @@ def _open_checked(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_i
     except Exception as exc:  # noqa: BLE001 - any parser error on client bytes is bad_image (see decode)
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"bytes are not a valid {fmt.pil_name} image",
                             frame_id=frame_id) from exc
-    width, height = image.size
+    _check_size(*image.size, limits, frame_id)
+    return image
+
+
+def _check_size(width: int, height: int, limits: ImageLimits, frame_id: int | None) -> None:
     if min(width, height) < limits.min_side:
         raise ProtocolError(ErrorCode.IMAGE_TOO_SMALL,
                             f"image is {width}x{height}; each side must be at least {limits.min_side}",
@@ -63,7 +167,6 @@ def _open_checked(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_i
         raise ProtocolError(ErrorCode.IMAGE_TOO_LARGE,
                             f"image is {width}x{height}; at most {limits.max_side} per side and "
                             f"{limits.max_pixels} pixels", frame_id=frame_id)
-    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -85,8 +188,11 @@ def _square(image: Image.Image, size: int) -> Image.Image:
     return image
 
 
-def encode(image: np.ndarray, fmt: ImageFormat, quality: int = 80) -> bytes:
-    """Encode uint8 RGB (H, W, 3) as JPEG/WebP (`quality` 1-100) or PNG (fast, lossless)."""
+def encode(image: np.ndarray, fmt: ImageFormat, quality: int = 80, pil: bool = False) -> bytes:
+    """Encode uint8 RGB (H, W, 3) as JPEG/WebP (`quality` 1-100) or PNG (fast, lossless).  JPEG goes through
+    libjpeg-turbo directly (4:2:0, as PIL's default at these qualities); `pil` forces PIL (the former path)."""
+    if fmt is ImageFormat.JPEG and not pil:
+        return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality, "RGB", "420", fastdct=False)
     buffer = io.BytesIO()
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
     if fmt is ImageFormat.JPEG:

@@ -52,7 +52,14 @@ class ServerConfig(BaseModel):
                                 "closes it with 1008.")
     output_format: Literal["jpeg", "webp", "png"] = Field("jpeg", description="Default output image format.")
     output_quality: int = Field(80, ge=1, le=100, description="JPEG/WebP quality.")
-    codec_threads: int = Field(2, ge=1, le=64, description="Threads decoding and encoding images.")
+    codec_threads: int = Field(2, ge=1, le=64, description="Threads encoding output images (inputs are decoded in "
+                               "batches by the worker's staging thread).")
+    cuda_graphs: Literal["auto", "on", "off"] = Field("auto", description="CUDA graphs (torch.compile "
+                                                      "'reduce-overhead') with batch-size buckets up to --max-batch, "
+                                                      "all captured during warm-up; 'auto': on for a CUDA device.")
+    frame_path: Literal["batched", "legacy"] = Field("batched", description="'batched': frames stay encoded until the "
+                                                     "worker decodes a batch, tensor preprocessing on the model "
+                                                     "device; 'legacy': the former PIL path (to measure against).")
     torch_threads: int = Field(0, ge=0, le=256, description="PyTorch CPU threads; 0 = auto: for CPU inference one "
                                "per core but one (left to codecs and the event loop), else PyTorch's default.")
     safety_checker: str | None = Field(None, description="Safety checker folder or hub id; off by default.")

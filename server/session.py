@@ -12,8 +12,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 from sdxs.params import GenerationParams
 from server.protocol import (
@@ -27,14 +26,15 @@ from server.protocol import (
 
 @dataclass(frozen=True, slots=True)
 class PendingFrame:
-    """A decoded input frame waiting for the worker. `image`: uint8 RGB (size, size, 3), or None (format 0)."""
+    """An input frame waiting for the worker. `image`: the frame still encoded (server.codec.Encoded, header checked;
+    the worker decodes it), uint8 RGB (size, size, 3) on the former path (--frame-path legacy), or None (format 0)."""
 
     frame_id: int
     client_ts: float
     received_at: float  # time.perf_counter() when the message arrived
-    image: np.ndarray | None
+    image: Any
     digest: bytes  # hash of (format, encoded bytes): equal digests mean an unchanged input
-    decode_ms: float
+    decode_ms: float  # header check (or the legacy decode) on the loop side
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +105,7 @@ class Session:
         self._unanswered: collections.deque[int] = collections.deque()
         self._cache_lock = threading.Lock()
         self._cache: CachedOutput | None = None
-        self._last_input: tuple[bytes, np.ndarray | None] | None = None
+        self._last_input: tuple[bytes, Any] | None = None
 
     # --- state machine -----------------------------------------------------------------------------------------
     def transition(self, new: SessionState) -> None:
@@ -168,14 +168,14 @@ class Session:
         return self.violations > self.max_violations
 
     # --- unchanged-input reuse --------------------------------------------------------------------------------
-    def known_input(self, digest: bytes) -> tuple[bool, np.ndarray | None]:
+    def known_input(self, digest: bytes) -> tuple[bool, Any]:
         """(True, image) when `digest` equals the last decoded input: decoding can be skipped."""
         last = self._last_input
         if last is not None and last[0] == digest:
             return True, last[1]
         return False, None
 
-    def remember_input(self, digest: bytes, image: np.ndarray | None) -> None:
+    def remember_input(self, digest: bytes, image: Any) -> None:
         self._last_input = (digest, image)
 
     def reusable(self, frame: PendingFrame, params: GenerationParams) -> CachedOutput | None:

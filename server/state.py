@@ -8,6 +8,8 @@ docs/protocol.md section 10.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import logging
 import os
 import threading
@@ -62,6 +64,7 @@ class AppState:
         self.image_limits = ImageLimits(config.min_image_side, config.max_image_side, config.max_image_pixels)
         self.pipe: Any = None
         self.worker: Worker | None = None
+        self._warming: Worker | None = None  # started, still warming up (capturing CUDA graphs) on its own thread
         self.connections: set = set()  # server.connection.Connection objects, from accept to the end of `run`
         self.stop_hooks: list[Callable[[], None]] = []  # run first on shutdown (e.g. end Gradio's long-lived streams)
         self.on_load_failed: Callable[[], None] | None = None  # app.main: stop the server (exit status 1)
@@ -107,7 +110,7 @@ class AppState:
         deadline = time.monotonic() + timeout
         if self._loader is not None:
             self._loader.join(max(0.0, deadline - time.monotonic()))
-        worker = self.worker
+        worker = self.worker or self._warming
         ended = worker is None or worker.join(max(0.0, deadline - time.monotonic()))
         return ended and not (self._loader is not None and self._loader.is_alive())
 
@@ -131,7 +134,7 @@ class AppState:
     def shutdown(self) -> None:
         self._stopping.set()
         with self._start_lock:
-            worker = self.worker
+            worker = self.worker or self._warming
         if worker is not None:
             worker.stop(timeout=WORKER_STOP_S)
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
@@ -160,10 +163,20 @@ class AppState:
         with self._start_lock:  # shutdown may have begun while the model loaded: then no worker starts
             if self._stopping.is_set():
                 return
-            self.pipe = pipe
-            worker = Worker(pipe, self.metrics, self.config.max_batch, self.config.batch_wait_ms, safety=safety)
-            worker.start()
-            self.worker = worker
+            worker = make_worker(pipe, self.config, self.metrics, safety)
+            self.load_status.set("warming_up", 0.8)
+            # on the worker's own thread: CUDA graphs are replayed by the thread that captured them
+            worker.start(warmup=functools.partial(pipe.warmup, pipe.buckets or (1,)))
+            self._warming = worker
+        while not worker.warm.wait(0.2):
+            if worker.failed is not None:
+                return self._failed(f"warm-up failed: {type(worker.failed).__name__}: {worker.failed}")
+            if self._stopping.is_set():
+                return
+        with self._start_lock:
+            if self._stopping.is_set():
+                return
+            self.pipe, self.worker = pipe, worker
         self.metrics.model_ready.set(1)
         self.load_status.set("ready", 1.0)
 
@@ -182,23 +195,66 @@ def _load_hint(config: ServerConfig) -> str:
 
 
 def load_pipeline(config: ServerConfig, status: LoadingStatus) -> Any:
-    """Load (`tiny`: built on first use) and warm up the pipeline; raises WeightsUnavailable when unreachable."""
+    """Load the pipeline (`tiny`: built on first use), set up for serving; raises WeightsUnavailable when
+    unreachable.  The worker warms it up (`make_worker`)."""
     status.set("loading", 0.05)
     import torch
 
     from sdxs import SDXSPipeline  # torch + diffusers: imported on the loader thread, never at app import
+    from sdxs.device import resolve_device
 
     torch.set_num_threads(torch_threads(config))
+    keep_freed_memory()
 
     status.set("loading", 0.2)
     controlnet = None if config.controlnet.lower() in ("", "none") else config.controlnet
+    graphs = use_cuda_graphs(config, resolve_device(config.device).type)
     # "tiny" is written once into $SDXS_CACHE and then loads like any local folder
     # the UNet is convolutional: any multiple of 64 works as the resolution (e.g. 256 on a CPU)
     pipe = SDXSPipeline.from_pretrained(config.model, controlnet=controlnet, device=config.device, dtype=config.dtype,
-                                        size=config.resolution, adapters=config.style_adapters())
-    status.set("warming_up", 0.8)
-    pipe.warmup()
+                                        size=config.resolution, adapters=config.style_adapters(),
+                                        compile="reduce-overhead" if graphs else False)
+    pipe.buckets = batch_buckets(config, graphs)
+    pipe.legacy = config.frame_path == "legacy"
     return pipe
+
+
+def keep_freed_memory() -> None:
+    """Keep freed memory in the process for the next frame.  glibc hands large freed blocks back to the system and
+    page-faults them in again on the next allocation: about 1 ms per 3 MB tensor (one 512 frame in float32), more than
+    the arithmetic on it.  A no-op without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_mmap_threshold, 256 << 20)
+
+
+def use_cuda_graphs(config: ServerConfig, device_type: str) -> bool:
+    """`--cuda-graphs`: auto means on for a CUDA device; CUDA graphs need one."""
+    if config.cuda_graphs == "on" and device_type != "cuda":
+        raise ValueError(f"--cuda-graphs on needs a CUDA device, got {device_type!r} (use auto or off)")
+    return config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and device_type == "cuda")
+
+
+def batch_buckets(config: ServerConfig, graphs: bool) -> tuple[int, ...] | None:
+    """The batch sizes a batch is padded up to (one CUDA graph each, all captured in warm-up); none without graphs."""
+    from sdxs.buckets import default_buckets
+
+    return default_buckets(config.max_batch) if graphs else None
+
+
+def make_worker(pipe: Any, config: ServerConfig, metrics: Metrics, safety: Callable | None = None) -> Worker:
+    """The worker for `pipe`: batched decode on its staging thread (the batched frame path), or the former path."""
+    from server import codec
+
+    legacy = config.frame_path == "legacy"
+    decode = None if legacy else functools.partial(codec.decode_frames, size=int(pipe.size),
+                                                   device=getattr(pipe, "device", None))
+    return Worker(pipe, metrics, config.max_batch, config.batch_wait_ms, safety=safety, decode=decode,
+                  overlap=not legacy)
 
 
 def torch_threads(config: ServerConfig) -> int:

@@ -1,9 +1,11 @@
-"""The frame path of one session: decode -> one-slot mailbox -> worker -> encode -> the connection's outbox.
+"""The frame path of one session: header check -> one-slot mailbox -> worker (decode, models) -> encode -> outbox.
 
 `FrameStream` is also the worker's *Source* for its session. Threads: `prepare` and `control_frame` run on the event
-loop and push CPU work (decode, encode, control image) to the codec pool; `take_job`, `return_job` and the job
-callback run on the worker thread; results return to the loop with `call_soon_threadsafe`. Nothing here is shared
-with another session.
+loop; `prepare` checks the image header (size limits, bomb guard: errors go out at once) and keeps the frame encoded
+(server.codec.Encoded): the worker's staging thread decodes it with the rest of its batch.  `take_job`, `return_job`
+and the job callback run on the worker's threads; outputs are encoded on the codec pool and return to the loop with
+`call_soon_threadsafe`. Nothing here is shared with another session.  With `--frame-path legacy` (the former path,
+kept to measure against) `prepare` decodes and squares with PIL on the codec pool and outputs are encoded with PIL.
 """
 
 from __future__ import annotations
@@ -69,23 +71,22 @@ class FrameStream:
         self.deliver, self.report, self.fail = deliver, report, fail
         self.output_format = ImageFormat.from_name(app.config.output_format)
         self.quality = app.config.output_quality
+        self.legacy = app.config.frame_path == "legacy"
         self.last_served = 0.0  # worker fairness
         self.last_input: PendingFrame | None = None  # event loop only
 
     # --- event loop: incoming frames ----------------------------------------------------------------------------
     async def prepare(self, frame: InputFrame, received_at: float) -> None:
-        """Decode off the loop (skipped for an unchanged input) and post the frame to the mailbox."""
-        if frame.frame_id < self.session.last_frame_id:  # superseded before decoding started: newest wins
+        """Check the header (skipped for an unchanged input) and post the frame to the mailbox."""
+        if frame.frame_id < self.session.last_frame_id:  # superseded before its check started: newest wins
             self.app.metrics.frames.labels("dropped").inc()
             return
         digest = hashlib.blake2b(bytes([frame.fmt]) + frame.payload, digest_size=16).digest()
         known, image = self.session.known_input(digest)
         start = time.perf_counter()
         if not known and frame.fmt is not ImageFormat.NONE:
-            decode = functools.partial(codec.decode, frame.payload, frame.fmt, int(self.app.pipe.size),
-                                       self.app.image_limits, frame.frame_id)
             try:
-                image = await self.loop.run_in_executor(self.app.codec_pool, decode)
+                image = await self._check(frame)
             except ProtocolError as err:
                 self.report(err)
                 return
@@ -98,6 +99,18 @@ class FrameStream:
         if self.session.mailbox.put(pending) is not None:
             self.app.metrics.frames.labels("dropped").inc()
         self.app.worker.notify()
+
+    async def _check(self, frame: InputFrame) -> codec.Encoded | np.ndarray:
+        """The header check (a JPEG's on the loop: microseconds), or the former PIL decode on the codec pool."""
+        limits = self.app.image_limits
+        if self.legacy:
+            work = functools.partial(codec.decode, frame.payload, frame.fmt, int(self.app.pipe.size), limits,
+                                     frame.frame_id)
+        elif frame.fmt is ImageFormat.JPEG:
+            return codec.probe(frame.payload, frame.fmt, limits, frame.frame_id)
+        else:
+            work = functools.partial(codec.probe, frame.payload, frame.fmt, limits, frame.frame_id)
+        return await self.loop.run_in_executor(self.app.codec_pool, work)
 
     async def control_frame(self) -> OutgoingFrame:
         """The control image (inverted sketch / edges) of the latest input under the current parameters."""
@@ -113,8 +126,11 @@ class FrameStream:
                              OutputFlag.CONTROL, 0)
 
     def _encode_control(self, frame: PendingFrame, params: GenerationParams) -> bytes:
-        control = self.app.pipe.control_image(make_request(params, frame.image))
-        return codec.encode(np.asarray(control.convert("RGB")), self.output_format, self.quality)
+        image = codec.decode_frames([frame.image], int(self.app.pipe.size))[0]
+        if isinstance(image, ProtocolError):
+            raise ProtocolError(image.code, image.message, frame_id=frame.frame_id)
+        control = self.app.pipe.control_image(make_request(params, image))
+        return codec.encode(np.asarray(control.convert("RGB")), self.output_format, self.quality, pil=self.legacy)
 
     # --- worker thread: the Source protocol ---------------------------------------------------------------------
     @property
@@ -156,12 +172,12 @@ class FrameStream:
     def _encode(self, frame: PendingFrame, params: GenerationParams, result: JobResult) -> None:
         """Encode, remember for reuse, hand to the loop."""
         start = time.perf_counter()
-        payload = codec.encode(result.image, self.output_format, self.quality)
+        payload = codec.encode(result.image, self.output_format, self.quality, pil=self.legacy)
         encode_ms = (time.perf_counter() - start) * 1000.0
         if not result.flagged:
             self.session.remember_output(CachedOutput(frame.digest, params, self.output_format, payload))
         flags = OutputFlag.SAFETY_REPLACED if result.flagged else OutputFlag(0)
-        timings = FrameTimings(result.queue_ms, frame.decode_ms, result.inference_ms, encode_ms)
+        timings = FrameTimings(result.queue_ms, frame.decode_ms + result.stage_ms, result.inference_ms, encode_ms)
         self._to_loop(self.deliver, OutgoingFrame(frame.frame_id, frame.client_ts, frame.received_at,
                                                   self.output_format, payload, timings, flags, result.batch_size))
 
@@ -171,7 +187,9 @@ class FrameStream:
 
 
 def inference_error(exc: BaseException, frame_id: int) -> ProtocolError:
-    """The `error` a client gets when its batch failed (or the pipeline refused its request)."""
+    """The `error` a client gets when its frame did not decode, its batch failed, or the pipeline refused it."""
+    if isinstance(exc, ProtocolError):  # bad_image from the worker's decode
+        return ProtocolError(exc.code, exc.message, frame_id=frame_id, field=exc.field)
     if isinstance(exc, InvalidRequest):
         code = ErrorCode.IMAGE_REQUIRED if exc.field == "image" else ErrorCode.INVALID_PARAMS
         return ProtocolError(code, exc.message, frame_id=frame_id, field=exc.field)

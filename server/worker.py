@@ -1,19 +1,29 @@
-"""The inference worker: one thread that batches the newest frames of all ready sources into pipeline calls.
+"""The inference worker: batches the newest frames of all ready sources into pipeline calls, in two stages.
 
 A *source* is anything with a one-slot mailbox: a WebSocket connection (server/connection.py) or a one-shot request
 from `submit_one` (Gradio). Each round the scheduler looks at the sources with a pending job, least recently served
-first (fairness), groups jobs whose `pipe.batch_key` is equal, and runs the most-starved group, up to `max_batch`
-requests, in ONE pipeline call. Jobs that did not fit go back to their (one-slot) mailboxes unless a newer frame
-arrived meanwhile. An exception in the pipeline reaches only the jobs of that batch; the thread goes on.
+first (fairness), groups jobs whose `pipe.batch_key` is equal, and takes the most-starved group, up to `max_batch`
+requests, for ONE pipeline call. Jobs that did not fit go back to their (one-slot) mailboxes unless a newer frame
+arrived meanwhile. An exception in the pipeline reaches only the jobs of that batch; the threads go on.
+
+Stages (`overlap`, the default): the staging thread ("sdxs-stage") takes batch n+1 from the mailboxes, decodes its
+frames (`decode`: a bad frame is answered at once and leaves the batch) and runs `pipe.stage` (squaring, control
+images, uploads) while the model thread ("sdxs-worker") runs `pipe.run` on batch n; outputs come back as one host
+buffer per batch and are encoded by the sources on the codec threads while batch n+1 runs.  On CUDA the model thread
+does not wait for a batch to finish: a completion thread waits for its copy to the host and hands the results out.
+A pipeline without `stage`/`run` (test doubles) is called whole.  Warm-up (CUDA graph capture) runs on the model
+thread, the thread that replays the graphs, before the worker counts as ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +54,7 @@ class JobResult:
     inference_ms: float
     batch_size: int
     flagged: bool = False
+    stage_ms: float = 0.0  # the batch's decode and staging (before inference)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,36 +82,56 @@ class Worker:
     """Owns the pipeline once loaded; every inference in the process goes through `_run_batch` on one thread."""
 
     def __init__(self, pipe: Any, metrics: Metrics, max_batch: int = 8, batch_wait_ms: float = 0.0,
-                 safety: Callable[[list[np.ndarray]], list[bool]] | None = None):
+                 safety: Callable[[list[np.ndarray]], list[bool]] | None = None,
+                 decode: Callable[[list[Any]], list[Any]] | None = None, overlap: bool = True):
+        """`decode(images)`: the requests' images decoded (what it does not decode passes through; an exception in
+        place of a frame answers that job with it).  `overlap`: stage the next batch on a thread of its own."""
         self.pipe = pipe
         self.metrics = metrics
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.safety = safety
+        self.decode = decode
+        self.overlap = overlap
+        self.warm = threading.Event()  # set once warm-up has run on the model thread
+        self.failed: BaseException | None = None  # the warm-up's exception
+        self._warmup: Callable[[], None] | None = None
         self._sources: list[Source] = []
         self._wake = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="sdxs-worker", daemon=True)
+        self._staged: _Batch | None = None  # the hand-off from the staging thread to the model thread
+        self._threads = [threading.Thread(target=self._run, name="sdxs-worker", daemon=True)]
+        if overlap:
+            self._threads.append(threading.Thread(target=self._stage_loop, name="sdxs-stage", daemon=True))
+        self._completer: ThreadPoolExecutor | None = None  # CUDA: waits for a batch's copy to the host
         # counted when scraped, never stored: a stored count went stale when sessions left between rounds
         metrics.pending.set_function(self.pending_count)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, warmup: Callable[[], None] | None = None) -> None:
+        """Start the threads; `warmup` runs first on the model thread (`warm` is set after it, `failed` if it
+        raised)."""
+        self._warmup = warmup
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the batch in progress; waits at most `timeout` (the thread is a daemon: the server passes a
+        """Stop after the batch in progress; waits at most `timeout` (the threads are daemons: the server passes a
         short one, so that a long batch on a slow device cannot hold up its exit)."""
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
         self.join(timeout)
+        if self._completer is not None:
+            self._completer.shutdown(wait=False)
 
     def join(self, timeout: float) -> bool:
-        """Wait up to `timeout` for the thread to end (after `stop`); True when it has."""
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait up to `timeout` for the threads to end (after `stop`); True when they have."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def register(self, source: Source) -> None:
         with self._wake:
@@ -145,25 +176,69 @@ class Worker:
             if isinstance(result.error, InvalidRequest):
                 raise result.error
             raise InferenceError(str(result.error)) from result.error
-        return result.image
+        return np.array(result.image)  # a copy: the row is a view of the batch's host buffer
 
-    # --- the thread ---------------------------------------------------------------------------------------------
+    # --- the model thread ---------------------------------------------------------------------------------------
     def _run(self) -> None:
-        log.info("worker started (max_batch=%d)", self.max_batch)
-        while True:
-            with self._wake:
-                self._wake.wait_for(lambda: self._stopping or any(s.pending for s in self._sources))
-                if self.batch_wait_s:  # gather: give just-answered sessions a moment to send their next frame
-                    self._wake.wait_for(lambda: self._stopping or self._all_pending(), timeout=self.batch_wait_s)
-                if self._stopping:
-                    break
+        if self._warmup is not None:
             try:
-                batch = self._next_batch()
-                if batch:
+                self._warmup()
+            except BaseException as exc:  # noqa: BLE001 - reported by the loader (stage "failed")
+                log.exception("warm-up failed")
+                self.failed = exc
+                return
+        self.warm.set()
+        log.info("worker started (max_batch=%d, overlap=%s)", self.max_batch, self.overlap)
+        while (batch := self._take_staged() if self.overlap else self._stage_next()) is not _STOP:
+            try:
+                if batch is not None:
                     self._run_batch(batch)
             except Exception:  # a bug here must not kill inference for everyone: log it loudly and go on
                 log.exception("worker round failed")
         log.info("worker stopped")
+
+    def _take_staged(self) -> _Batch | object:
+        with self._wake:
+            self._wake.wait_for(lambda: self._stopping or self._staged is not None)
+            if self._stopping:
+                return _STOP
+            batch, self._staged = self._staged, None
+            self._wake.notify_all()  # the staging thread may take the next batch
+            return batch
+
+    def _wait_for_work(self, also: Callable[[], bool] = lambda: True) -> bool:
+        """Wait (holding `_wake`) until a source has a job and `also()`; then, with --batch-wait-ms, a moment more
+        for the other sessions. False when stopping."""
+        self._wake.wait_for(lambda: self._stopping or (also() and any(s.pending for s in self._sources)))
+        if self.batch_wait_s:  # gather: give just-answered sessions a moment to send their next frame
+            self._wake.wait_for(lambda: self._stopping or self._all_pending(), timeout=self.batch_wait_s)
+        return not self._stopping
+
+    def _stage_next(self) -> _Batch | object | None:
+        """Without overlap: the next batch, staged on the model thread itself."""
+        with self._wake:
+            if not self._wait_for_work():
+                return _STOP
+        return self._stage(self._next_batch())
+
+    # --- the staging thread -------------------------------------------------------------------------------------
+    def _stage_loop(self) -> None:
+        while not self.warm.wait(0.2):
+            if self._stopping or self.failed is not None:
+                return
+        while True:
+            with self._wake:
+                if not self._wait_for_work(lambda: self._staged is None):
+                    return
+            try:
+                batch = self._stage(self._next_batch())
+            except Exception:  # noqa: BLE001 - a bug: logged; the jobs taken are lost, the thread goes on
+                log.exception("staging a batch failed")
+                continue
+            if batch is not None:
+                with self._wake:
+                    self._staged = batch
+                    self._wake.notify_all()
 
     def _all_pending(self) -> bool:
         """Every source (up to max_batch of them) has a frame waiting: no reason to wait longer."""
@@ -195,29 +270,39 @@ class Worker:
             source.last_served = now
         return [job for _, job in chosen]
 
-    def _run_batch(self, jobs: list[Job]) -> None:
-        jobs = self._reject_invalid(jobs)
-        if not jobs:
-            return
+    def _stage(self, jobs: list[Job]) -> _Batch | None:
+        """Decode the batch's frames (answering the ones that fail), check the requests, run `pipe.stage`."""
         start = time.perf_counter()
-        for job in jobs:
-            self.metrics.queue_wait.observe(start - job.received_at)
+        jobs = self._reject_invalid(self._decoded(jobs))
+        if not jobs:
+            return None
+        batch = _Batch(jobs)
+        if hasattr(self.pipe, "stage"):
+            try:
+                batch.staged = self.pipe.stage([job.request for job in jobs])
+            except Exception as exc:  # noqa: BLE001 - answered by the model thread, to exactly this batch
+                batch.error = exc
+        batch.stage_ms = (time.perf_counter() - start) * 1000.0
+        return batch
+
+    def _decoded(self, jobs: list[Job]) -> list[Job]:
+        if self.decode is None or not jobs:
+            return jobs
         try:
-            images = self._infer(jobs)
-            flagged = self.safety(images) if self.safety is not None else [False] * len(images)
-        except InvalidRequest as exc:
-            if len(jobs) > 1:  # one bad request must not fail the others: run them one by one
-                for job in jobs:
-                    self._run_batch([job])
-                return
-            self._finish(jobs, start, error=exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - reported to exactly this batch's clients, logged, worker goes on
-            log.error("inference failed for a batch of %d: %r", len(jobs), exc)
-            self._finish(jobs, start, error=exc)
-            return
-        images = [np.zeros_like(im) if bad else im for im, bad in zip(images, flagged, strict=True)]
-        self._finish(jobs, start, images=images, flagged=flagged)
+            images = self.decode([job.request.image for job in jobs])
+        except Exception as exc:  # noqa: BLE001 - a decoder bug: this batch's clients are told, the thread goes on
+            log.exception("decoding a batch failed")
+            self._finish(jobs, time.perf_counter(), error=exc)
+            return []
+        kept = []
+        for job, image in zip(jobs, images, strict=True):
+            if isinstance(image, BaseException):  # bad_image: answered now, never in the batch
+                self._finish([job], time.perf_counter(), error=image)
+            elif image is job.request.image:
+                kept.append(job)
+            else:
+                kept.append(dataclasses.replace(job, request=dataclasses.replace(job.request, image=image)))
+        return kept
 
     def _reject_invalid(self, jobs: list[Job]) -> list[Job]:
         """Answer requests the pipeline cannot run (`pipe.check`) before they could fail a whole batch."""
@@ -234,14 +319,68 @@ class Worker:
             valid.append(job)
         return valid
 
-    def _infer(self, jobs: list[Job]) -> list[np.ndarray]:
+    # --- running a batch (model thread) ---------------------------------------------------------------------------
+    def _run_batch(self, batch: _Batch) -> None:
+        jobs, start = batch.jobs, time.perf_counter()
+        if not jobs:
+            return
+        for job in jobs:
+            self.metrics.queue_wait.observe(start - job.received_at)
+        try:
+            if batch.error is not None:
+                raise batch.error
+            if batch.staged is None:  # a pipeline without phases
+                self._finish_images(batch, start, self._call_whole(jobs))
+                return
+            host, ready = self.pipe.to_host(self.pipe.run(batch.staged))
+        except InvalidRequest as exc:
+            if len(jobs) > 1:  # one bad request must not fail the others: run them one by one
+                for job in jobs:
+                    if (alone := self._stage([job])) is not None:
+                        self._run_batch(alone)
+                return
+            self._finish(jobs, start, error=exc, stage_ms=batch.stage_ms)
+            return
+        except Exception as exc:  # noqa: BLE001 - reported to exactly this batch's clients, logged, worker goes on
+            log.error("inference failed for a batch of %d: %r", len(jobs), exc)
+            self._finish(jobs, start, error=exc, stage_ms=batch.stage_ms)
+            return
+        if ready is None:
+            self._finish_images(batch, start, list(host.numpy()))
+            return
+        if self._completer is None:
+            self._completer = ThreadPoolExecutor(1, thread_name_prefix="sdxs-complete")
+        self._completer.submit(self._complete, batch, start, host, ready)
+
+    def _complete(self, batch: _Batch, start: float, host: Any, ready: Any) -> None:
+        """CUDA: wait for the batch's copy to the host, then hand out the rows (off the model thread)."""
+        try:
+            ready.synchronize()
+            self._finish_images(batch, start, list(host.numpy()))
+        except Exception as exc:  # noqa: BLE001 - reported to exactly this batch's clients
+            log.error("inference failed for a batch of %d: %r", len(batch.jobs), exc)
+            self._finish(batch.jobs, start, error=exc, stage_ms=batch.stage_ms)
+
+    def _call_whole(self, jobs: list[Job]) -> list[np.ndarray]:
         images = self.pipe([job.request for job in jobs], output_type="np")
         if len(images) != len(jobs):
             raise RuntimeError(f"pipeline returned {len(images)} images for {len(jobs)} requests")
         return images
 
+    def _finish_images(self, batch: _Batch, start: float, images: list[np.ndarray]) -> None:
+        if not batch.jobs:
+            return
+        try:
+            flagged = self.safety(images) if self.safety is not None else [False] * len(images)
+        except Exception as exc:  # noqa: BLE001 - the checker failed: this batch's clients are told
+            log.error("safety check failed for a batch of %d: %r", len(images), exc)
+            self._finish(batch.jobs, start, error=exc, stage_ms=batch.stage_ms)
+            return
+        images = [np.zeros_like(im) if bad else im for im, bad in zip(images, flagged, strict=True)]
+        self._finish(batch.jobs, start, images=images, flagged=flagged, stage_ms=batch.stage_ms)
+
     def _finish(self, jobs: list[Job], start: float, images: list[np.ndarray] | None = None,
-                flagged: list[bool] | None = None, error: BaseException | None = None) -> None:
+                flagged: list[bool] | None = None, error: BaseException | None = None, stage_ms: float = 0.0) -> None:
         inference_ms = (time.perf_counter() - start) * 1000.0
         self.metrics.batch_size.observe(len(jobs))
         self.metrics.inference.observe(inference_ms / 1000.0)
@@ -249,12 +388,25 @@ class Worker:
             result = JobResult(
                 image=None if images is None else images[i], error=error,
                 queue_ms=(start - job.received_at) * 1000.0, inference_ms=inference_ms, batch_size=len(jobs),
-                flagged=bool(flagged[i]) if flagged else False,
+                flagged=bool(flagged[i]) if flagged else False, stage_ms=stage_ms,
             )
             try:
                 job.on_done(result)
             except Exception:  # a bug in one callback must not stop the others or the worker
                 log.exception("job callback failed")
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Jobs taken together, and what `pipe.stage` made of them (or the exception it raised)."""
+
+    jobs: list[Job]
+    staged: Any = None
+    error: BaseException | None = None
+    stage_ms: float = 0.0
+
+
+_STOP = object()
 
 
 def make_request(params: GenerationParams, image: np.ndarray | None) -> Any:

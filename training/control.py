@@ -1,14 +1,16 @@
 """Control images extracted from pixels, for ControlNet training and the edge-F1 metric.
 
 Input pixels (B, 3, H, W) in [-1, 1]; output control images (B, 3, H, W) in [0, 1], white edges on black (the
-released sketch ControlNet's convention).
+released sketch ControlNet's convention).  ``canny`` and ``sketch`` are the server's own (``sdxs.control``, applied to
+the pixels rounded to uint8 as a served frame is), so a ControlNet trained here sees the edges it is served.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from sdxs import control
 
 
 def sobel_edges(pixels: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
@@ -23,13 +25,14 @@ def sobel_edges(pixels: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
     return (mag / peak > threshold).float()
 
 
-def canny_edges(pixels: torch.Tensor, low: int = 80, high: int = 160) -> torch.Tensor:
-    """Canny edges (B, 1, H, W) in {0, 1} via OpenCV (as ``sdxs.preprocess.edge_control`` at serving time)."""
-    import cv2
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float (B, 3, H, W) -> uint8 RGB (B, 3, H, W), rounded as an image file stores it."""
+    return (((pixels.float() + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8)
 
-    grey = (((pixels.float().mean(1) + 1) / 2).clamp(0, 1) * 255).round().byte().cpu().numpy()
-    edges = np.stack([cv2.Canny(g, low, high) > 0 for g in grey])
-    return torch.from_numpy(edges).float()[:, None].to(pixels.device)
+
+def canny_edges(pixels: torch.Tensor, low: int = 80, high: int = 160) -> torch.Tensor:
+    """Canny edges (B, 1, H, W) in {0, 1}: the server's edge mode (``sdxs.control.canny``)."""
+    return (control.canny(to_uint8(pixels), low, high) > 0).float()
 
 
 def extract_control(pixels: torch.Tensor, kind: str = "canny") -> torch.Tensor:
@@ -39,7 +42,7 @@ def extract_control(pixels: torch.Tensor, kind: str = "canny") -> torch.Tensor:
     elif kind == "sobel":
         edges = sobel_edges(pixels)
     elif kind == "sketch":
-        edges = 1 - ((pixels.float().mean(1, keepdim=True) + 1) / 2).clamp(0, 1)
+        edges = control.sketch(to_uint8(pixels)).float() / 255.0
     else:
         raise ValueError(f"unknown control kind {kind!r}")
     return edges.expand(-1, 3, -1, -1).contiguous()

@@ -1,4 +1,8 @@
-"""Our one-step pipeline against diffusers' own pipelines with the same weights, seed and settings (fp32, CPU)."""
+"""Our one-step pipeline against diffusers' own pipelines with the same weights, seed and settings (fp32, CPU).
+
+Both get the same model input: the frame as our pipeline squares it (``pipe.square``) and the control image it makes
+(``pipe.control_image``); how a frame is squared and its control image extracted is pinned in test_frames.py and
+test_control.py."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from diffusers import (
 )
 
 from sdxs import GenerationParams, GenerationRequest, Mode
-from sdxs.preprocess import edge_control, sketch_control, to_rgb_square
+from sdxs.frames import to_pil
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def test_image_mode_equals_img2img_at_the_same_single_timestep(pipe, reference, 
     """strength s runs one step at t = 1000 s - 1: diffusers' img2img with round(1/s) trailing steps does the same."""
     img2img = StableDiffusionImg2ImgPipeline(**reference.components)
     img2img.set_progress_bar_config(disable=True)
-    square = to_rgb_square(photo, pipe.size)
+    square = to_pil(pipe.square([photo])[0])
     expected = img2img("a watercolor landscape", image=square, strength=strength, num_inference_steps=steps,
                        guidance_scale=0.0, generator=seeded(3)).images[0]
     got = ours(pipe, prompt="a watercolor landscape", seed=3, mode="image", strength=strength, image=photo)
@@ -61,8 +65,7 @@ def test_control_modes_equal_controlnet_pipeline(pipe, reference, tiny_model_dir
     cn_pipe = StableDiffusionControlNetPipeline(**reference.components, controlnet=controlnet)
     cn_pipe.set_progress_bar_config(disable=True)
     source = sketch if mode == "sketch" else photo
-    square = to_rgb_square(source, pipe.size)
-    control = sketch_control(square) if mode == "sketch" else edge_control(square)
+    control = pipe.control_image(GenerationRequest(GenerationParams(mode=mode), source))
     expected = cn_pipe("a house by a lake", image=control, num_inference_steps=1, guidance_scale=0.0,
                        controlnet_conditioning_scale=0.6, generator=seeded(5)).images[0]
     got = ours(pipe, prompt="a house by a lake", seed=5, mode=mode, control_scale=0.6, image=source)

@@ -24,7 +24,8 @@ from server.config import ServerConfig  # noqa: E402
 
 
 class FaultyPipe:
-    """Test hook wrapping the real pipeline: a batch with prompt "FAIL" raises, one with "SLOW" takes 0.6 s longer."""
+    """Test hook wrapping the real pipeline: a batch with prompt "FAIL" raises, one with "SLOW" takes 0.6 s longer
+    (in `run`, the model phase the worker calls, and in a whole call)."""
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
@@ -33,13 +34,20 @@ class FaultyPipe:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.pipe, name)
 
-    def __call__(self, requests, output_type: str = "pil"):
-        prompts = {r.params.prompt for r in requests}
+    def _faults(self, params) -> None:
+        prompts = {p.prompt for p in params}
         if "FAIL" in prompts:
             raise RuntimeError("injected failure")
         if "SLOW" in prompts:
             time.sleep(0.6)
-        self.calls.append(len(requests))
+        self.calls.append(len(params))
+
+    def run(self, staged):
+        self._faults(staged.params)
+        return self.pipe.run(staged)
+
+    def __call__(self, requests, output_type: str = "pil"):
+        self._faults([r.params for r in requests])
         return self.pipe(requests, output_type=output_type)
 
 

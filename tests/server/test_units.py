@@ -227,9 +227,9 @@ def test_worker_batches_by_key_fairly_and_isolates_errors():
     for s in sources:
         s.load()
         worker.register(s)
-    worker._run_batch(worker._next_batch())  # a + bb (max_batch 2, least recently served first)
-    worker._run_batch(worker._next_batch())  # ccc: never served, first in line; its key differs from the rest
-    worker._run_batch(worker._next_batch())  # boom + dd in one batch, which fails
+    worker._run_batch(worker._stage(worker._next_batch()))  # a + bb (max_batch 2, least recently served first)
+    worker._run_batch(worker._stage(worker._next_batch()))  # ccc: never served, first in line; another key
+    worker._run_batch(worker._stage(worker._next_batch()))  # boom + dd in one batch, which fails
     assert pipe.batches == [["a", "bb"], ["ccc"], ["boom", "dd"]]
     assert sources[3].results[0].error is not None and sources[4].results[0].error is not None
     assert all(s.results[0].error is None and s.results[0].batch_size >= 1 for s in sources[:3])
@@ -251,7 +251,7 @@ def test_worker_thread_submit_one_invalid_request_and_safety():
         assert ok[0, 0, 0] == 3 and flagged.max() == 0  # the flagged image was replaced by a blank one
     finally:
         worker.stop()
-    assert not worker._thread.is_alive()  # this worker's thread (another server's may still finish its batch)
+    assert not any(t.is_alive() for t in worker._threads)  # this worker's threads (another server's may still run)
 
 
 def test_config_flags_beat_env_beat_defaults():
