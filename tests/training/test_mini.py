@@ -49,7 +49,7 @@ def test_ablations_of_stages_2_4_and_5_rerun_from_the_toy_run(toy_run):
 
     root, _ = toy_run
     work, out = root / "work", root / "abl"
-    common = ["--work", str(work), "--out", str(out), "--eval-per-class", "2", "--threads", "0"]
+    common = ["--work", str(work), "--out", str(out), "--eval-per-class", "2", "--threads", "1"]
     four = ablate.main(["fm4", json.dumps({"fm_weight": 4.0}), *common])
     five = ablate.main(["cn", "{}", "--stage", "5", *common])
     ema = ablate.main(["ema", json.dumps({"from_warmup_weights": True, "ema_decay": 0.9}), *common])
