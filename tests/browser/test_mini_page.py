@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 from browser_helpers import draw_stroke, frames_drawn, start, wait_status
-from digit_strokes import STROKES
+from digit_strokes import STROKES, WIDTH
 from safetensors.torch import load_file
 
 from sdxs.loading import MINI_DIR
 from training.mini import data as mdata
 from training.mini.metrics import DigitClassifier
 
-BRUSH = 40  # the page's largest brush: about the stroke width of the miniature's 32x32 training digits
 
 OUTPUT_PIXELS = """() => {
   const c = document.getElementById('output');
@@ -69,7 +68,8 @@ def test_sketched_digits_come_back_as_those_digits(mini_app, open_page, classifi
     start(page)
     wait_status(page, "Live")
     page.wait_for_function("() => document.getElementById('p-mode').value === 'sketch'")
-    page.eval_on_selector("#brush-size", "(r, v) => { r.value = v; r.dispatchEvent(new Event('input')); }", BRUSH)
+    brush = round(WIDTH * page.locator("#sketch").bounding_box()["width"])  # in screen pixels, as the slider is
+    page.eval_on_selector("#brush-size", "(r, v) => { r.value = v; r.dispatchEvent(new Event('input')); }", brush)
     seen = []
     for digit in range(10):
         page.click("#clear")
