@@ -14,7 +14,6 @@ from sdxs.loading import MINI_DIR
 from training.mini import data as mdata
 from training.mini.metrics import DigitClassifier
 
-
 OUTPUT_PIXELS = """() => {
   const c = document.getElementById('output');
   return { w: c.width, h: c.height, data: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data) };

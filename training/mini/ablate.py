@@ -31,7 +31,7 @@ import yaml
 from training.mini import data as mdata
 from training.mini import run as mini
 from training.mini.folders import fresh_folder
-from training.mini.metrics import edge_f1, psnr, train_classifier
+from training.mini.metrics import cached_classifier, edge_f1, psnr
 from training.mini.prepare import encode
 from training.models import load_controlnet, load_part, load_tiny_vae
 from training.stages import distill_decoder, onestep, onestep_controlnet
@@ -74,13 +74,18 @@ def main(argv=None) -> dict:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     started = time.time()
     {2: distill_decoder, 4: onestep, 5: onestep_controlnet}[args.stage].main(["--config", str(out / "config.yaml")])
-    result = {"name": args.name, "stage": args.stage, "overrides": overrides, "from_scratch": from_scratch,
-              "from_warmup_weights": from_weights,
-              "train_s": round(time.time() - started)}
+    result = {
+        "name": args.name,
+        "stage": args.stage,
+        "overrides": overrides,
+        "from_scratch": from_scratch,
+        "from_warmup_weights": from_weights,
+        "train_s": round(time.time() - started),
+    }
 
     mini.EVAL_PER_CLASS = args.eval_per_class
     digits = mdata.digits(32, seed=0)
-    evaluator = mini.Evaluator(work, train_classifier(digits.train, digits.train_labels, seed=0), digits, 0)
+    evaluator = mini.Evaluator(work, cached_classifier(work, digits.train, digits.train_labels), digits, 0)
     if args.stage == 4:
         result["onestep"] = evaluator.score("onestep", evaluator.onestep(load_part(out / "final", "unet")))
     elif args.stage == 2:

@@ -7,10 +7,12 @@ A small CNN classifier trained on the real (train) digits gives both the feature
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from scipy import linalg
 from torch import nn
 
@@ -53,6 +55,24 @@ def train_classifier(pixels: torch.Tensor, labels: torch.Tensor, epochs: int = 1
             loss.backward()
             opt.step()
     return model.eval()
+
+
+def cached_classifier(work: str | Path, pixels: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> DigitClassifier:
+    """``train_classifier``'s model for ``seed``, trained once per work folder and kept there.
+
+    The run, its ablations, the spread and the packaging all score with the same classifier; training is
+    deterministic, so the saved weights are the ones a retraining would give.  Delete ``<work>/classifier`` after
+    changing the digits.
+    """
+    path = Path(work) / "classifier" / f"seed-{seed}.safetensors"
+    if path.exists():
+        model = DigitClassifier()
+        model.load_state_dict(load_file(path))
+        return model.eval()
+    model = train_classifier(pixels, labels, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return model
 
 
 @torch.no_grad()

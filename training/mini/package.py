@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from training.mini import data as mdata
-from training.mini.metrics import train_classifier
+from training.mini.metrics import cached_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTES = {
@@ -35,11 +35,11 @@ NOTES = {
 }
 
 
-def classifier_weights(seed: int) -> dict[str, torch.Tensor]:
-    """The run's digit classifier, retrained deterministically from the same digits and seed."""
+def classifier_weights(work: Path, seed: int) -> dict[str, torch.Tensor]:
+    """The run's digit classifier: the one it kept in ``work`` (or a deterministic retraining with its seed)."""
     digits = mdata.digits(32, seed=seed)
-    return {k: v.contiguous() for k, v in train_classifier(digits.train, digits.train_labels, seed=seed)
-            .state_dict().items()}
+    model = cached_classifier(work, digits.train, digits.train_labels, seed=seed)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
 def copy_configs(work: Path, out: Path) -> list[str]:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> Path:
         shutil.rmtree(out)
     shutil.copytree(work / "export", out)
     (out / "sdxs_model.json").write_text(json.dumps(NOTES, indent=2) + "\n")
-    save_file(classifier_weights(args.seed), str(out / "digit_classifier.safetensors"))
+    save_file(classifier_weights(work, args.seed), str(out / "digit_classifier.safetensors"))
     configs = copy_configs(work, out / "training_configs")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "unknown"

@@ -26,7 +26,7 @@ from training.images import make_grid, save_image
 from training.mini import data as mdata
 from training.mini import models
 from training.mini.folders import fresh_folder
-from training.mini.metrics import classify, edge_f1, frechet_distance, psnr, train_classifier
+from training.mini.metrics import cached_classifier, classify, edge_f1, frechet_distance, psnr
 from training.mini.prepare import CONTROL_KIND, build_teacher, log
 from training.models import load_controlnet, load_part, load_text_encoder, load_tiny_vae
 from training.sampling import ddim_sample, onestep_sample
@@ -262,7 +262,7 @@ def main(argv=None) -> dict:
 
     # 1. givens
     prepare_losses = build_teacher(work, digits.train, captions, mixed, steps, seed=args.seed)
-    classifier = train_classifier(digits.train, digits.train_labels, seed=args.seed)
+    classifier = cached_classifier(work, digits.train, digits.train_labels, seed=args.seed)
     mark("teacher_vae_unet_controlnet_classifier")
     teacher = str(work / "teacher")
     data = dict(kind="folder", path=str(digit_dir), resolution=32, cache_dir=str(work / "cache"))

@@ -18,7 +18,7 @@ import torch
 
 from training.mini import data as mdata
 from training.mini import run as mini
-from training.mini.metrics import train_classifier
+from training.mini.metrics import cached_classifier
 from training.models import load_part
 
 ONE_STEP = {
@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     mini.EVAL_PER_CLASS = args.eval_per_class
     work = Path(args.work)
     digits = mdata.digits(32, seed=0)
-    classifier = train_classifier(digits.train, digits.train_labels, seed=0)
+    classifier = cached_classifier(work, digits.train, digits.train_labels)
     students = {name: load_part(work / path, "unet") for name, path in ONE_STEP.items()}
     scores: dict[str, list[dict]] = {}
     for seed in args.seeds:

@@ -21,7 +21,7 @@ from training.control import extract_control
 from training.mini import data as mdata
 from training.mini import prepare
 from training.mini import run as mini
-from training.mini.metrics import edge_f1, train_classifier
+from training.mini.metrics import cached_classifier, edge_f1
 from training.models import load_part, load_text_encoder
 
 
@@ -47,7 +47,7 @@ def main(argv=None) -> list[dict]:
     latents, embeds, uncond = prepare.encode(vae, digits.train), text(captions), text([""])
     controls = extract_control(digits.train, prepare.CONTROL_KIND)
     mini.EVAL_PER_CLASS = args.per_class
-    evaluator = mini.Evaluator(work, train_classifier(digits.train, digits.train_labels, seed=0), digits, 0)
+    evaluator = mini.Evaluator(work, cached_classifier(work, digits.train, digits.train_labels), digits, 0)
     held_out = mini.eval_controls(digits)
     rows = []
     for variant in args.variants:
