@@ -10,7 +10,8 @@ nothing is answered from the reuse cache) keeping `--in-flight` frames unanswere
 load runs, one session with one frame in flight measures the server's overhead: end-to-end latency minus inference.
 
 Reported per run: per-session FPS, aggregate FPS, end-to-end latency p50/p95/p99 (client send -> output received,
-same clock), inference p50, overhead p50, fairness (slowest session FPS / fastest), mean batch size, errors and
+same clock), inference p50, overhead p50, fairness (slowest session FPS / fastest, counted in the window where
+every session streams; `fairness_whole_sessions` counts each session's own run), mean batch size, errors and
 server RSS at start and end (from /metrics, sampled ~30 times per run; growth is counted from 20% into the run).
 JSON goes to bench/results/load-<name>-<time>.json.
 """
@@ -52,7 +53,14 @@ class SessionStats:
     latencies_ms: list[float] = field(default_factory=list)
     inference_ms: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    output_times: list[float] = field(default_factory=list)  # perf_counter() seconds at each output
+    started: float = 0.0
     duration_s: float = 0.0
+
+    def fps_within(self, start: float, end: float) -> float:
+        """Outputs per second between two perf_counter() times."""
+        inside = sum(start <= t < end for t in self.output_times)
+        return inside / (end - start) if end > start else 0.0
 
     @property
     def fps(self) -> float:
@@ -79,7 +87,7 @@ async def run_session(url: str, frames: list[bytes], duration: float, in_flight:
     if client.welcome["state"] != "active":
         await client.expect("state", timeout=duration + 60)
     stats, unanswered = SessionStats(), collections.deque()
-    start = time.perf_counter()
+    start = stats.started = time.perf_counter()
     i = 0
     while time.perf_counter() - start < duration:
         while len(unanswered) < in_flight:
@@ -94,6 +102,7 @@ async def run_session(url: str, frames: list[bytes], duration: float, in_flight:
             unanswered.popleft()
         if isinstance(message, OutputFrame):
             stats.outputs += 1
+            stats.output_times.append(now_ms / 1000.0)
             stats.latencies_ms.append(now_ms - message.client_ts)
             stats.inference_ms.append(message.timings.inference_ms)
             stats.batch_sizes.append(message.batch_size)
@@ -119,10 +128,17 @@ def summarize(sessions: int, in_flight: int, stats: list[SessionStats], rss: tup
     inference = [v for s in stats for v in s.inference_ms]
     overhead = [lat - inf for s in stats for lat, inf in zip(s.latencies_ms, s.inference_ms, strict=True)]
     fps = [s.fps for s in stats]
+    # fairness over the window in which every session streamed: sessions start a little apart (admission, welcome)
+    # and the first to finish leave the rest a lighter server, which says nothing about how batches are shared
+    common = (max(s.started for s in stats), min(s.started + s.duration_s for s in stats))
+    shared = [s.fps_within(*common) for s in stats]
     batches = [b for s in stats for b in s.batch_sizes]
     return {
         "sessions": sessions, "in_flight": in_flight, "per_session_fps": [round(f, 3) for f in fps],
-        "aggregate_fps": round(sum(fps), 3), "fairness": round(min(fps) / max(fps), 3) if max(fps) else 0.0,
+        "aggregate_fps": round(sum(fps), 3),
+        "fairness": round(min(shared) / max(shared), 3) if max(shared) else 0.0,
+        "fairness_whole_sessions": round(min(fps) / max(fps), 3) if max(fps) else 0.0,
+        "common_window_s": round(common[1] - common[0], 1),
         "latency_ms": {q: round(percentile(latencies, int(q[1:])), 1) for q in ("p50", "p95", "p99")},
         "inference_ms_p50": round(percentile(inference, 50), 1),
         "overhead_ms_p50": round(percentile(overhead, 50), 1),
