@@ -52,7 +52,7 @@ def create_app(config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None 
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        return JSONResponse(state.loading, status_code=200 if state.ready else 503)
+        return JSONResponse({**state.loading, "devices": state.devices}, status_code=200 if state.ready else 503)
 
     @app.get("/config.json")
     def config_json() -> dict:
