@@ -118,6 +118,8 @@ class Connection:
     def _admit_connection(self) -> None:
         if self.app.stopping:
             self.close(GoodbyeReason.SERVER_SHUTDOWN)
+        elif not self.app.live["available"]:
+            self._fatal(ProtocolError(ErrorCode.NO_LIVE_STREAM, self.app.live["reason"]))
         elif not self.app.ready:
             self._fatal(ProtocolError(ErrorCode.MODEL_LOADING, "the model is still loading; poll readyz and "
                                       "reconnect"))

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sdxs.errors import WeightsUnavailable
+from server import zerogpu
 from server.admission import Admission
 from server.codec import ImageLimits
 from server.config import ServerConfig
@@ -56,6 +57,7 @@ class LoadingStatus:
 class AppState:
     def __init__(self, config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None = None):
         self.config = config
+        self.zero_gpu = zerogpu.detect()  # a GPU per Gradio request only: no live stream (server/zerogpu.py)
         self.wrap_pipeline = wrap_pipeline  # test hook: e.g. a wrapper that injects inference errors
         self.metrics = Metrics()
         self.load_status = LoadingStatus()
@@ -82,6 +84,13 @@ class AppState:
     @property
     def ready(self) -> bool:
         return self.worker is not None
+
+    @property
+    def live(self) -> dict:
+        """`live` of /config.json: whether this server serves the real-time stream, and if not, why."""
+        if self.zero_gpu:
+            return {"available": False, "reason": zerogpu.NO_LIVE_REASON}
+        return {"available": True, "reason": None}
 
     @property
     def devices(self) -> list[dict]:
@@ -169,7 +178,9 @@ class AppState:
             pool = DevicePool(slots, self.metrics, self.config.device_max_failures)
             self.load_status.set("warming_up", 0.8)
             for slot in loaded:  # on each worker's own thread: CUDA graphs are replayed by the capturing thread
-                slot.worker.start(warmup=functools.partial(slot.pipe.warmup, slot.pipe.buckets or (1,)))
+                # ZeroGPU: no GPU outside a @spaces.GPU call, so no warm-up (the first request pays it)
+                warmup = None if self.zero_gpu else functools.partial(slot.pipe.warmup, slot.pipe.buckets or (1,))
+                slot.worker.start(warmup=warmup)
             self._warming, self.pool = pool, pool
         while not all(slot.worker.warm.is_set() or slot.worker.failed is not None for slot in loaded):
             if self._stopping.wait(0.05):
@@ -190,6 +201,8 @@ class AppState:
     def _load_slot(self, slot: DeviceSlot, count: int) -> str | None:
         """Load `slot`'s pipeline (with the download retries); its error message, or None when it loaded."""
         config = slot_config(self.config, slot.spec.device, count)
+        if self.zero_gpu:  # graphs captured inside one @spaces.GPU call cannot be replayed in the next
+            config = config.model_copy(update={"cuda_graphs": "off"})
         try:
             pipe = self._attempts(functools.partial(load_pipeline, config, self.load_status))
         except _LoadFailed as exc:
