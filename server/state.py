@@ -117,6 +117,9 @@ class AppState:
                 "example_prompts": list(notes.get("example_prompts", []))}
 
     def start_loading(self) -> None:
+        """Start the loader thread (once: a second call, e.g. the lifespan's under Ray Serve, does nothing)."""
+        if self._loader is not None:
+            return
         self._loader = threading.Thread(target=self._load, name="sdxs-loader", daemon=True)
         self._loader.start()
 
