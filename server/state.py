@@ -1,8 +1,9 @@
-"""Application state shared by the routes: config, loading progress, the pipeline's worker, admission, metrics.
+"""Application state shared by the routes: config, loading progress, the devices' workers, admission, metrics.
 
-The pipeline is loaded and warmed up on a background thread started by the lifespan, so `/`, `/healthz` and
-`/readyz` answer while it loads. Non-WebSocket callers (Gradio) use `app_state.worker.submit_one(...)`; see
-docs/protocol.md section 10.
+The pipelines (one per device of `--devices`, else one) are loaded and warmed up on a background thread started by
+the lifespan, so `/`, `/healthz` and `/readyz` answer while they load; `worker` is then a `server.devices.DevicePool`
+that places every session on one device's worker.  Non-WebSocket callers (Gradio) use
+`app_state.worker.submit_one(...)`; see docs/protocol.md section 10.
 """
 
 from __future__ import annotations

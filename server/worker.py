@@ -79,7 +79,8 @@ class Source(Protocol):
 
 
 class Worker:
-    """Owns the pipeline once loaded; every inference in the process goes through `_run_batch` on one thread."""
+    """Owns one device's pipeline once loaded; every inference on that device goes through `_run_batch` on one
+    thread.  With `--devices`, server/devices.py runs one Worker per device and places sessions among them."""
 
     def __init__(self, pipe: Any, metrics: Metrics, max_batch: int = 8, batch_wait_ms: float = 0.0,
                  safety: Callable[[list[np.ndarray]], list[bool]] | None = None,

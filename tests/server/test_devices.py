@@ -230,3 +230,36 @@ def test_two_cpu_devices_share_sessions_and_survive_a_persistent_fault(tiny_mode
         assert 'sdxs_device_frames_per_second{device="cpu:0"}' in metrics
     finally:
         server.stop()
+
+
+def test_a_device_that_fails_to_load_is_reported_and_the_others_serve(tiny_model_dir, monkeypatch):
+    from server import state as state_module
+
+    real_load, calls = state_module.load_pipeline, []
+
+    def load(config, status):
+        calls.append(config.device)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: out of memory (injected)")
+        return real_load(config, status)
+
+    monkeypatch.setattr(state_module, "load_pipeline", load)
+    server = RunningServer(tiny_config(tiny_model_dir, devices="cpu,cpu", torch_threads=1)).start().wait_ready()
+    try:
+        devices = server.get("/readyz").json()["devices"]
+        assert [(d["device"], d["ready"], d["in_rotation"]) for d in devices] == [
+            ("cpu:0", True, True),
+            ("cpu:1", False, False),
+        ]
+        assert "out of memory (injected)" in devices[1]["error"]
+
+        async def go():
+            client = await Client.open(server.url, {"params": {"mode": "image"}})
+            frame_id = await client.send_frame(encode_image(noise_image(128, 1)))
+            await client.expect_output(frame_id)
+            await client.close()
+
+        asyncio.run(go())
+        assert 'sdxs_device_in_rotation{device="cpu:1"} 0.0' in server.get("/metrics").text
+    finally:
+        server.stop()
