@@ -60,7 +60,9 @@ function buildControls(schema, model, params) {
 
 /** No live stream here (ZeroGPU: a GPU per request): say why and offer the Gradio tabs. */
 function noLive({ reason }) {
-  status.error(reason || plainError("no_live_stream"), "Open the Gradio tabs", () => location.assign("gradio/"));
+  status.set(Phase.ENDED, "No live stream");
+  status.show(reason || plainError("no_live_stream"),
+    { action: "Open the Gradio tabs", onAction: () => location.assign("gradio/") });
 }
 
 session.addEventListener("nolive", (e) => {
