@@ -66,7 +66,7 @@ class AppState:
         self.admission = Admission(config.max_sessions, config.max_queue, config.max_sessions_per_client,
                                    self.metrics)
         self.image_limits = ImageLimits(config.min_image_side, config.max_image_side, config.max_image_pixels)
-        self.pipe: Any = None
+        self._pipe: Any = None  # the first warm device's pipeline; see `pipe`
         self.worker: DevicePool | None = None  # routes sources to the devices' workers; None until ready
         self._warming: DevicePool | None = None  # started, still warming up (capturing CUDA graphs) on its threads
         self.pool: DevicePool | None = None  # the devices (one without --devices), from the start of the warm-up
@@ -85,6 +85,13 @@ class AppState:
     @property
     def ready(self) -> bool:
         return self.worker is not None
+
+    @property
+    def pipe(self) -> Any:
+        """A pipeline of a device in rotation (every device holds the same model), for parameter checks, control
+        images and the model's description; None until ready."""
+        serving = self.pool.serving if self.pool is not None and self.worker is not None else []
+        return serving[0].pipe if serving else self._pipe
 
     @property
     def live(self) -> dict:
@@ -198,7 +205,7 @@ class AppState:
         with self._start_lock:
             if self._stopping.is_set():
                 return
-            self.pipe, self.worker = warm[0].pipe, pool
+            self._pipe, self.worker = warm[0].pipe, pool
         self.metrics.model_ready.set(1)
         self.load_status.set("ready", 1.0)
 

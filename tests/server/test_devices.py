@@ -222,6 +222,7 @@ def test_two_cpu_devices_share_sessions_and_survive_a_persistent_fault(tiny_mode
         devices = {d["device"]: d for d in ready.json()["devices"]}
         assert devices["cpu:1"]["in_rotation"] is False and "injected device fault" in devices["cpu:1"]["error"]
         assert devices["cpu:0"]["in_rotation"] is True
+        assert server.state.pipe is server.state.pool.slots[0].pipe  # checks and control images: a working device
         metrics = server.get("/metrics").text
         assert 'sdxs_device_in_rotation{device="cpu:1"} 0.0' in metrics
         assert 'sdxs_device_in_rotation{device="cpu:0"} 1.0' in metrics
