@@ -59,6 +59,8 @@ class AppState:
     def __init__(self, config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None = None):
         self.config = config
         self.zero_gpu = zerogpu.detect()  # a GPU per Gradio request only: no live stream (server/zerogpu.py)
+        if self.zero_gpu:
+            zerogpu.import_spaces()
         self.wrap_pipeline = wrap_pipeline  # test hook: e.g. a wrapper that injects inference errors
         self.metrics = Metrics()
         self.load_status = LoadingStatus()

@@ -38,6 +38,11 @@ def detect(env: Mapping[str, str] | None = None) -> bool:
         return False
 
 
+def import_spaces() -> None:
+    """Import `spaces` now: on ZeroGPU it must come before anything initialises CUDA (the model load does)."""
+    importlib.import_module("spaces")
+
+
 def gpu(duration: int = GPU_DURATION_S, enabled: bool | None = None) -> Callable[[F], F]:
     """`@spaces.GPU(duration=duration)` on ZeroGPU (`enabled`: default `detect()`), else a decorator that changes
     nothing."""
