@@ -47,6 +47,7 @@ RESULTS = ROOT / "bench" / "results"
 
 # --- the server side: a pipeline that fails while its fault file exists ---------------------------------------------
 
+
 class FileFault:
     """Wraps one device's pipeline: every batch raises while `folder/fault-<index>` exists."""
 
@@ -81,6 +82,7 @@ def serve(port: int, folder: Path, app_args: list[str]) -> None:
 
 
 # --- the client side --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Trace:
@@ -164,14 +166,19 @@ def print_table(result: dict) -> None:
     print(f"{'session':>7} {'base fps':>9} {'fault fps':>9} {'moved':>6}")
     for i, (b, f) in enumerate(zip(result["baseline_fps"], result["fault_fps"], strict=True)):
         print(f"{i:>7} {b:>9.2f} {f:>9.2f} {'yes' if i in result.get('moved_ids', []) else '':>6}")
-    print(f"aggregate fps: baseline {result['aggregate_fps_baseline']}, "
-          f"under the fault {result['aggregate_fps_fault']}")
-    print(f"fairness (slowest/fastest session, baseline): {result['fairness']}   target >= 0.9; per device "
-          f"(mean session fps, slower/faster device; the moved sessions were on the faulty one): "
-          f"{result['device_fairness']}")
+    print(
+        f"aggregate fps: baseline {result['aggregate_fps_baseline']}, under the fault {result['aggregate_fps_fault']}"
+    )
+    print(
+        f"fairness (slowest/fastest session, baseline): {result['fairness']}   target >= 0.9; per device "
+        f"(mean session fps, slower/faster device; the moved sessions were on the faulty one): "
+        f"{result['device_fairness']}"
+    )
     print(f"healthy device's sessions under the fault / baseline: {result['healthy_fps_ratio']}   target >= 0.8")
-    print(f"sessions moved: {result['moved_sessions']} to {result['moved_to']}, slowest move "
-          f"{result['move_s_max']} s   target <= 5 s; failed frames: {result['errors_during_fault']}")
+    print(
+        f"sessions moved: {result['moved_sessions']} to {result['moved_to']}, slowest move "
+        f"{result['move_s_max']} s   target <= 5 s; failed frames: {result['errors_during_fault']}"
+    )
 
 
 def free_port() -> int:
@@ -182,8 +189,11 @@ def free_port() -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--app-args", default="--model tiny --torch-threads 1",
-                        help="app.py options besides --devices (default: the tiny model, one thread per device)")
+    parser.add_argument(
+        "--app-args",
+        default="--model tiny --torch-threads 1",
+        help="app.py options besides --devices (default: the tiny model, one thread per device)",
+    )
     parser.add_argument("--devices", default="cpu:0,cpu:1")
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--in-flight", type=int, default=2)
@@ -202,12 +212,33 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.serve:
         return serve(args.port, Path(args.fault_dir), shlex.split(args.app_args))
-    app_args = [*shlex.split(args.app_args), "--devices", args.devices, "--device-max-failures",
-                str(args.max_failures), "--gradio", "false", "--log-level", "warning",
-                "--max-sessions", str(max(8, args.sessions)), "--max-sessions-per-client", "1000"]
+    app_args = [
+        *shlex.split(args.app_args),
+        "--devices",
+        args.devices,
+        "--device-max-failures",
+        str(args.max_failures),
+        "--gradio",
+        "false",
+        "--log-level",
+        "warning",
+        "--max-sessions",
+        str(max(8, args.sessions)),
+        "--max-sessions-per-client",
+        "1000",
+    ]
     port, folder = free_port(), Path(tempfile.mkdtemp(prefix="sdxs-faults-"))
-    command = [sys.executable, __file__, "--serve", "--port", str(port), "--fault-dir", str(folder),
-               "--app-args", shlex.join(app_args)]
+    command = [
+        sys.executable,
+        __file__,
+        "--serve",
+        "--port",
+        str(port),
+        "--fault-dir",
+        str(folder),
+        "--app-args",
+        shlex.join(app_args),
+    ]
     server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         config = wait_ready(f"http://127.0.0.1:{port}")
@@ -216,8 +247,12 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         server.terminate()
         server.wait(30)
-    result["config"] = {**{k: v for k, v in vars(args).items() if k not in ("serve", "port", "fault_dir")},
-                        "model": config["model"]["id"], "size": config["model"]["size"], "cpus": os.cpu_count()}
+    result["config"] = {
+        **{k: v for k, v in vars(args).items() if k not in ("serve", "port", "fault_dir")},
+        "model": config["model"]["id"],
+        "size": config["model"]["size"],
+        "cpus": os.cpu_count(),
+    }
     print_table(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = args.name or args.devices.replace(",", "+").replace(":", "")

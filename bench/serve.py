@@ -57,8 +57,12 @@ async def latency(url: str, frames: list[bytes], count: int) -> dict:
             transport.append(ms - out.timings.server_ms)
     await client.close()
     pct = lambda values, q: round(float(np.percentile(values, q)), 2)  # noqa: E731
-    return {"p50_ms": pct(total, 50), "p95_ms": pct(total, 95), "transport_p50_ms": pct(transport, 50),
-            "transport_p95_ms": pct(transport, 95)}
+    return {
+        "p50_ms": pct(total, 50),
+        "p95_ms": pct(total, 95),
+        "transport_p50_ms": pct(transport, 50),
+        "transport_p95_ms": pct(transport, 95),
+    }
 
 
 async def routed_session(url: str, index: int, frames: list[bytes], start: float, until: float, delay: float) -> dict:
@@ -88,25 +92,51 @@ async def routed_session(url: str, index: int, frames: list[bytes], start: float
 async def routing(url: str, frames: list[bytes], sessions: int, duration: float, stagger: float) -> dict:
     start = time.monotonic() + stagger * sessions  # every session streams over the same window
     until = start + duration
-    results = await asyncio.gather(*(routed_session(url, i, frames, start, until, i * stagger)
-                                     for i in range(sessions)))
+    results = await asyncio.gather(
+        *(routed_session(url, i, frames, start, until, i * stagger) for i in range(sessions))
+    )
     fps = [r["outputs"] / duration for r in results]
-    return {"sessions": sessions, "frames_sent": sum(r["sent"] for r in results),
-            "outputs": sum(r["outputs"] for r in results), "misrouted": sum(r["misrouted"] for r in results),
-            "lost": sum(r["lost"] for r in results), "aggregate_fps": round(sum(fps), 2),
-            "fairness": round(min(fps) / max(fps), 3) if max(fps) else 0.0,
-            "session_fps": [round(f, 2) for f in fps]}
+    return {
+        "sessions": sessions,
+        "frames_sent": sum(r["sent"] for r in results),
+        "outputs": sum(r["outputs"] for r in results),
+        "misrouted": sum(r["misrouted"] for r in results),
+        "lost": sum(r["lost"] for r in results),
+        "aggregate_fps": round(sum(fps), 2),
+        "fairness": round(min(fps) / max(fps), 3) if max(fps) else 0.0,
+        "session_fps": [round(f, 2) for f in fps],
+    }
 
 
 def start(kind: str, port: int, metrics: int, args: argparse.Namespace) -> subprocess.Popen:
-    app = [*shlex.split(args.app_args), "--gradio", "false", "--log-level", "warning",
-           "--max-sessions-per-client", "1000"]
+    app = [
+        *shlex.split(args.app_args),
+        "--gradio",
+        "false",
+        "--log-level",
+        "warning",
+        "--max-sessions-per-client",
+        "1000",
+    ]
     if kind == "direct":
         command = [sys.executable, "app.py", *app, "--host", "127.0.0.1", "--port", str(port)]
     else:
-        command = [sys.executable, "-m", "server.serve", "--replicas", str(args.replicas), "--num-gpus",
-                   str(args.num_gpus), "--num-cpus", "0.5", "--serve-port", str(port), "--metrics-port",
-                   str(metrics), *app]
+        command = [
+            sys.executable,
+            "-m",
+            "server.serve",
+            "--replicas",
+            str(args.replicas),
+            "--num-gpus",
+            str(args.num_gpus),
+            "--num-cpus",
+            "0.5",
+            "--serve-port",
+            str(port),
+            "--metrics-port",
+            str(metrics),
+            *app,
+        ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -129,8 +159,10 @@ def wait_replicas(first_port: int, count: int, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if all(httpx.get(f"http://127.0.0.1:{first_port + i}/metrics", timeout=2).status_code == 200
-                   for i in range(count)):
+            if all(
+                httpx.get(f"http://127.0.0.1:{first_port + i}/metrics", timeout=2).status_code == 200
+                for i in range(count)
+            ):
                 time.sleep(5)
                 return
         except httpx.TransportError:
@@ -148,8 +180,10 @@ def measure(kind: str, args: argparse.Namespace) -> dict:
             wait_replicas(metrics, args.replicas)
         frames = webcam_frames(config["model"]["size"])
         url = f"ws://127.0.0.1:{port}/ws"
-        return {"latency": asyncio.run(latency(url, frames, args.frames)),
-                "routing": asyncio.run(routing(url, frames, args.sessions, args.duration, args.stagger))}
+        return {
+            "latency": asyncio.run(latency(url, frames, args.frames)),
+            "routing": asyncio.run(routing(url, frames, args.sessions, args.duration, args.stagger)),
+        }
     finally:
         server.send_signal(signal.SIGINT)  # Serve's driver shuts its local Ray down
         try:
@@ -166,22 +200,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=100, help="frames of the latency run")
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of the routing run")
-    parser.add_argument("--stagger", type=float, default=0.0, help="seconds between the sessions' arrivals (0: all "
-                        "at once; Serve's router may then put them unevenly on the replicas)")
+    parser.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        help="seconds between the sessions' arrivals (0: all "
+        "at once; Serve's router may then put them unevenly on the replicas)",
+    )
     args = parser.parse_args(argv)
     result = {"direct": measure("direct", args), "serve": measure("serve", args), "config": vars(args)}
     result["overhead_p50_ms"] = round(result["serve"]["latency"]["p50_ms"] - result["direct"]["latency"]["p50_ms"], 2)
-    result["overhead_transport_p50_ms"] = round(result["serve"]["latency"]["transport_p50_ms"]
-                                                - result["direct"]["latency"]["transport_p50_ms"], 2)
-    print(f"{'':>7} {'p50 ms':>7} {'p95 ms':>7} {'transport p50':>13} {'agg fps':>8} {'fair':>5} {'sent':>6} "
-          f"{'lost':>5} {'misrouted':>9}")
+    result["overhead_transport_p50_ms"] = round(
+        result["serve"]["latency"]["transport_p50_ms"] - result["direct"]["latency"]["transport_p50_ms"], 2
+    )
+    print(
+        f"{'':>7} {'p50 ms':>7} {'p95 ms':>7} {'transport p50':>13} {'agg fps':>8} {'fair':>5} {'sent':>6} "
+        f"{'lost':>5} {'misrouted':>9}"
+    )
     for kind in ("direct", "serve"):
         lat, rt = result[kind]["latency"], result[kind]["routing"]
-        print(f"{kind:>7} {lat['p50_ms']:>7.2f} {lat['p95_ms']:>7.2f} {lat['transport_p50_ms']:>13.2f} "
-              f"{rt['aggregate_fps']:>8.2f} {rt['fairness']:>5.2f} {rt['frames_sent']:>6} {rt['lost']:>5} "
-              f"{rt['misrouted']:>9}")
-    print(f"Serve proxy overhead, p50: {result['overhead_p50_ms']} ms end to end, "
-          f"{result['overhead_transport_p50_ms']} ms transport   target <= 5 ms")
+        print(
+            f"{kind:>7} {lat['p50_ms']:>7.2f} {lat['p95_ms']:>7.2f} {lat['transport_p50_ms']:>13.2f} "
+            f"{rt['aggregate_fps']:>8.2f} {rt['fairness']:>5.2f} {rt['frames_sent']:>6} {rt['lost']:>5} "
+            f"{rt['misrouted']:>9}"
+        )
+    print(
+        f"Serve proxy overhead, p50: {result['overhead_p50_ms']} ms end to end, "
+        f"{result['overhead_transport_p50_ms']} ms transport   target <= 5 ms"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"serve-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

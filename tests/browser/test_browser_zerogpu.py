@@ -8,7 +8,7 @@ import os
 import pytest
 from browser_helpers import wait_status
 
-FAKE_SPACES = '''
+FAKE_SPACES = """
 import functools, os, pathlib
 
 def GPU(duration=60):
@@ -20,7 +20,7 @@ def GPU(duration=60):
             return fn(*args, **kwargs)
         return wrapper
     return decorate
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,11 @@ def zero_app(app_factory, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fake-spaces")
     (folder / "spaces").mkdir()
     (folder / "spaces" / "__init__.py").write_text(FAKE_SPACES)
-    extra = {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
-             "SPACES_ZERO_GPU": "true", "FAKE_SPACES_LOG": str(folder / "calls.log")}
+    extra = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
+        "SPACES_ZERO_GPU": "true",
+        "FAKE_SPACES_LOG": str(folder / "calls.log"),
+    }
     saved = {key: os.environ.get(key) for key in extra}
     os.environ.update(extra)  # AppProcess passes os.environ to app.py when it starts
     try:

@@ -95,8 +95,19 @@ def test_two_replicas_share_sessions_and_a_killed_replicas_visitors_come_back(tm
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDXS_CACHE": str(tmp_path / "cache"), "RAY_USAGE_STATS_ENABLED": "0"}
     serve = ["--replicas", "2", "--num-gpus", "0", "--num-cpus", "0.5", "--serve-port", str(port)]
     app = ["--model", "tiny", "--device", "cpu", "--torch-threads", "1", "--gradio", "false"]
-    command = [sys.executable, "-m", "server.serve", *serve, "--metrics-port", str(metrics), *app,
-               "--max-sessions-per-client", "64", "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "server.serve",
+        *serve,
+        "--metrics-port",
+        str(metrics),
+        *app,
+        "--max-sessions-per-client",
+        "64",
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
