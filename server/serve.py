@@ -83,10 +83,11 @@ class Replica:
 
     def __init__(self, config: ServerConfig, metrics_port: int = 0):
         self.config, self.metrics_port = config, metrics_port
-        self.state: Any = None
+        self.state: Any = None  # server.state.AppState, once built
+        self.metrics_at: int | None = None  # the port of this replica's own /metrics
 
     async def __serve_build_asgi_app__(self) -> Any:
-        from app import create_app  # the repo root is on the replicas' path (working_dir / the deploy's cwd)
+        from app import create_app  # the checkout is on the replicas' import path (`replica_env`)
 
         app = create_app(self.config)
         self.state = app.state.sdxs
