@@ -187,11 +187,12 @@ class DevicePool:
                 slot.sources.discard(source)
                 slot.worker.unregister(source)
 
-    def notify(self) -> None:
-        """A source has a new pending job: wake the workers (each looks only at its own sources)."""
-        for slot in self.slots:
-            if slot.worker is not None:
-                slot.worker.notify()
+    def notify(self, source: Any = None) -> None:
+        """`source` has a new pending job: wake its device's worker (without a source, or for one not placed:
+        every worker; each looks only at its own sources)."""
+        slot = self._placed.get(source) if source is not None else None  # a dict read: no lock needed
+        for worker in [slot.worker] if slot is not None else [s.worker for s in self.slots if s.worker is not None]:
+            worker.notify()
 
     async def submit_one(self, params: Any, image: np.ndarray | None) -> np.ndarray:
         """One request (Gradio) on the least-loaded slot in rotation; see Worker.submit_one."""

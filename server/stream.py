@@ -98,7 +98,7 @@ class FrameStream:
         self.last_input = pending
         if self.session.mailbox.put(pending) is not None:
             self.app.metrics.frames.labels("dropped").inc()
-        self.app.worker.notify()
+        self.app.worker.notify(self)
 
     async def _check(self, frame: InputFrame) -> codec.Encoded | np.ndarray:
         """The header check (a JPEG's on the loop: microseconds), or the former PIL decode on the codec pool."""
