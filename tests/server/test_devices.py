@@ -155,9 +155,16 @@ def test_a_device_that_keeps_failing_moves_its_sessions_and_the_last_one_stays()
 
 
 async def _stream(client: Client, images: list[bytes], until: float, log: list) -> None:
-    """Keep one frame in flight until `until` (monotonic); log (time, kind, detail) of every answer."""
+    """Keep one frame in flight until `until` (monotonic), and after a move until a frame came from the new device
+    (on a slow machine the move may come late in the window); log (time, kind, detail) of every answer."""
     i = 0
-    while time.monotonic() < until:
+
+    def going_on() -> bool:
+        kinds = [kind for _, kind, _ in log if kind in ("state", "frame")]
+        waiting = "state" in kinds and kinds[-1] == "state"
+        return time.monotonic() < until or (waiting and time.monotonic() < until + 15)
+
+    while going_on():
         frame_id = await client.send_frame(images[i % len(images)])
         i += 1
         while True:
