@@ -52,14 +52,15 @@ def create_app(config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None 
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        return JSONResponse(state.loading, status_code=200 if state.ready else 503)
+        return JSONResponse({**state.loading, "devices": state.devices}, status_code=200 if state.ready else 503)
 
     @app.get("/config.json")
     def config_json() -> dict:
         model = state.model_info
         return {"protocol_version": PROTOCOL_VERSION, "ws_path": "ws", "loading": state.loading,
                 "model": model, "limits": config.limits(model["size"] if model else config.resolution or 0),
-                "schema": GenerationParams.model_json_schema(), "features": list(FEATURES), "gradio": gradio_mounted}
+                "schema": GenerationParams.model_json_schema(), "features": list(FEATURES), "gradio": gradio_mounted,
+                "live": state.live}
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -58,9 +58,22 @@ function buildControls(schema, model, params) {
   modes.fit(sources.current, false);
 }
 
+/** No live stream here (ZeroGPU: a GPU per request): say why and offer the Gradio tabs. */
+function noLive({ reason }) {
+  status.set(Phase.ENDED, "No live stream");
+  status.show(reason || plainError("no_live_stream"),
+    { action: "Open the Gradio tabs", onAction: () => location.assign("gradio/") });
+}
+
+session.addEventListener("nolive", (e) => {
+  runner.ended("no_live_stream", e.detail.reason);
+  noLive(e.detail);
+});
+
 session.addEventListener("config", (e) => {
-  const { schema, model, gradio } = e.detail;
+  const { schema, model, gradio, live } = e.detail;
   $("gradio-link").hidden = !gradio;
+  if (live && !live.available) noLive(live);
   if (model) status.modelNotice(model);
   if (!controls.inputs.size && schema && model) {
     const defaults = Object.fromEntries(Object.entries(schema.properties).map(([k, v]) => [k, v.default]));
@@ -124,6 +137,7 @@ session.addEventListener("closed", (e) => {
   const { retry, text, reason } = e.detail;
   output.stopRecording();
   if (!retry && runner.running) runner.ended(reason, text);
+  if (reason === "no_live_stream") noLive({ reason: text });
 });
 
 window.addEventListener("pagehide", () => session.stop());

@@ -66,6 +66,7 @@ export const ErrorCode = Object.freeze({
   TOO_MANY_SESSIONS: "too_many_sessions",
   POLICY_VIOLATION: "policy_violation",
   INTERNAL_ERROR: "internal_error",
+  NO_LIVE_STREAM: "no_live_stream",
 });
 
 // `goodbye.reason` -> the close code that follows it (section 7).
@@ -81,6 +82,7 @@ export const GoodbyeClose = Object.freeze({
   server_shutdown: 1001,
   internal_error: 1011,
   slow_consumer: 1008,
+  no_live_stream: 4003,
 });
 
 /** What the page should do after a close, by close code / goodbye reason (section 7). */
@@ -95,6 +97,7 @@ export const Close = Object.freeze({
   4000: { reason: "time_limit", retry: false },
   4001: { reason: "idle_timeout", retry: false },
   4002: { reason: "handshake", retry: false },
+  4003: { reason: "no_live_stream", retry: false },
 });
 
 /** Plain words for error codes and goodbye reasons (section 6 and 7). */
@@ -114,6 +117,7 @@ export const Explain = Object.freeze({
   bad_image: "A frame could not be read by the server.",
   image_required: "This mode needs an input picture (webcam, sketch, screen or video).",
   connection_lost: "Connection lost.",
+  no_live_stream: "This server offers no live stream (it lends a GPU per request). Use the Gradio tabs instead.",
 });
 
 /** A plain sentence for a non-fatal `error` message; the server's technical `message` is for the console (and,

@@ -54,6 +54,7 @@ export class Session extends EventTarget {
       const config = await this.peek();
       if (run !== this.run) return;
       if (!config) return this.#retry("The server cannot be reached.");
+      if (config.live && !config.live.available) return this.#emit("nolive", config.live); // ZeroGPU: Gradio only
       if (config.loading?.ready) return this.#connect();
       this.#emit("loading", config.loading);
       if (config.loading?.stage === "failed") return;

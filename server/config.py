@@ -11,7 +11,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from server.devices import check_devices
 
 ENV_PREFIX = "SDXS_"
 
@@ -29,6 +31,11 @@ class ServerConfig(BaseModel):
     styles: str = Field("", description="Style adapters loaded at start, 'name=hub_id_or_folder' separated by commas "
                         "(e.g. 'anime=IDKiro/sdxs-512-dreamshaper-anime'); visitors choose one per request.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    devices: str = Field("", description="Serve on several devices, one pipeline and batching worker each: 'all' "
+                         "(every GPU), or a list such as 'cuda:0,cuda:1' ('cpu,cpu': two CPU pipelines, for tests); "
+                         "empty: --device alone.")
+    device_max_failures: int = Field(3, ge=1, le=1000, description="Failed batches in a row that take a device out "
+                                     "of rotation (with --devices); its sessions move to the other devices.")
     dtype: str = Field("auto", description="'auto', 'float32', 'float16', 'bfloat16'.")
     resolution: int | None = Field(None, ge=64, le=2048, multiple_of=64,
                                    description="Square resolution; default: the model's native size (512 released).")
@@ -69,6 +76,11 @@ class ServerConfig(BaseModel):
     gradio: bool = Field(True, description="Mount server/gradio_ui.py at /gradio when it exists.")
     load_retries: int = Field(2, ge=0, le=100, description="Retries of a model download that failed (network), "
                               "10 s apart, before the server exits with status 1.")
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, value: str) -> str:
+        return check_devices(value)
 
     def style_adapters(self) -> dict[str, str]:
         """``styles`` as name -> Hub id or folder; a malformed entry is a ValueError naming it."""

@@ -87,7 +87,8 @@ class Connection:
                                self.config.max_violations)
         self.sid = self.session.id[:8]  # for logs
         self.outbox = Outbox()
-        self.stream = FrameStream(self.session, app, self.loop, self._deliver, self._report, self._fail)
+        self.stream = FrameStream(self.session, app, self.loop, self._deliver, self._report, self._fail,
+                                  self._moved)
         self._last_time_left = 0.0
         self._control_busy = False
         self._tasks: set[asyncio.Task] = set()
@@ -117,6 +118,8 @@ class Connection:
     def _admit_connection(self) -> None:
         if self.app.stopping:
             self.close(GoodbyeReason.SERVER_SHUTDOWN)
+        elif not self.app.live["available"]:
+            self._fatal(ProtocolError(ErrorCode.NO_LIVE_STREAM, self.app.live["reason"]))
         elif not self.app.ready:
             self._fatal(ProtocolError(ErrorCode.MODEL_LOADING, "the model is still loading; poll readyz and "
                                       "reconnect"))
@@ -421,6 +424,14 @@ class Connection:
         self.session.touch()
         self.app.worker.register(self.stream)
         self._send_time_left()
+
+    @_contained
+    def _moved(self, device: str) -> None:
+        """The session's device was taken out of rotation; it now runs on `device` (`state` message, section 2)."""
+        if self.session.state is SessionState.ACTIVE:
+            log.info("session %s moved to device %s", self.sid, device)
+            self.send(message(ServerMessage.STATE, state="active", device=device,
+                              time_left_s=self.session.time_left(self.config.session_time_limit_s)))
 
     @_contained
     def set_queue_position(self, position: int, queue_length: int) -> None:

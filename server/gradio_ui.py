@@ -30,6 +30,8 @@ streams. Single frames from scripts go to `/image_to_image`.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -39,7 +41,8 @@ from pydantic import ValidationError
 
 from sdxs.errors import InvalidRequest
 from sdxs.params import GenerationParams
-from server.worker import InferenceError, NotReady
+from server import zerogpu
+from server.worker import InferenceError, NotReady, make_request
 
 DEFAULT_PROMPT = GenerationParams.model_fields["prompt"].default
 STREAM_EVERY_S = 0.2
@@ -70,8 +73,21 @@ def _model_input(image: np.ndarray | Image.Image | None, size: int) -> np.ndarra
     return np.asarray(pil, dtype=np.uint8)
 
 
-async def _generate(app_state: Any, params: GenerationParams, image: Any = None) -> np.ndarray:
-    """Submit one request to the worker; turn every failure into a message the visitor understands."""
+def _run_pipeline(pipe: Any, params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
+    """One request straight through the pipeline (ZeroGPU, inside the GPU lent for the call): uint8 RGB (size, size,
+    3). Raises InvalidRequest, or InferenceError for any other failure."""
+    try:
+        return np.asarray(pipe([make_request(params, image)], output_type="np")[0])
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported to this visitor as a failed request
+        raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _generate(app_state: Any, params: GenerationParams, image: Any = None,
+                    direct: Callable[[GenerationParams, np.ndarray | None], np.ndarray] | None = None) -> np.ndarray:
+    """Submit one request to the worker, or with `direct` (ZeroGPU) run it through that function on a thread; turn
+    every failure into a message the visitor understands."""
     worker = app_state.worker
     if worker is None or not app_state.ready:
         progress = round(100 * float(app_state.loading.get("progress") or 0))
@@ -79,8 +95,11 @@ async def _generate(app_state: Any, params: GenerationParams, image: Any = None)
     size = int(app_state.model_info["size"])
     if params.uses_image and image is None:
         raise gr.Error("This mode needs an input picture.")
+    model_input = _model_input(image, size) if params.uses_image else None
     try:
-        return await worker.submit_one(params, _model_input(image, size) if params.uses_image else None)
+        if direct is not None:
+            return await asyncio.to_thread(direct, params, model_input)
+        return await worker.submit_one(params, model_input)
     except InvalidRequest as err:
         raise gr.Error(f"{err.field}: {err.message}") from None
     except NotReady:
@@ -129,20 +148,29 @@ def _webcam_modes(app_state: Any) -> gr.Radio:
 
 
 def build_gradio(app_state: Any) -> gr.Blocks:
-    """Build the Blocks app; no model access here (the worker may not exist yet)."""
+    """Build the Blocks app; no model access here (the worker may not exist yet).  On ZeroGPU (server/zerogpu.py)
+    the text, sketch and image endpoints run the pipeline under `@spaces.GPU` and the webcam tab explains why there
+    is no live stream."""
+    zero_gpu = bool(getattr(app_state, "zero_gpu", False))
+
+    @zerogpu.gpu(enabled=zero_gpu)
+    def on_gpu(params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
+        return _run_pipeline(app_state.pipe, params, image)
+
+    direct = on_gpu if zero_gpu else None
 
     async def text_to_image(prompt: str, seed: int) -> np.ndarray:
-        return await _generate(app_state, _params(prompt=prompt, mode="text", seed=int(seed)))
+        return await _generate(app_state, _params(prompt=prompt, mode="text", seed=int(seed)), direct=direct)
 
     async def image_to_image(image: np.ndarray, prompt: str, seed: int, strength: float) -> np.ndarray:
         params = _params(prompt=prompt, mode="image", seed=int(seed), strength=strength)
-        return await _generate(app_state, params, image)
+        return await _generate(app_state, params, image, direct=direct)
 
     async def sketch_to_image(sketch: np.ndarray, prompt: str, seed: int, control_scale: float) -> np.ndarray:
         modes = (app_state.model_info or {}).get("modes", [])
         mode = "sketch" if "sketch" in modes else "image"  # without a ControlNet: image-to-image on the drawing
         params = _params(prompt=prompt, mode=mode, seed=int(seed), control_scale=control_scale)
-        return await _generate(app_state, params, sketch)
+        return await _generate(app_state, params, sketch, direct=direct)
 
     async def sketchpad_to_image(pad: dict | None, prompt: str, seed: int, control_scale: float) -> np.ndarray:
         sketch = _sketch_composite(pad)
@@ -159,7 +187,8 @@ def build_gradio(app_state: Any) -> gr.Blocks:
     sessions, time_limit, concurrency = _limits(app_state)
     # Gradio keeps its own uploads and results as files; delete them after a few minutes (docs/hosting.md).
     with gr.Blocks(title="SDXS", delete_cache=(60, 300)) as demo:
-        gr.Markdown("# SDXS: one-step image generation\nThe real-time page is at [`../`](../).")
+        gr.Markdown("# SDXS: one-step image generation\n" + (zerogpu.NO_LIVE_REASON if zero_gpu else
+                                                                "The real-time page is at [`../`](../)."))
         status = gr.Markdown()
         demo.load(lambda: _status(app_state), None, status, api_visibility="private")
         with gr.Row():
@@ -197,7 +226,7 @@ def build_gradio(app_state: Any) -> gr.Blocks:
             i_button = gr.Button("Generate", variant="primary")
             i_button.click(image_to_image, [i_in, prompt, seed, i_strength], i_out, api_name="image_to_image")
 
-        with gr.Tab("Webcam (live)"):
+        with gr.Tab("Webcam (live)", visible=not zero_gpu):
             gr.Markdown(f"Streams a frame every {STREAM_EVERY_S} s; at most {sessions} viewers at once"
                         + (f", {time_limit} s each." if time_limit else "."))
             with gr.Row():

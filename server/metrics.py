@@ -44,6 +44,15 @@ class Metrics:
         self.fps = Gauge("sdxs_frames_per_second", f"Output frames per second over the last {FPS_WINDOW_S:g} s.",
                          registry=r)
         self.fps.set_function(self._fps)
+        # per device (server/devices.py): one series per `--devices` entry
+        self.device_sessions = Gauge("sdxs_device_sessions", "Sessions placed on each device.", ["device"],
+                                     registry=r)
+        self.device_fps = Gauge("sdxs_device_frames_per_second", f"Frames generated per second on each device over "
+                                f"the last {FPS_WINDOW_S:g} s.", ["device"], registry=r)
+        self.device_in_rotation = Gauge("sdxs_device_in_rotation", "1 while the device takes sessions; 0 after a "
+                                        "load failure or repeated faults.", ["device"], registry=r)
+        self.device_batches = Counter("sdxs_device_batches_total", "Pipeline calls per device, by result (ok, "
+                                      "failed).", ["device", "result"], registry=r)
         self._sent_lock = threading.Lock()
         self._sent: collections.deque[float] = collections.deque()
 

@@ -91,6 +91,7 @@ class CloseCode(enum.IntEnum):
     TIME_LIMIT = 4000
     IDLE_TIMEOUT = 4001
     HANDSHAKE = 4002
+    NO_LIVE_STREAM = 4003
 
 
 class GoodbyeReason(enum.StrEnum):
@@ -105,6 +106,7 @@ class GoodbyeReason(enum.StrEnum):
     SERVER_SHUTDOWN = "server_shutdown"
     INTERNAL_ERROR = "internal_error"
     SLOW_CONSUMER = "slow_consumer"
+    NO_LIVE_STREAM = "no_live_stream"
 
 
 CLOSE_CODE_FOR: dict[GoodbyeReason, CloseCode] = {
@@ -119,6 +121,7 @@ CLOSE_CODE_FOR: dict[GoodbyeReason, CloseCode] = {
     GoodbyeReason.SERVER_SHUTDOWN: CloseCode.GOING_AWAY,
     GoodbyeReason.INTERNAL_ERROR: CloseCode.INTERNAL_ERROR,
     GoodbyeReason.SLOW_CONSUMER: CloseCode.POLICY_VIOLATION,
+    GoodbyeReason.NO_LIVE_STREAM: CloseCode.NO_LIVE_STREAM,
 }
 
 
@@ -146,6 +149,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_SESSIONS = "too_many_sessions"
     POLICY_VIOLATION = "policy_violation"
     INTERNAL_ERROR = "internal_error"
+    NO_LIVE_STREAM = "no_live_stream"
 
 
 # Errors that count towards `max_violations` (protocol abuse, as opposed to bad content).
@@ -169,6 +173,7 @@ FATAL: dict[ErrorCode, GoodbyeReason] = {
     ErrorCode.TOO_MANY_SESSIONS: GoodbyeReason.TOO_MANY_SESSIONS,
     ErrorCode.POLICY_VIOLATION: GoodbyeReason.POLICY_VIOLATION,
     ErrorCode.INTERNAL_ERROR: GoodbyeReason.INTERNAL_ERROR,
+    ErrorCode.NO_LIVE_STREAM: GoodbyeReason.NO_LIVE_STREAM,
 }
 
 

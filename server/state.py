@@ -1,8 +1,9 @@
-"""Application state shared by the routes: config, loading progress, the pipeline's worker, admission, metrics.
+"""Application state shared by the routes: config, loading progress, the devices' workers, admission, metrics.
 
-The pipeline is loaded and warmed up on a background thread started by the lifespan, so `/`, `/healthz` and
-`/readyz` answer while it loads. Non-WebSocket callers (Gradio) use `app_state.worker.submit_one(...)`; see
-docs/protocol.md section 10.
+The pipelines (one per device of `--devices`, else one) are loaded and warmed up on a background thread started by
+the lifespan, so `/`, `/healthz` and `/readyz` answer while they load; `worker` is then a `server.devices.DevicePool`
+that places every session on one device's worker.  Non-WebSocket callers (Gradio) use
+`app_state.worker.submit_one(...)`; see docs/protocol.md section 10.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sdxs.errors import WeightsUnavailable
+from server import zerogpu
 from server.admission import Admission
 from server.codec import ImageLimits
 from server.config import ServerConfig
+from server.devices import DevicePool, DeviceSlot, DeviceSpec, parse_devices
 from server.metrics import Metrics
 from server.worker import Worker
 
@@ -55,6 +58,9 @@ class LoadingStatus:
 class AppState:
     def __init__(self, config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None = None):
         self.config = config
+        self.zero_gpu = zerogpu.detect()  # a GPU per Gradio request only: no live stream (server/zerogpu.py)
+        if self.zero_gpu:
+            zerogpu.import_spaces()
         self.wrap_pipeline = wrap_pipeline  # test hook: e.g. a wrapper that injects inference errors
         self.metrics = Metrics()
         self.load_status = LoadingStatus()
@@ -62,9 +68,10 @@ class AppState:
         self.admission = Admission(config.max_sessions, config.max_queue, config.max_sessions_per_client,
                                    self.metrics)
         self.image_limits = ImageLimits(config.min_image_side, config.max_image_side, config.max_image_pixels)
-        self.pipe: Any = None
-        self.worker: Worker | None = None
-        self._warming: Worker | None = None  # started, still warming up (capturing CUDA graphs) on its own thread
+        self._pipe: Any = None  # the first warm device's pipeline; see `pipe`
+        self.worker: DevicePool | None = None  # routes sources to the devices' workers; None until ready
+        self._warming: DevicePool | None = None  # started, still warming up (capturing CUDA graphs) on its threads
+        self.pool: DevicePool | None = None  # the devices (one without --devices), from the start of the warm-up
         self.connections: set = set()  # server.connection.Connection objects, from accept to the end of `run`
         self.stop_hooks: list[Callable[[], None]] = []  # run first on shutdown (e.g. end Gradio's long-lived streams)
         self.on_load_failed: Callable[[], None] | None = None  # app.main: stop the server (exit status 1)
@@ -80,6 +87,25 @@ class AppState:
     @property
     def ready(self) -> bool:
         return self.worker is not None
+
+    @property
+    def pipe(self) -> Any:
+        """A pipeline of a device in rotation (every device holds the same model), for parameter checks, control
+        images and the model's description; None until ready."""
+        serving = self.pool.serving if self.pool is not None and self.worker is not None else []
+        return serving[0].pipe if serving else self._pipe
+
+    @property
+    def live(self) -> dict:
+        """`live` of /config.json: whether this server serves the real-time stream, and if not, why."""
+        if self.zero_gpu:
+            return {"available": False, "reason": zerogpu.NO_LIVE_REASON}
+        return {"available": True, "reason": None}
+
+    @property
+    def devices(self) -> list[dict]:
+        """`devices` of /readyz: one entry per device once the pipelines are loaded, else empty."""
+        return self.pool.as_list() if self.pool is not None else []
 
     @property
     def loading(self) -> dict:
@@ -101,6 +127,9 @@ class AppState:
                 "example_prompts": list(notes.get("example_prompts", []))}
 
     def start_loading(self) -> None:
+        """Start the loader thread (once: a second call, e.g. the lifespan's under Ray Serve, does nothing)."""
+        if self._loader is not None:
+            return
         self._loader = threading.Thread(target=self._load, name="sdxs-loader", daemon=True)
         self._loader.start()
 
@@ -140,51 +169,116 @@ class AppState:
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
 
     def _load(self) -> None:
+        """Load a pipeline per device (`--devices`; one without it), start their workers, wait for the warm-ups.
+        A device that fails to load or warm up is reported in /readyz and left out; the server is ready when the
+        others are warm, and fails only when none is."""
+        try:
+            slots = [DeviceSlot(spec) for spec in device_specs(self.config)]
+            safety = self._attempts(functools.partial(load_safety, self.config.safety_checker))
+            errors = [self._load_slot(slot, len(slots)) for slot in slots]
+        except _LoadFailed as exc:
+            return self._failed(str(exc))
+        except _Stopped:
+            return
+        loaded = [slot for slot in slots if slot.pipe is not None]
+        if not loaded:
+            return self._failed(next(error for error in errors if error))
+        with self._start_lock:  # shutdown may have begun while the model loaded: then no worker starts
+            if self._stopping.is_set():
+                return
+            for slot in loaded:
+                slot.worker = make_worker(slot.pipe, self.config, self.metrics, safety)
+            pool = DevicePool(slots, self.metrics, self.config.device_max_failures)
+            self.load_status.set("warming_up", 0.8)
+            for slot in loaded:  # on each worker's own thread: CUDA graphs are replayed by the capturing thread
+                # ZeroGPU: no GPU outside a @spaces.GPU call, so no warm-up (the first request pays it)
+                warmup = None if self.zero_gpu else functools.partial(slot.pipe.warmup, slot.pipe.buckets or (1,))
+                slot.worker.start(warmup=warmup)
+            self._warming, self.pool = pool, pool
+        while not all(slot.worker.warm.is_set() or slot.worker.failed is not None for slot in loaded):
+            if self._stopping.wait(0.05):
+                return
+        for slot in loaded:
+            if slot.worker.failed is not None:
+                slot.error = f"warm-up failed: {type(slot.worker.failed).__name__}: {slot.worker.failed}"
+        warm = [slot for slot in loaded if slot.error is None]
+        if not warm:
+            return self._failed(loaded[0].error or "warm-up failed")
+        with self._start_lock:
+            if self._stopping.is_set():
+                return
+            self._pipe, self.worker = warm[0].pipe, pool
+        self.metrics.model_ready.set(1)
+        self.load_status.set("ready", 1.0)
+
+    def _load_slot(self, slot: DeviceSlot, count: int) -> str | None:
+        """Load `slot`'s pipeline (with the download retries); its error message, or None when it loaded."""
+        config = slot_config(self.config, slot.spec.device, count)
+        if self.zero_gpu:  # graphs captured inside one @spaces.GPU call cannot be replayed in the next
+            config = config.model_copy(update={"cuda_graphs": "off"})
+        try:
+            pipe = self._attempts(functools.partial(load_pipeline, config, self.load_status))
+        except _LoadFailed as exc:
+            slot.error = str(exc)
+            return slot.error
+        slot.pipe = self.wrap_pipeline(pipe) if self.wrap_pipeline is not None else pipe
+        return None
+
+    def _attempts(self, load: Callable[[], Any]) -> Any:
+        """`load()`, retried `--load-retries` times when weights cannot be downloaded. Raises _LoadFailed with the
+        message for /readyz, or _Stopped when the server stops while waiting to retry."""
         retries = self.config.load_retries
         for attempt in range(retries + 1):
             try:
-                pipe = load_pipeline(self.config, self.load_status)
-                safety = load_safety(self.config.safety_checker)
-                break
+                return load()
             except WeightsUnavailable as exc:  # the network: worth another try; the message says what else to do
                 if attempt < retries:
                     self.load_status.set("loading", 0.05, f"download failed ({exc.cause}); retry {attempt + 1} of "
                                          f"{retries} in {LOAD_RETRY_S:g} s")
                     if self._stopping.wait(LOAD_RETRY_S):
-                        return
+                        raise _Stopped from None
                     continue
                 log.error("%s", exc)
-                return self._failed(str(exc))
+                raise _LoadFailed(str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - a bad folder or option: retrying cannot help
                 log.error("model load failed:\n%s", traceback.format_exc())
-                return self._failed(f"{type(exc).__name__}: {exc}{_load_hint(self.config)}")
-        if self.wrap_pipeline is not None:
-            pipe = self.wrap_pipeline(pipe)
-        with self._start_lock:  # shutdown may have begun while the model loaded: then no worker starts
-            if self._stopping.is_set():
-                return
-            worker = make_worker(pipe, self.config, self.metrics, safety)
-            self.load_status.set("warming_up", 0.8)
-            # on the worker's own thread: CUDA graphs are replayed by the thread that captured them
-            worker.start(warmup=functools.partial(pipe.warmup, pipe.buckets or (1,)))
-            self._warming = worker
-        while not worker.warm.wait(0.2):
-            if worker.failed is not None:
-                return self._failed(f"warm-up failed: {type(worker.failed).__name__}: {worker.failed}")
-            if self._stopping.is_set():
-                return
-        with self._start_lock:
-            if self._stopping.is_set():
-                return
-            self.pipe, self.worker = pipe, worker
-        self.metrics.model_ready.set(1)
-        self.load_status.set("ready", 1.0)
-
+                raise _LoadFailed(f"{type(exc).__name__}: {exc}{_load_hint(self.config)}") from None
+        raise AssertionError("unreachable")
 
     def _failed(self, error: str) -> None:
         self.load_status.set("failed", 0.0, error)
         if self.on_load_failed is not None:
             self.on_load_failed()
+
+
+class _LoadFailed(Exception):
+    """A pipeline could not be loaded; the message is what /readyz says."""
+
+
+class _Stopped(Exception):
+    """The server stopped while a download waited to be retried."""
+
+
+def device_specs(config: ServerConfig) -> list[DeviceSpec]:
+    """The devices to serve on (`--devices`, else `--device`)."""
+    import torch
+
+    if not config.devices.strip() and config.device == "auto":  # label it by what auto chose
+        from sdxs.device import resolve_device
+
+        return [DeviceSpec(str(resolve_device("auto")), "auto")]
+    return parse_devices(config.devices, config.device, torch.cuda.device_count)
+
+
+def slot_config(config: ServerConfig, device: str, count: int) -> ServerConfig:
+    """`config` for one device's pipeline: its device, and with several CPU pipelines an equal share of the cores
+    (each worker thread runs its own team of intra-op threads)."""
+    if device == config.device:
+        return config
+    update: dict[str, Any] = {"device": device}
+    if device == "cpu" and count > 1 and not config.torch_threads:
+        update["torch_threads"] = max(1, ((os.cpu_count() or 2) - 1) // count)
+    return config.model_copy(update=update)
 
 
 def _load_hint(config: ServerConfig) -> str:

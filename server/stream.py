@@ -64,11 +64,11 @@ def _fails_session(what: str) -> Callable:
 class FrameStream:
     def __init__(self, session: Session, app: AppState, loop: asyncio.AbstractEventLoop,
                  deliver: Callable[[OutgoingFrame], None], report: Callable[[ProtocolError], None],
-                 fail: Callable[[str], None]):
-        """`deliver`, `report` (a non-fatal error) and `fail` (a server bug, given what failed: close 1011) run on
-        the event loop."""
+                 fail: Callable[[str], None], on_moved: Callable[[str], None] | None = None):
+        """`deliver`, `report` (a non-fatal error), `fail` (a server bug, given what failed: close 1011) and
+        `on_moved` (the session now runs on another device, given its label) run on the event loop."""
         self.session, self.app, self.loop = session, app, loop
-        self.deliver, self.report, self.fail = deliver, report, fail
+        self.deliver, self.report, self.fail, self.on_moved = deliver, report, fail, on_moved
         self.output_format = ImageFormat.from_name(app.config.output_format)
         self.quality = app.config.output_quality
         self.legacy = app.config.frame_path == "legacy"
@@ -98,7 +98,7 @@ class FrameStream:
         self.last_input = pending
         if self.session.mailbox.put(pending) is not None:
             self.app.metrics.frames.labels("dropped").inc()
-        self.app.worker.notify()
+        self.app.worker.notify(self)
 
     async def _check(self, frame: InputFrame) -> codec.Encoded | np.ndarray:
         """The header check (a JPEG's on the loop: microseconds), or the former PIL decode on the codec pool."""
@@ -180,6 +180,11 @@ class FrameStream:
         timings = FrameTimings(result.queue_ms, frame.decode_ms + result.stage_ms, result.inference_ms, encode_ms)
         self._to_loop(self.deliver, OutgoingFrame(frame.frame_id, frame.client_ts, frame.received_at,
                                                   self.output_format, payload, timings, flags, result.batch_size))
+
+    def moved(self, device: str) -> None:
+        """server/devices.py moved this session to `device` (its own device kept failing); any thread."""
+        if self.on_moved is not None:
+            self._to_loop(self.on_moved, device)
 
     def _to_loop(self, fn: Callable, *args) -> None:
         if self.session.open and not self.loop.is_closed():

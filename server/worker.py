@@ -79,7 +79,8 @@ class Source(Protocol):
 
 
 class Worker:
-    """Owns the pipeline once loaded; every inference in the process goes through `_run_batch` on one thread."""
+    """Owns one device's pipeline once loaded; every inference on that device goes through `_run_batch` on one
+    thread.  With `--devices`, server/devices.py runs one Worker per device and places sessions among them."""
 
     def __init__(self, pipe: Any, metrics: Metrics, max_batch: int = 8, batch_wait_ms: float = 0.0,
                  safety: Callable[[list[np.ndarray]], list[bool]] | None = None,
@@ -95,6 +96,9 @@ class Worker:
         self.overlap = overlap
         self.warm = threading.Event()  # set once warm-up has run on the model thread
         self.failed: BaseException | None = None  # the warm-up's exception
+        # after each pipeline call that ran, on the thread that finished it: (batch size, None or the exception);
+        # server/devices.py counts a device's faults with it
+        self.on_batch: Callable[[int, BaseException | None], None] | None = None
         self._warmup: Callable[[], None] | None = None
         self._sources: list[Source] = []
         self._wake = threading.Condition()
@@ -344,6 +348,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - reported to exactly this batch's clients, logged, worker goes on
             log.error("inference failed for a batch of %d: %r", len(jobs), exc)
             self._finish(jobs, start, error=exc, stage_ms=batch.stage_ms)
+            self._batch_done(len(jobs), exc)
             return
         if ready is None:
             self._finish_images(batch, start, list(host.numpy()))
@@ -360,6 +365,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - reported to exactly this batch's clients
             log.error("inference failed for a batch of %d: %r", len(batch.jobs), exc)
             self._finish(batch.jobs, start, error=exc, stage_ms=batch.stage_ms)
+            self._batch_done(len(batch.jobs), exc)
 
     def _call_whole(self, jobs: list[Job]) -> list[np.ndarray]:
         images = self.pipe([job.request for job in jobs], output_type="np")
@@ -378,6 +384,15 @@ class Worker:
             return
         images = [np.zeros_like(im) if bad else im for im, bad in zip(images, flagged, strict=True)]
         self._finish(batch.jobs, start, images=images, flagged=flagged, stage_ms=batch.stage_ms)
+        self._batch_done(len(batch.jobs), None)
+
+    def _batch_done(self, size: int, error: BaseException | None) -> None:
+        if self.on_batch is None:
+            return
+        try:
+            self.on_batch(size, error)
+        except Exception:  # a bug in the listener must not stop the worker
+            log.exception("batch listener failed")
 
     def _finish(self, jobs: list[Job], start: float, images: list[np.ndarray] | None = None,
                 flagged: list[bool] | None = None, error: BaseException | None = None, stage_ms: float = 0.0) -> None:

@@ -25,17 +25,21 @@ from server.config import ServerConfig  # noqa: E402
 
 class FaultyPipe:
     """Test hook wrapping the real pipeline: a batch with prompt "FAIL" raises, one with "SLOW" takes 0.6 s longer
-    (in `run`, the model phase the worker calls, and in a whole call)."""
+    (in `run`, the model phase the worker calls, and in a whole call); with `broken` set every batch raises (a
+    persistent device fault)."""
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
         self.calls: list[int] = []  # batch sizes
+        self.broken = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.pipe, name)
 
     def _faults(self, params) -> None:
         prompts = {p.prompt for p in params}
+        if self.broken:
+            raise RuntimeError("injected device fault")
         if "FAIL" in prompts:
             raise RuntimeError("injected failure")
         if "SLOW" in prompts:
