@@ -1,10 +1,12 @@
 """The inference worker: batches the newest frames of all ready sources into pipeline calls, in two stages.
 
 A *source* is anything with a one-slot mailbox: a WebSocket connection (server/connection.py) or a one-shot request
-from `submit_one` (Gradio). Each round the scheduler looks at the sources with a pending job, least recently served
-first (fairness), groups jobs whose `pipe.batch_key` is equal, and takes the most-starved group, up to `max_batch`
-requests, for ONE pipeline call. Jobs that did not fit go back to their (one-slot) mailboxes unless a newer frame
-arrived meanwhile. An exception in the pipeline reaches only the jobs of that batch; the threads go on.
+from `submit_one` (Gradio). Each round the scheduler orders the sources with a pending job by start-time fair queuing
+(a source's start tag is the tag of its last frame plus one, never below the smallest tag of the last batch: sessions
+that stream at once get equal numbers of frames, and one that arrives or returns from a pause starts level with the
+most-starved one, not ahead), groups jobs whose `pipe.batch_key` is equal, and takes the most-starved group, up to
+`max_batch` requests, for ONE pipeline call. Jobs that did not fit go back to their (one-slot) mailboxes unless a newer
+frame arrived meanwhile. An exception in the pipeline reaches only the jobs of that batch; the threads go on.
 
 Stages (`overlap`, the default): the staging thread ("sdxs-stage") takes batch n+1 from the mailboxes, decodes its
 frames (`decode`: a bad frame is answered at once and leaves the batch) and runs `pipe.stage` (squaring, control
@@ -101,6 +103,8 @@ class Worker:
         self.on_batch: Callable[[int, BaseException | None], None] | None = None
         self._warmup: Callable[[], None] | None = None
         self._sources: list[Source] = []
+        self._vtime = 0.0  # fair queuing: the smallest start tag of the last batch
+        self._finish_tags: dict[int, float] = {}  # id(source) -> start tag of its last frame + 1
         self._wake = threading.Condition()
         self._stopping = False
         self._staged: _Batch | None = None  # the hand-off from the staging thread to the model thread
@@ -140,11 +144,13 @@ class Worker:
     def register(self, source: Source) -> None:
         with self._wake:
             self._sources.append(source)
+            self._finish_tags[id(source)] = self._vtime
 
     def unregister(self, source: Source) -> None:
         with self._wake:
             if source in self._sources:
                 self._sources.remove(source)
+            self._finish_tags.pop(id(source), None)
 
     def pending_count(self) -> int:
         """Sources with a job waiting (`sdxs_pending_frames`)."""
@@ -251,7 +257,9 @@ class Worker:
     def _next_batch(self) -> list[Job]:
         """Take the most-starved compatible group of pending jobs (at most max_batch); return the rest."""
         with self._wake:
-            ready = sorted((s for s in self._sources if s.pending), key=lambda s: s.last_served)
+            ready = [s for s in self._sources if s.pending]
+            start = {id(s): max(self._vtime, self._finish_tags.get(id(s), self._vtime)) for s in ready}
+            ready.sort(key=lambda s: (start[id(s)], s.last_served))
         taken: list[tuple[Source, Job]] = [(s, job) for s in ready if (job := s.take_job()) is not None]
         if not taken:
             return []
@@ -270,8 +278,13 @@ class Worker:
         for source, job in rest:
             source.return_job(job)
         now = time.monotonic()
-        for source, _ in chosen:
-            source.last_served = now
+        with self._wake:
+            if chosen:
+                self._vtime = min(start[id(source)] for source, _ in chosen)
+            for source, _ in chosen:
+                source.last_served = now
+                if id(source) in self._finish_tags:  # not unregistered meanwhile
+                    self._finish_tags[id(source)] = start[id(source)] + 1.0
         return [job for _, job in chosen]
 
     def _stage(self, jobs: list[Job]) -> _Batch | None:
