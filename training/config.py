@@ -1,7 +1,9 @@
 """Stage configs: dataclasses loaded from YAML/JSON files, with ``--set key=value`` command-line overrides.
 
 ``--set`` values are parsed as YAML scalars (``--set lr=1e-4 --set ema_decay=null --set data.path=/x``); dotted keys
-reach nested dataclasses.  Unknown keys raise, so a typo never silently trains the wrong thing.
+reach nested dataclasses.  Unknown keys and values of the wrong type (``--set lr=fast``, ``--set max_steps=1e3``,
+which YAML reads as a string) raise at once, before a stage loads anything, so a typo never silently trains the wrong
+thing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 C = TypeVar("C")
 
@@ -80,12 +83,24 @@ def _coerce(tp: Any, value: Any) -> Any:
     return value
 
 
+def _checked(cls: type, name: str, tp: Any, value: Any) -> Any:
+    """``value`` validated and converted to the field's type by pydantic's lax mode: "1e-4" (YAML reads it as a
+    string) becomes 0.0001 and 1000.0 becomes 1000, while "fast" for a float or "1e3" for an int raise."""
+    if dataclasses.is_dataclass(tp) or tp is Any:
+        return value
+    try:
+        return TypeAdapter(tp).validate_python(str(value) if isinstance(value, Path) else value)
+    except ValidationError as exc:
+        expected = "; ".join(error["msg"] for error in exc.errors()[:2])
+        raise ValueError(f"{cls.__name__}.{name} = {value!r}: {expected}") from None
+
+
 def from_dict(cls: type[C], values: dict[str, Any]) -> C:
     hints = get_type_hints(cls)
     unknown = set(values) - set(hints)
     if unknown:
         raise KeyError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
-    return cls(**{k: _coerce(hints[k], v) for k, v in values.items()})
+    return cls(**{k: _checked(cls, k, hints[k], _coerce(hints[k], v)) for k, v in values.items()})
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -31,3 +31,19 @@ def test_unknown_keys_raise(tmp_path):
         load_config(OneStepConfig, None, ["data.resolutoin=1"])
     with pytest.raises(ValueError):
         load_config(OneStepConfig, None, ["max_steps"])
+
+
+def test_wrongly_typed_values_raise_while_parsing_and_numbers_in_strings_convert():
+    for assignment, field in (("lr=fast", "lr"), ("max_steps=1e3", "max_steps"), ("data.resolution=big", "resolution")):
+        with pytest.raises(ValueError, match=rf"\.{field} = "):
+            load_config(OneStepConfig, None, [assignment])
+    cfg = load_config(OneStepConfig, None, ["lr=1e-4", "max_steps=1000.0"])  # YAML reads 1e-4 as a string
+    assert cfg.lr == 1e-4 and isinstance(cfg.lr, float) and cfg.max_steps == 1000 and isinstance(cfg.max_steps, int)
+
+
+def test_a_stage_refuses_a_bad_override_before_loading_anything():
+    from training.stages import onestep
+
+    # a stage that got as far as loading would fail on the missing teacher instead
+    with pytest.raises(ValueError, match="lr = 'fast'"):
+        onestep.main(["--set", "lr=fast", "--set", "teacher=/nonexistent"])
