@@ -68,6 +68,9 @@ class TrainConfig:
     validate_every: int = 0  # 0: only at the end
     num_validation: int = 16
     progress: bool = True
+    # seconds a collective (e.g. the barrier while rank 0 writes caches or ODE pairs) may wait before failing;
+    # torch's default is 10 minutes, which a paper-scale cache outlasts
+    collective_timeout_s: float = 7200.0
     data: DataConfig = field(default_factory=DataConfig)
 
 

@@ -13,12 +13,13 @@ import math
 import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -57,6 +58,7 @@ class Runner:
             gradient_accumulation_steps=cfg.grad_accum,
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.collective_timeout_s))],
         )
         self.accelerator.print(f"[{name}] {self.accelerator.state.distributed_type} x{self.accelerator.num_processes}")
         set_seed(cfg.seed, device_specific=True)

@@ -47,3 +47,13 @@ def test_a_stage_refuses_a_bad_override_before_loading_anything():
     # a stage that got as far as loading would fail on the missing teacher instead
     with pytest.raises(ValueError, match="lr = 'fast'"):
         onestep.main(["--set", "lr=fast", "--set", "teacher=/nonexistent"])
+
+
+def test_the_collective_timeout_reaches_accelerate(tmp_path):
+    from datetime import timedelta
+
+    from training.config import TrainConfig
+    from training.runner import Runner
+
+    cfg = load_config(TrainConfig, None, [f"output_dir={tmp_path}", "collective_timeout_s=90", "progress=false"])
+    assert Runner(cfg, "t").accelerator.init_handler.timeout == timedelta(seconds=90)

@@ -63,9 +63,10 @@ def test_ablations_of_stages_2_4_and_5_rerun_from_the_toy_run(toy_run):
     work, out = root / "work", root / "abl"
     common = ["--work", str(work), "--out", str(out), "--eval-per-class", "2", "--threads", "1"]
     five = ablate.main(["cn", "{}", "--stage", "5", *common])
-    ema = ablate.main(["ema", json.dumps({"from_warmup_weights": True, "ema_decay": 0.9}), *common])
+    ema = ablate.main(["ema", json.dumps({"from_warmup_weights": True, "ema_decay": 0.9}), "--seed", "3", *common])
     decoder = ablate.main(["dec", json.dumps({"lr": 1e-3}), "--stage", "2", *common])
     assert 0 <= five["with_controlnet"]["edge_f1"] <= 1 and ema["onestep"]["fd"] >= 0
+    assert ema["seed"] == 3 and five["seed"] == 0  # the ablation's own training seed, else the run's
     assert 0 <= decoder["with_controlnet"]["edge_f1_tiny_decoder"] <= 1 and decoder["psnr"] > 0
     assert decoder["without"]["fd_tiny_decoder"] >= 0
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
@@ -95,7 +96,20 @@ def test_teacher_controlnet_tool_scores_each_variant(tmp_path):
     from training.mini import teacher_controlnet
 
     rows = teacher_controlnet.main(
-        ["none", "2:cubic", "--work", str(tmp_path), "--scale", "0.01", "--per-class", "1", "--threads", "1"]
+        [
+            "none",
+            "2:cubic",
+            "--work",
+            str(tmp_path),
+            "--scale",
+            "0.01",
+            "--per-class",
+            "1",
+            "--threads",
+            "1",
+            "--seed",
+            "1",
+        ]
     )
     assert [r["variant"] for r in rows] == ["none", "2:cubic"] and "train_s" in rows[1]
     assert all(0 <= r["edge_f1"] <= 1 and r["fd"] >= 0 and 0 <= r["accuracy"] <= 1 for r in rows)

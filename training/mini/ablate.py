@@ -14,7 +14,8 @@ warm-up's weights instead of its checkpoint (for settings that add state the che
 Stage 2 fine-tunes the run's stage-2 decoder with the run's fine-tune config (``decoder_onestep``) and scores the run's
 one-step student with and without its ControlNet through it, and its PSNR on held-out real latents.  Prints one JSON
 line (FD, accuracy and, for stages 5 and 2, edge F1 with and without the ControlNet) and appends it to
-``--out/results.jsonl``.
+``--out/results.jsonl``.  ``--seed`` gives the ablation's training another seed (trajectory noise); the digit split,
+classifier and evaluation noise stay the run's (its ``--seed``, read from its configs), so rows compare with its table.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", default="/tmp/sdxs-mini")
     parser.add_argument("--out", default="/tmp/sdxs-ablations")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the run's)")
     parser.add_argument(
         "--eval-per-class", type=int, default=100, help="samples per digit class (FD, accuracy, edge F1)"
     )
@@ -63,7 +65,12 @@ def main(argv=None) -> dict:
     if args.stage == 4 and not (from_scratch or from_weights):
         name = f"step_{cfg['warmup_steps']:07d}"
         shutil.copytree(work / "onestep" / "checkpoints" / name, out / "checkpoints" / name)
+    run_seed = int(cfg.get("seed", 0))
     cfg.update(overrides, output_dir=str(out))
+    if args.seed is not None and args.seed != run_seed and args.stage != 2:
+        cfg.update(seed=args.seed, pairs_path=str(out / "cache" / "pairs.pt"))  # the teacher's pairs depend on it
+    elif args.seed is not None:
+        cfg["seed"] = args.seed
     if args.stage == 4 and from_weights:  # phase (b) only, from the warm-up's weights (fresh optimiser, EMA, GAN head)
         cfg.update(
             student=str(work / "onestep_warmup_final" / "unet"),
@@ -77,6 +84,7 @@ def main(argv=None) -> dict:
     result = {
         "name": args.name,
         "stage": args.stage,
+        "seed": cfg.get("seed", run_seed),
         "overrides": overrides,
         "from_scratch": from_scratch,
         "from_warmup_weights": from_weights,
@@ -84,8 +92,9 @@ def main(argv=None) -> dict:
     }
 
     mini.EVAL_PER_CLASS = args.eval_per_class
-    digits = mdata.digits(32, seed=0)
-    evaluator = mini.Evaluator(work, cached_classifier(work, digits.train, digits.train_labels), digits, 0)
+    digits = mdata.digits(32, seed=run_seed)
+    classifier = cached_classifier(work, digits.train, digits.train_labels, seed=run_seed)
+    evaluator = mini.Evaluator(work, classifier, digits, run_seed)
     if args.stage == 4:
         result["onestep"] = evaluator.score("onestep", evaluator.onestep(load_part(out / "final", "unet")))
     elif args.stage == 2:

@@ -2,7 +2,8 @@
 
     python -m training.mini.spread [--work /tmp/sdxs-mini] [--seeds 1 2 3] [--eval-per-class 100]
 
-Each seed draws new evaluation noise (the models and the held-out digits stay); prints, per generator, FD and class
+Each seed draws new evaluation noise (the models and the held-out digits of the run's own ``--seed``, read from its
+configs, stay); prints, per generator, FD and class
 accuracy for every seed and their mean and standard deviation as one JSON object.  Training-trajectory noise is not
 in it: that needs reruns (``training.mini.ablate``).
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from training.mini import data as mdata
 from training.mini import run as mini
@@ -38,8 +40,9 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     mini.EVAL_PER_CLASS = args.eval_per_class
     work = Path(args.work)
-    digits = mdata.digits(32, seed=0)
-    classifier = cached_classifier(work, digits.train, digits.train_labels)
+    run_seed = int(yaml.safe_load((work / "configs" / "onestep.yaml").read_text()).get("seed", 0))
+    digits = mdata.digits(32, seed=run_seed)
+    classifier = cached_classifier(work, digits.train, digits.train_labels, seed=run_seed)
     students = {name: load_part(work / path, "unet") for name, path in ONE_STEP.items()}
     scores: dict[str, list[dict]] = {}
     for seed in args.seeds:

@@ -31,23 +31,31 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--work", default="/tmp/sdxs-mini-teacher")
     parser.add_argument("--per-class", type=int, default=30, help="evaluation samples per digit class")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="digit split, teacher, ControlNet, classifier, evaluation (one --work per seed)",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the VAE and UNet step counts (tests)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    digits = mdata.digits(32, seed=0)
+    digits = mdata.digits(32, seed=args.seed)
     captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
     if not (work / "teacher").exists():
         steps = mini.scaled_steps(args.scale) | {"teacher_controlnet": 0}
-        photos_train, _ = mini.decoder_photos(0)
-        prepare.build_teacher(work, digits.train, captions, torch.cat([digits.train, photos_train]), steps)
+        photos_train, _ = mini.decoder_photos(args.seed)
+        mixed = torch.cat([digits.train, photos_train])
+        prepare.build_teacher(work, digits.train, captions, mixed, steps, seed=args.seed)
 
     unet, vae = load_part(work / "teacher", "unet"), load_part(work / "teacher", "vae")
     text = load_text_encoder(work / "teacher", torch.device("cpu"))
     latents, embeds, uncond = prepare.encode(vae, digits.train), text(captions), text([""])
     controls = extract_control(digits.train, prepare.CONTROL_KIND)
     mini.EVAL_PER_CLASS = args.per_class
-    evaluator = mini.Evaluator(work, cached_classifier(work, digits.train, digits.train_labels), digits, 0)
+    classifier = cached_classifier(work, digits.train, digits.train_labels, seed=args.seed)
+    evaluator = mini.Evaluator(work, classifier, digits, args.seed)
     held_out = mini.eval_controls(digits)
     rows = []
     for variant in args.variants:
@@ -57,7 +65,7 @@ def main(argv=None) -> list[dict]:
         else:
             steps, timesteps = variant.split(":")
             controlnet, _ = prepare.train_teacher_controlnet(
-                unet, latents, embeds, controls, uncond, int(steps), timesteps=timesteps
+                unet, latents, embeds, controls, uncond, int(steps), seed=args.seed, timesteps=timesteps
             )
             row["train_s"] = round(time.time() - started)
             latents_out = evaluator.multistep(unet, controlnet=controlnet, control=held_out)
