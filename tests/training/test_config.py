@@ -57,3 +57,12 @@ def test_the_collective_timeout_reaches_accelerate(tmp_path):
 
     cfg = load_config(TrainConfig, None, [f"output_dir={tmp_path}", "collective_timeout_s=90", "progress=false"])
     assert Runner(cfg, "t").accelerator.init_handler.timeout == timedelta(seconds=90)
+
+
+@pytest.mark.parametrize("stage", ["distill_decoder", "onestep"])
+def test_stages_with_two_optimisers_refuse_grad_accum_instead_of_ignoring_it(stage):
+    import importlib
+
+    module = importlib.import_module(f"training.stages.{stage}")
+    with pytest.raises(ValueError, match="grad_accum"):
+        module.main(["--set", "grad_accum=4", "--set", "teacher=/nonexistent"])

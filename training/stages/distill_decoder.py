@@ -132,6 +132,9 @@ def main(argv=None) -> Runner:
     cfg = parse_args(DistillDecoderConfig, argv, __doc__)
     if cfg.onestep_samples and not cfg.onestep_unet:
         raise ValueError("onestep_samples needs onestep_unet (a one-step UNet folder)")
+    if cfg.grad_accum != 1:  # it used to be ignored here: every micro-batch stepped both optimisers
+        raise ValueError("the decoder stage alternates two optimisers (decoder, discriminator) per step; use a larger "
+                         "batch_size, not grad_accum")
     run = Runner(cfg, "distill_decoder")
     device = run.device
 
