@@ -440,3 +440,40 @@ def test_a_shared_pairs_file_made_with_other_settings_stops_the_stage_with_the_d
     assert "num_pairs: 1024 there, 64 here" in str(err.value) and "own pairs_path" in str(err.value)
     assert "control_target" not in pair_settings(OneStepConfig(), controlnet_mode=False)
     assert pair_settings(OneStepConfig(teacher=tmp_path), controlnet_mode=False)["teacher"] == str(tmp_path)
+
+
+def test_pairs_come_from_pairs_teacher_when_one_is_given(runs, toy, tmp_path):
+    """``pairs_teacher``: the ODE pairs are solved by that UNet (the paper's straightened teacher), the real score
+    stays ``teacher``'s; the pairs record names it, so a file from the plain teacher is not reused."""
+    from diffusers import UNet2DConditionModel
+
+    from training.stages.onestep import OneStepConfig, pair_settings
+
+    root, _ = runs
+    other = tmp_path / "other_teacher"
+    unet = UNet2DConditionModel.from_pretrained(toy.teacher / "unet")
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.mul_(1.25)
+    unet.save_pretrained(other / "unet")
+    config = dict(
+        teacher=str(toy.teacher),
+        recipe=RECIPE_DICT,
+        data=toy.data_cfg(),
+        student=str(root / "unet" / "final" / "unet"),
+        num_pairs=4,
+        ode_steps=2,
+        warmup_steps=1,
+        max_steps=1,
+        checkpoint_every=1,
+    )
+    _run(onestep, tmp_path / "plain", **config)
+    _run(onestep, tmp_path / "same", **config, pairs_teacher=str(toy.teacher))
+    _run(onestep, tmp_path / "other", **config, pairs_teacher=str(other))
+    pairs = {name: torch.load(tmp_path / name / "cache" / "pairs.pt") for name in ("plain", "same", "other")}
+    assert torch.equal(pairs["plain"]["noise"], pairs["other"]["noise"])
+    assert torch.equal(pairs["plain"]["target"], pairs["same"]["target"])
+    assert not torch.allclose(pairs["plain"]["target"], pairs["other"]["target"])
+    assert "pairs_teacher" not in pair_settings(OneStepConfig(teacher="t"), controlnet_mode=False)
+    recorded = json.loads((tmp_path / "other" / "cache" / "pairs.json").read_text())
+    assert recorded["pairs_teacher"] == str(other)

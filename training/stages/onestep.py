@@ -80,6 +80,10 @@ class OneStepConfig(TrainConfig):
     ode_steps: int = 25
     guidance: float = 1.0  # teacher CFG for the ODE targets
     pairs_path: str = ""  # default: <output_dir>/cache/pairs.pt (share it between runs)
+    # the UNet that solves the ODE for the pairs (empty: ``teacher``); the paper uses a separate, straightened teacher
+    # for them while ``teacher`` gives the real score.  It shares ``teacher``'s VAE and text encoder (and, for stage 5,
+    # its ControlNet must fit it)
+    pairs_teacher: str = ""
     # (a) feature matching
     warmup_steps: int = 0
     feature_net: str = "vae_encoder"  # latent | vae_decoder | vae_encoder
@@ -188,8 +192,13 @@ CONTROL_PAIR_SETTINGS = ("teacher_controlnet", "control_kind", "control_source",
 
 
 def pair_settings(cfg: OneStepConfig, controlnet_mode: bool) -> dict:
-    """The config fields a pairs file is made from (written beside it as ``<name>.json``)."""
-    keys = PAIR_SETTINGS + (CONTROL_PAIR_SETTINGS if controlnet_mode else ())
+    """The config fields a pairs file is made from (written beside it as ``<name>.json``); ``pairs_teacher`` only
+    when set, so that records written before it existed still match."""
+    keys = (
+        PAIR_SETTINGS
+        + (CONTROL_PAIR_SETTINGS if controlnet_mode else ())
+        + (("pairs_teacher",) * bool(cfg.pairs_teacher))
+    )
     return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}, default=str))  # as the record reads back
 
 
@@ -251,7 +260,9 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
     bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache", keep_pixels=False)
     if run.accelerator.is_main_process and not pairs_path.exists():
         pairs_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(make_pairs(cfg, bank, teacher, teacher_cn, scheduler, vae, uncond, device), pairs_path)
+        solver = freeze(load_part(cfg.pairs_teacher, "unet")).to(device, wd) if cfg.pairs_teacher else teacher
+        torch.save(make_pairs(cfg, bank, solver, teacher_cn, scheduler, vae, uncond, device), pairs_path)
+        del solver
         _settings_path(pairs_path).write_text(json.dumps(settings, indent=2))
     run.accelerator.wait_for_everyone()
     pairs = Bank(torch.load(pairs_path))
