@@ -66,3 +66,11 @@ def test_stages_with_two_optimisers_refuse_grad_accum_instead_of_ignoring_it(sta
     module = importlib.import_module(f"training.stages.{stage}")
     with pytest.raises(ValueError, match="grad_accum"):
         module.main(["--set", "grad_accum=4", "--set", "teacher=/nonexistent"])
+
+
+def test_stage1_follows_the_paper_without_the_denoising_loss_and_refuses_an_empty_loss():
+    from training.stages import distill_unet
+
+    assert load_config(distill_unet.DistillUNetConfig).denoise_weight == 0.0  # the paper, section 3.1
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        distill_unet.main(["--set", "out_kd_weight=0", "--set", "feat_kd_weight=0", "--set", "teacher=/nonexistent"])

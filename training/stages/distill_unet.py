@@ -1,9 +1,11 @@
 """Stage 1 (paper Fig. 2b; BK-SDM): distil a block-removed student UNet from its teacher.
 
-loss = w_denoise * MSE(student, eps) + w_out * MSE(student, teacher) + w_feat * mean_stage MSE(student stage,
-teacher stage), the features taken on every kept down and up stage through the teacher-to-student stage map
+loss = w_out * MSE(student, teacher) + w_feat * mean_stage MSE(student stage, teacher stage) [+ w_denoise *
+MSE(student, eps)], the features taken on every kept down and up stage through the teacher-to-student stage map
 (``sdxs.student.stage_map``).  The student is cut from the teacher with copied weights (``sdxs.student``).
-Setting ``out_kd_weight = feat_kd_weight = 0`` trains the same architecture without KD (the control).
+The paper excludes the denoising loss (section 3.1), so ``denoise_weight`` is 0 by default; BK-SDM's recipe adds it
+(``denoise_weight: 1``).  The same architecture without KD (the control) is ``out_kd_weight = feat_kd_weight = 0``
+with ``denoise_weight = 1``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class DistillUNetConfig(TrainConfig):
     teacher: str = ""  # StableDiffusionPipeline folder
     student: str = ""  # a UNet folder to continue from; empty: derive from the teacher
     recipe: Any = "sdxs-512-dreamshaper"  # variant name or dict of RemovalRecipe fields
-    denoise_weight: float = 1.0
+    denoise_weight: float = 0.0  # the paper excludes it (section 3.1); BK-SDM uses 1
     out_kd_weight: float = 1.0
     feat_kd_weight: float = 1.0
     uncond_prob: float = 0.1
@@ -42,6 +44,11 @@ class DistillUNetConfig(TrainConfig):
 
 def main(argv=None) -> Runner:
     cfg = parse_args(DistillUNetConfig, argv, __doc__)
+    if cfg.denoise_weight == cfg.out_kd_weight == cfg.feat_kd_weight == 0:
+        raise ValueError(
+            "every loss weight is 0 (denoise_weight, out_kd_weight, feat_kd_weight): nothing to train; "
+            "the no-KD control needs denoise_weight=1"
+        )
     run = Runner(cfg, "distill_unet")
     device = run.device
 
