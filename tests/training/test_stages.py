@@ -477,3 +477,37 @@ def test_pairs_come_from_pairs_teacher_when_one_is_given(runs, toy, tmp_path):
     assert "pairs_teacher" not in pair_settings(OneStepConfig(teacher="t"), controlnet_mode=False)
     recorded = json.loads((tmp_path / "other" / "cache" / "pairs.json").read_text())
     assert recorded["pairs_teacher"] == str(other)
+
+
+def test_segment_alpha_is_lowered_during_diff_instruct_when_asked(runs, toy, tmp_path):
+    """The paper starts phase (b) with alpha near 1 and lowers it; ``segment_alpha_end`` gives that schedule (alpha
+    is logged), independent of the feature-matching weight's own schedule."""
+    from training.stages.onestep import OneStepConfig, segment_alpha_at
+
+    root, _ = runs
+    config = dict(
+        teacher=str(toy.teacher),
+        recipe=RECIPE_DICT,
+        data=toy.data_cfg(),
+        student=str(root / "unet" / "final" / "unet"),
+        num_pairs=4,
+        ode_steps=2,
+        warmup_steps=1,
+        max_steps=4,
+        checkpoint_every=4,
+        fake_updates=1,
+        segment_alpha=1.0,
+        segment_alpha_end=0.25,
+        fm_weight=2.0,
+        fm_weight_end=2.0,
+        fm_decay="constant",
+    )
+    _run(onestep, tmp_path / "run", **config)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    alphas = [r["alpha"] for r in rows if "alpha" in r]
+    assert len(alphas) == 3 and alphas == sorted(alphas, reverse=True) and alphas[0] == 1.0 and alphas[-1] < 0.6
+    assert {r["fm_weight"] for r in rows if "fm_weight" in r} == {2.0}
+    fixed = OneStepConfig(segment_alpha=0.5)
+    assert segment_alpha_at(fixed, 0.0) == segment_alpha_at(fixed, 1.0) == 0.5
+    with pytest.raises(ValueError, match="segment_alpha_end"):
+        onestep.main(["--set", "segment_alpha_end=1.5", "--set", "teacher=/nonexistent"])

@@ -208,7 +208,7 @@ def plot_losses(curves: dict, prepare_losses: dict, path: Path) -> None:
             ax.plot(np.convolve(values, np.ones(20) / 20, mode="valid"))
         else:
             rows = curves[name]
-            for key in sorted({k for r in rows for k in r} - {"step", "fm_weight", "score_fraction"}):
+            for key in sorted({k for r in rows for k in r} - {"step", "fm_weight", "alpha", "score_fraction"}):
                 pts = [(r["step"], r[key]) for r in rows if key in r]
                 ax.plot(*zip(*pts), label=key)
             ax.legend(fontsize=6)

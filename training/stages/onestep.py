@@ -16,7 +16,8 @@ Score-distillation samples and the fake model's samples come from fresh noise (`
 noises stay with the feature-matching rows, whose targets need them).  Samples whose t falls in the feature-matching
 segment (``losses.score_distillation_mask``: t >= alpha*T with the
 paper's ``score_on=low``) take the feature-matching loss instead, weighted by a weight decaying from ``fm_weight`` to
-``fm_weight_end``.  Options: a GAN head on the fake model's bottleneck (DMD2, ``gan_weight``), switching the
+``fm_weight_end``; alpha itself may be lowered during the phase (``segment_alpha`` -> ``segment_alpha_end``), as the
+paper does.  Options: a GAN head on the fake model's bottleneck (DMD2, ``gan_weight``), switching the
 feature-matching teacher to a frozen copy of the one-step student at ``switch_teacher_at``.
 """
 
@@ -98,7 +99,11 @@ class OneStepConfig(TrainConfig):
     fm_decay: str = "linear"  # linear | cosine | constant
     switch_teacher_at: int = 0  # 0: never
     # (b) segmented Diff-Instruct
-    segment_alpha: float = 0.5
+    segment_alpha: float = 0.5  # the boundary alpha*T between the segments (at the start of phase (b))
+    # the paper starts with alpha near 1 and lowers it (with lambda_FM, ``fm_weight`` -> ``fm_weight_end``, which is
+    # independent of alpha): alpha goes from ``segment_alpha`` to ``segment_alpha_end`` by ``alpha_decay``; None: fixed
+    segment_alpha_end: float | None = None
+    alpha_decay: str = "linear"  # linear | cosine | constant
     score_on: str = "low"  # low (paper) | high | all (plain Diff-Instruct)
     t_min: int = 20
     t_max: int = 980
@@ -191,6 +196,14 @@ PAIR_SETTINGS = ("teacher", "seed", "num_pairs", "ode_steps", "guidance")
 CONTROL_PAIR_SETTINGS = ("teacher_controlnet", "control_kind", "control_source", "control_target")
 
 
+def segment_alpha_at(cfg: OneStepConfig, progress: float) -> float:
+    """The segment boundary alpha at ``progress`` in [0, 1] of phase (b): ``segment_alpha`` lowered to
+    ``segment_alpha_end`` by ``alpha_decay`` (fixed when ``segment_alpha_end`` is None)."""
+    if cfg.segment_alpha_end is None:
+        return cfg.segment_alpha
+    return decayed_weight(cfg.segment_alpha, cfg.segment_alpha_end, progress, cfg.alpha_decay)
+
+
 def pair_settings(cfg: OneStepConfig, controlnet_mode: bool) -> dict:
     """The config fields a pairs file is made from (written beside it as ``<name>.json``); ``pairs_teacher`` only
     when set, so that records written before it existed still match."""
@@ -230,6 +243,11 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
     check_choice("control_source", cfg.control_source, CONTROL_SOURCES)
     check_choice("control_target", cfg.control_target, CONTROL_TARGETS)
     check_choice("latent_distance", cfg.latent_distance, tuple(LATENT_DISTANCES))
+    check_choice("alpha_decay", cfg.alpha_decay, ("linear", "cosine", "constant"))
+    for name in ("segment_alpha", "segment_alpha_end"):
+        value = getattr(cfg, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} {value!r}: expected a number in [0, 1]")
     run = Runner(cfg, "onestep_controlnet" if controlnet_mode else "onestep")
     device, wd = run.device, run.weight_dtype
     pairs_path = Path(cfg.pairs_path or run.out / "cache" / "pairs.pt")
@@ -400,7 +418,9 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
         batch = pairs.sample(cfg.batch_size, g, device)
         if not warmup:  # each sample's t decides its loss; score-distillation rows may take fresh noise
             t = randint(cfg.t_max + 1, cfg.batch_size, g, device, low=cfg.t_min)
-            mask = score_distillation_mask(t, cfg.segment_alpha, T, cfg.score_on)
+            progress = (run.state.step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+            alpha = segment_alpha_at(cfg, progress)
+            mask = score_distillation_mask(t, alpha, T, cfg.score_on)
             batch = with_fresh_noise(batch, mask)
         with run.accelerator.autocast():
             x = generate(batch)
@@ -416,10 +436,11 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
             else:
                 x0_fake, x0_real = scores(x, batch, t)
                 sd = score_distillation_per_sample(x, x0_fake, x0_real, cfg.normalise_score)
-                progress = (run.state.step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
                 weight = decayed_weight(cfg.fm_weight, cfg.fm_weight_end, progress, cfg.fm_decay)
                 loss = segmented_loss(sd, fm, mask, weight)
-                logs.update(sd=sd.mean().item(), fm_weight=weight, score_fraction=mask.float().mean().item())
+                logs.update(
+                    sd=sd.mean().item(), fm_weight=weight, alpha=alpha, score_fraction=mask.float().mean().item()
+                )
                 if cfg.gan_weight > 0:
                     fake_plain.requires_grad_(False)
                     x_gan = add_noise(x, randn(x.shape, g, device), ac[t])
