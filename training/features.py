@@ -4,7 +4,9 @@ Each maps UNet-space latents (B, 4, h, w) to a list of feature maps (B, C_l, H_l
 gradients flow to the input.  Built from the teacher's own VAE, so no extra pretrained network is needed:
 ``latent`` (the latents themselves), ``vae_decoder`` (the teacher decoder's up-stage outputs and its pixels),
 ``vae_encoder`` (decode with the teacher, then the teacher encoder's down-stage outputs; the paper's choice of an
-encoder applied to both images).  Kinds combine with ``+``: ``latent+vae_encoder`` matches the latents themselves
+encoder applied to both images), ``unet_encoder`` (the frozen diffusion UNet's down blocks and mid block on the
+latents at a small timestep with the empty prompt: the paper's third option, which needs nothing beyond the teacher
+and works offline).  Kinds combine with ``+``: ``latent+vae_encoder`` matches the latents themselves
 as the first layer, which pins the latents' scale (the decoder saturates, so decoded features alone let it drift).
 """
 
@@ -39,6 +41,34 @@ class VAEFeatures(nn.Module):
         return [f.float() for f in self.recorder.pop().values()]
 
 
+class UNetEncoderFeatures(nn.Module):
+    """The teacher UNet's encoder half as a feature network: down-block outputs and the mid block's, for latents
+    treated as x_t at ``timestep`` (small: nearly clean) with the empty prompt's embeddings (1, L, D)."""
+
+    def __init__(self, unet, uncond: torch.Tensor, timestep: int = 20):
+        super().__init__()
+        self.unet, self.timestep = unet.requires_grad_(False).eval(), timestep
+        self.register_buffer("uncond", uncond.detach(), persistent=False)
+
+    def forward(self, latents: torch.Tensor) -> list[torch.Tensor]:
+        unet = self.unet
+        dtype = next(unet.parameters()).dtype
+        sample = latents.to(dtype)
+        embedding = unet.time_embedding(unet.get_time_embed(sample, self.timestep).expand(len(sample), -1).to(dtype))
+        context = self.uncond.to(dtype).expand(len(sample), -1, -1)
+        hidden = unet.conv_in(sample)
+        features = []
+        for block in unet.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                hidden, _ = block(hidden_states=hidden, temb=embedding, encoder_hidden_states=context)
+            else:
+                hidden, _ = block(hidden_states=hidden, temb=embedding)
+            features.append(hidden.float())
+        if unet.mid_block is not None:
+            features.append(unet.mid_block(hidden, embedding, encoder_hidden_states=context).float())
+        return features
+
+
 class CombinedFeatures(nn.Module):
     """The layers of several feature networks, in order."""
 
@@ -50,11 +80,17 @@ class CombinedFeatures(nn.Module):
         return [f for part in self.parts for f in part(latents)]
 
 
-def feature_network(kind: str, vae=None) -> nn.Module:
+def feature_network(kind: str, vae=None, unet=None, uncond: torch.Tensor | None = None) -> nn.Module:
+    """The feature network ``kind`` (``latent``, ``vae_encoder``, ``vae_decoder``, ``unet_encoder`` or several joined
+    by ``+``) over the teacher's ``vae`` / ``unet`` (with the empty prompt's embeddings ``uncond``)."""
     if "+" in kind:
-        return CombinedFeatures([feature_network(k, vae) for k in kind.split("+")])
+        return CombinedFeatures([feature_network(k, vae, unet, uncond) for k in kind.split("+")])
+    if kind == "unet_encoder":
+        if unet is None or uncond is None:
+            raise ValueError("feature_net unet_encoder needs the teacher UNet and the empty prompt's embeddings")
+        return UNetEncoderFeatures(unet, uncond)
     if kind == "latent":
         return LatentFeatures()
     if kind in ("vae_encoder", "vae_decoder"):
         return VAEFeatures(vae, kind)
-    raise ValueError(f"unknown feature network {kind!r}")
+    raise ValueError(f"unknown feature network {kind!r}: expected latent, vae_encoder, vae_decoder or unet_encoder")

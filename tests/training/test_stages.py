@@ -511,3 +511,40 @@ def test_segment_alpha_is_lowered_during_diff_instruct_when_asked(runs, toy, tmp
     assert segment_alpha_at(fixed, 0.0) == segment_alpha_at(fixed, 1.0) == 0.5
     with pytest.raises(ValueError, match="segment_alpha_end"):
         onestep.main(["--set", "segment_alpha_end=1.5", "--set", "teacher=/nonexistent"])
+
+
+def test_the_diffusion_unets_encoder_is_a_feature_network(runs, toy, tmp_path):
+    """``feature_net: unet_encoder`` (the paper's third option, offline): the teacher UNet's down and mid features,
+    differentiable in the latents, and a warm-up run trains with it."""
+    from training.features import feature_network
+    from training.models import load_part, load_text_encoder
+
+    unet = load_part(toy.teacher, "unet")
+    uncond = load_text_encoder(toy.teacher, torch.device("cpu"))([""])
+    net = feature_network("unet_encoder", unet=unet, uncond=uncond)
+    latents = torch.randn(2, 4, 8, 8, requires_grad=True)
+    features = net(latents)
+    assert len(features) == len(unet.down_blocks) + 1 and all(f.shape[0] == 2 for f in features)
+    sum(f.square().mean() for f in features).backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
+    assert not any(p.grad is not None for p in unet.parameters())
+    with pytest.raises(ValueError, match="unet_encoder needs"):
+        feature_network("unet_encoder")
+
+    root, _ = runs
+    config = dict(
+        teacher=str(toy.teacher),
+        recipe=RECIPE_DICT,
+        data=toy.data_cfg(),
+        student=str(root / "unet" / "final" / "unet"),
+        num_pairs=4,
+        ode_steps=2,
+        warmup_steps=2,
+        max_steps=2,
+        checkpoint_every=2,
+        feature_net="unet_encoder",
+        feature_distance="mse",
+    )
+    _run(onestep, tmp_path / "run", **config)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["fm"] > 0 for r in rows)
