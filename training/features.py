@@ -69,6 +69,49 @@ class UNetEncoderFeatures(nn.Module):
         return features
 
 
+class DINOv2Features(nn.Module):
+    """DINOv2 (transformers' ``Dinov2Model``) on the teacher's decodes: patch tokens of every ``layer_every``-th layer
+    as (B, hidden, H/14, W/14) maps; pixels are resized up to a multiple of the patch size and ImageNet-normalised."""
+
+    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, vae, model, layer_every: int = 3):
+        super().__init__()
+        self.vae, self.model = vae.requires_grad_(False).eval(), model.requires_grad_(False).eval()
+        self.layer_every = layer_every
+        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, latents: torch.Tensor) -> list[torch.Tensor]:
+        dtype = next(self.vae.parameters()).dtype
+        pixels = self.vae.decode((latents / self.vae.config.scaling_factor).to(dtype)).sample.float()
+        patch = self.model.config.patch_size
+        side = max(patch, -(-max(pixels.shape[-2:]) // patch) * patch)
+        pixels = torch.nn.functional.interpolate((pixels + 1) / 2, size=(side, side), mode="bilinear")
+        pixels = ((pixels - self.mean) / self.std).to(next(self.model.parameters()).dtype)
+        states = self.model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        grid = side // patch
+        maps = []
+        for state in states[self.layer_every :: self.layer_every] or states[-1:]:
+            tokens = state[:, -grid * grid :]  # patch tokens (after the CLS and any register tokens)
+            maps.append(tokens.transpose(1, 2).reshape(len(tokens), -1, grid, grid).float())
+        return maps
+
+
+def load_dinov2(name_or_path: str):
+    """transformers' Dinov2Model from a Hub id or a folder; a ValueError saying what to do when it is not there."""
+    from transformers import Dinov2Model
+
+    try:
+        return Dinov2Model.from_pretrained(name_or_path)
+    except OSError as exc:
+        raise ValueError(
+            f"feature_net dinov2 needs the weights of {name_or_path!r}: they are not in the Hugging Face cache and "
+            f"the Hub could not be reached ({type(exc).__name__}). Download them where there is a network "
+            f"(hf download {name_or_path}) or set feature_model to a local folder; unet_encoder works offline."
+        ) from None
+
+
 class CombinedFeatures(nn.Module):
     """The layers of several feature networks, in order."""
 
@@ -80,11 +123,16 @@ class CombinedFeatures(nn.Module):
         return [f for part in self.parts for f in part(latents)]
 
 
-def feature_network(kind: str, vae=None, unet=None, uncond: torch.Tensor | None = None) -> nn.Module:
-    """The feature network ``kind`` (``latent``, ``vae_encoder``, ``vae_decoder``, ``unet_encoder`` or several joined
-    by ``+``) over the teacher's ``vae`` / ``unet`` (with the empty prompt's embeddings ``uncond``)."""
+def feature_network(
+    kind: str, vae=None, unet=None, uncond: torch.Tensor | None = None, model: str = "facebook/dinov2-small"
+) -> nn.Module:
+    """The feature network ``kind`` (``latent``, ``vae_encoder``, ``vae_decoder``, ``unet_encoder``, ``dinov2``, or
+    several joined by ``+``) over the teacher's ``vae`` / ``unet`` (with the empty prompt's embeddings ``uncond``);
+    ``model``: the DINOv2 Hub id or folder."""
     if "+" in kind:
-        return CombinedFeatures([feature_network(k, vae, unet, uncond) for k in kind.split("+")])
+        return CombinedFeatures([feature_network(k, vae, unet, uncond, model) for k in kind.split("+")])
+    if kind == "dinov2":
+        return DINOv2Features(vae, load_dinov2(model))
     if kind == "unet_encoder":
         if unet is None or uncond is None:
             raise ValueError("feature_net unet_encoder needs the teacher UNet and the empty prompt's embeddings")
@@ -93,4 +141,6 @@ def feature_network(kind: str, vae=None, unet=None, uncond: torch.Tensor | None 
         return LatentFeatures()
     if kind in ("vae_encoder", "vae_decoder"):
         return VAEFeatures(vae, kind)
-    raise ValueError(f"unknown feature network {kind!r}: expected latent, vae_encoder, vae_decoder or unet_encoder")
+    raise ValueError(
+        f"unknown feature network {kind!r}: expected latent, vae_encoder, vae_decoder, unet_encoder or dinov2"
+    )

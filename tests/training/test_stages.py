@@ -548,3 +548,27 @@ def test_the_diffusion_unets_encoder_is_a_feature_network(runs, toy, tmp_path):
     _run(onestep, tmp_path / "run", **config)
     rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["fm"] > 0 for r in rows)
+
+
+def test_dinov2_features_from_a_local_folder_and_a_clear_error_without_weights(toy, tmp_path, monkeypatch):
+    """``feature_net: dinov2`` takes DINOv2 from the Hub or a folder (here a small random one in the same format);
+    without weights it says what to do."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from training.features import feature_network
+    from training.models import load_part
+
+    folder = tmp_path / "dinov2"
+    config = Dinov2Config(
+        hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, image_size=28, patch_size=14
+    )
+    Dinov2Model(config).save_pretrained(folder)
+    net = feature_network("dinov2", vae=load_part(toy.teacher, "vae"), model=str(folder))
+    latents = torch.randn(2, 4, 8, 8, requires_grad=True)
+    features = net(latents)
+    assert len(features) == 1 and features[0].shape[:2] == (2, 16) and features[0].shape[-1] == features[0].shape[-2]
+    features[0].square().mean().backward()
+    assert latents.grad.abs().sum() > 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="feature_model to a local folder"):
+        feature_network("dinov2", vae=load_part(toy.teacher, "vae"), model="nobody/no-such-dinov2")

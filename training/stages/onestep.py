@@ -87,7 +87,8 @@ class OneStepConfig(TrainConfig):
     pairs_teacher: str = ""
     # (a) feature matching
     warmup_steps: int = 0
-    feature_net: str = "vae_encoder"  # latent | vae_decoder | vae_encoder | unet_encoder, joined by +
+    feature_net: str = "vae_encoder"  # latent | vae_decoder | vae_encoder | unet_encoder | dinov2, joined by +
+    feature_model: str = "facebook/dinov2-small"  # dinov2: a Hub id or a local folder
     feature_distance: str = "ssim"  # ssim | mse | lpips
     feature_weights: Any = None
     # + latent_weight * MSE(student latents, target latents): the teacher decoder saturates, so decoded features alone
@@ -271,7 +272,7 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
     if cfg.gradient_checkpointing:
         trained.enable_gradient_checkpointing()
     fake = FakeScore(copy.deepcopy(teacher).float().requires_grad_(True).train(), cfg.gan_weight > 0)
-    features = feature_network(cfg.feature_net, vae, teacher, uncond)
+    features = feature_network(cfg.feature_net, vae, teacher, uncond, cfg.feature_model)
     fm_distance = FEATURE_DISTANCES[cfg.feature_distance]
 
     # 2. data: prompts (+ real latents for the GAN) and the teacher's ODE pairs
