@@ -572,3 +572,20 @@ def test_dinov2_features_from_a_local_folder_and_a_clear_error_without_weights(t
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="feature_model to a local folder"):
         feature_network("dinov2", vae=load_part(toy.teacher, "vae"), model="nobody/no-such-dinov2")
+
+
+def test_a_fraction_of_the_noise_is_reinitialised_when_asked():
+    """``fresh_noise_fraction``: the paper re-initialises a portion of the noise; 1 keeps every row fresh without
+    touching the random stream (earlier runs reproduce), 0 keeps the pairs' noise."""
+    from training.stages.onestep import fresh_noise_rows
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.arange(1000) % 2 == 0
+    assert fresh_noise_rows(1000, rows, 1.0, g, "cpu").equal(rows) and g.initial_seed() == 0
+    state = g.get_state()
+    assert fresh_noise_rows(8, None, 1.0, g, "cpu").all() and torch.equal(g.get_state(), state)
+    assert not fresh_noise_rows(1000, rows, 0.0, g, "cpu").any()
+    some = fresh_noise_rows(1000, rows, 0.3, g, "cpu")
+    assert not (some & ~rows).any() and 100 < int(some.sum()) < 200  # about 0.3 of the 500 rows
+    with pytest.raises(ValueError, match="fresh_noise_fraction"):
+        onestep.main(["--set", "fresh_noise_fraction=2", "--set", "teacher=/nonexistent"])

@@ -114,6 +114,8 @@ class OneStepConfig(TrainConfig):
     fake_lr: float = 1e-4
     fake_updates: int = 5
     fresh_noise: bool = True  # score distillation and the fake model see fresh noise; False: the pairs' noise
+    # the share of those rows that get fresh noise (the paper re-initialises a portion of the noise); 1: all of them
+    fresh_noise_fraction: float = 1.0
     gan_weight: float = 0.0
     gan_lr: float = 1e-4
     # stage 5 (one-step ControlNet) only
@@ -197,6 +199,19 @@ PAIR_SETTINGS = ("teacher", "seed", "num_pairs", "ode_steps", "guidance")
 CONTROL_PAIR_SETTINGS = ("teacher_controlnet", "control_kind", "control_source", "control_target")
 
 
+def fresh_noise_rows(
+    n: int, rows: torch.Tensor | None, fraction: float, generator: torch.Generator, device
+) -> torch.Tensor:
+    """Which of ``n`` rows get fresh noise, (n,) bool: each of ``rows`` (all when None) with probability
+    ``fraction``.  At fraction 1 nothing is drawn from ``generator`` (runs made before the option are unchanged)."""
+    chosen = (
+        torch.ones(n, dtype=torch.bool, device=device)
+        if fraction >= 1
+        else torch.rand(n, generator=generator).to(device) < fraction
+    )
+    return chosen if rows is None else chosen & rows.to(device)
+
+
 def segment_alpha_at(cfg: OneStepConfig, progress: float) -> float:
     """The segment boundary alpha at ``progress`` in [0, 1] of phase (b): ``segment_alpha`` lowered to
     ``segment_alpha_end`` by ``alpha_decay`` (fixed when ``segment_alpha_end`` is None)."""
@@ -245,7 +260,7 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
     check_choice("control_target", cfg.control_target, CONTROL_TARGETS)
     check_choice("latent_distance", cfg.latent_distance, tuple(LATENT_DISTANCES))
     check_choice("alpha_decay", cfg.alpha_decay, ("linear", "cosine", "constant"))
-    for name in ("segment_alpha", "segment_alpha_end"):
+    for name in ("segment_alpha", "segment_alpha_end", "fresh_noise_fraction"):
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} {value!r}: expected a number in [0, 1]")
@@ -342,9 +357,9 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
         student's distribution (DMD likewise keeps its paired noise for the regression loss only)."""
         if not cfg.fresh_noise:
             return batch
+        rows = fresh_noise_rows(len(batch["noise"]), rows, cfg.fresh_noise_fraction, g, device)
         fresh = randn(batch["noise"].shape, g, device)
-        if rows is not None:
-            fresh = torch.where(rows.view(-1, *[1] * (fresh.ndim - 1)), fresh, batch["noise"])
+        fresh = torch.where(rows.view(-1, *[1] * (fresh.ndim - 1)), fresh, batch["noise"])
         return {**batch, "noise": fresh}
 
     def residuals(x_t, t, embeds, control, grad: bool = False) -> dict:
