@@ -92,24 +92,12 @@ def test_a_foreign_work_folder_is_refused_and_kept(tmp_path):
     assert mine.read_text() == "keep me"
 
 
-def test_teacher_controlnet_tool_scores_each_variant(tmp_path):
+def test_teacher_controlnet_tool_scores_each_variant(toy_run):
+    """On the toy run's teacher (the tool trains one only where its --work has none)."""
     from training.mini import teacher_controlnet
 
-    rows = teacher_controlnet.main(
-        [
-            "none",
-            "2:cubic",
-            "--work",
-            str(tmp_path),
-            "--scale",
-            "0.01",
-            "--per-class",
-            "1",
-            "--threads",
-            "1",
-            "--seed",
-            "1",
-        ]
-    )
+    root, _ = toy_run
+    common = ["--work", str(root / "work"), "--scale", "0.01", "--per-class", "1", "--threads", "1"]
+    rows = teacher_controlnet.main(["none", "2:cubic", *common])
     assert [r["variant"] for r in rows] == ["none", "2:cubic"] and "train_s" in rows[1]
     assert all(0 <= r["edge_f1"] <= 1 and r["fd"] >= 0 and 0 <= r["accuracy"] <= 1 for r in rows)
