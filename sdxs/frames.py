@@ -27,14 +27,20 @@ from sdxs.errors import InvalidRequest
 MIN_SIDE = 16
 
 
+def open_image(data: bytes | bytearray | memoryview, field: str = "image") -> Image.Image:
+    """Encoded image bytes as a loaded PIL image; InvalidRequest(field) when PIL cannot read them."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest(field, f"bytes are not an image PIL can read ({exc})") from None
+    return image
+
+
 def to_hwc(image: Any, field: str = "image") -> np.ndarray | torch.Tensor:
     """One frame as uint8 (H, W, 3): a numpy array, or the caller's tensor as it is."""
     if isinstance(image, bytes | bytearray | memoryview):
-        try:
-            image = Image.open(io.BytesIO(image))
-            image.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise InvalidRequest(field, f"bytes are not an image PIL can read ({exc})") from None
+        image = open_image(image, field)
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray | torch.Tensor):

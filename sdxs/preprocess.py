@@ -10,26 +10,19 @@ expects.
 
 from __future__ import annotations
 
-import io
-
 import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from sdxs.errors import InvalidRequest
-
-MIN_SIDE = 16
+from sdxs.frames import MIN_SIDE, open_image
 
 
 def to_rgb_square(image, size: int, field: str = "image") -> Image.Image:
     """A PIL RGB image of ``size`` x ``size`` (centre crop, then bicubic resize)."""
     if isinstance(image, bytes | bytearray | memoryview):
-        try:
-            image = Image.open(io.BytesIO(image))
-            image.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise InvalidRequest(field, f"bytes are not an image PIL can read ({exc})") from None
+        image = open_image(image, field)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise InvalidRequest(field, f"expected a uint8 (H, W[, 3]) array, got {image.dtype} {image.shape}")
