@@ -33,6 +33,17 @@ def _weights(path: Path) -> dict:
     return load_file(next(path.glob("*.safetensors")))
 
 
+def _onestep_config(toy, root: Path, **extra) -> dict:
+    """A tiny stage-4 config from the module run's stage-1 student (4 pairs of 2 ODE steps unless ``extra`` says)."""
+    return dict(
+        teacher=str(toy.teacher),
+        recipe=RECIPE_DICT,
+        data=toy.data_cfg(),
+        student=str(root / "unet" / "final" / "unet"),
+        **{"num_pairs": 4, "ode_steps": 2, **extra},
+    )
+
+
 @pytest.fixture(scope="module")
 def runs(toy, tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
@@ -153,11 +164,9 @@ def test_onestep_latent_term_adds_the_weighted_latent_mse_to_feature_matching(ru
     """``latent_weight``: the warm-up loss is fm_weight * (feature distance + latent_weight * latent MSE), and both
     parts are logged (the latent MSE shows the latents' drift that decoded features hide)."""
     root, _ = runs
-    config = dict(
-        teacher=str(toy.teacher),
-        recipe=RECIPE_DICT,
-        data=toy.data_cfg(),
-        student=str(root / "unet" / "final" / "unet"),
+    config = _onestep_config(
+        toy,
+        root,
         num_pairs=8,
         ode_steps=2,
         warmup_steps=2,
@@ -180,11 +189,9 @@ def test_resume_into_a_different_model_set_names_the_mismatch(runs, toy, tmp_pat
     root, _ = runs
     saved = sorted((root / "onestep" / "checkpoints").iterdir())[-1]
     shutil.copytree(saved, tmp_path / "run" / "checkpoints" / saved.name)
-    config = dict(
-        teacher=str(toy.teacher),
-        recipe=RECIPE_DICT,
-        data=toy.data_cfg(),
-        student=str(root / "unet" / "final" / "unet"),
+    config = _onestep_config(
+        toy,
+        root,
         num_pairs=8,
         ode_steps=2,
         warmup_steps=1,
@@ -456,11 +463,9 @@ def test_pairs_come_from_pairs_teacher_when_one_is_given(runs, toy, tmp_path):
         for p in unet.parameters():
             p.mul_(1.25)
     unet.save_pretrained(other / "unet")
-    config = dict(
-        teacher=str(toy.teacher),
-        recipe=RECIPE_DICT,
-        data=toy.data_cfg(),
-        student=str(root / "unet" / "final" / "unet"),
+    config = _onestep_config(
+        toy,
+        root,
         num_pairs=4,
         ode_steps=2,
         warmup_steps=1,
@@ -485,11 +490,9 @@ def test_segment_alpha_is_lowered_during_diff_instruct_when_asked(runs, toy, tmp
     from training.stages.onestep import OneStepConfig, segment_alpha_at
 
     root, _ = runs
-    config = dict(
-        teacher=str(toy.teacher),
-        recipe=RECIPE_DICT,
-        data=toy.data_cfg(),
-        student=str(root / "unet" / "final" / "unet"),
+    config = _onestep_config(
+        toy,
+        root,
         num_pairs=4,
         ode_steps=2,
         warmup_steps=1,
@@ -532,11 +535,9 @@ def test_the_diffusion_unets_encoder_is_a_feature_network(runs, toy, tmp_path):
         feature_network("unet_encoder")
 
     root, _ = runs
-    config = dict(
-        teacher=str(toy.teacher),
-        recipe=RECIPE_DICT,
-        data=toy.data_cfg(),
-        student=str(root / "unet" / "final" / "unet"),
+    config = _onestep_config(
+        toy,
+        root,
         num_pairs=4,
         ode_steps=2,
         warmup_steps=2,
