@@ -27,7 +27,18 @@ STAGE_CONFIGS = {
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_example_config_parses_into_its_stage_config(path):
-    stage = path.stem.removesuffix("_sd15")
+    stage = path.stem.removesuffix("_sd15").removesuffix("_sd21")
     assert stage in STAGE_CONFIGS, f"{path.name}: no stage config known for {stage!r}"
     cfg = parse_args(STAGE_CONFIGS[stage], ["--config", str(path)])
     assert cfg.output_dir
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_sd21.yaml")), ids=lambda p: p.stem)
+def test_sd21_configs_build_the_papers_sdxs_512(path):
+    """The SD 2.1-base configs name the paper's SDXS-512 recipe and write under runs/sd21, apart from the SD1.5 runs."""
+    from training.models import recipe_from
+
+    cfg = parse_args(STAGE_CONFIGS[path.stem.removesuffix("_sd21")], ["--config", str(path)])
+    assert cfg.output_dir.startswith("runs/sd21/")
+    if hasattr(cfg, "recipe"):
+        assert cfg.recipe == "sdxs-512" and recipe_from(cfg.recipe) is not None
