@@ -29,7 +29,8 @@ class DataConfig:
     ``kind``: ``folder`` (image files with same-stem ``.txt`` captions), ``hf`` (a Hugging Face ``datasets`` name or
     local path with ``image_column``/``caption_column``), or ``cached`` (a ``.pt`` written by ``training.data``).
     Images are centre-cropped and resized to ``resolution``; latents and prompt embeddings are cached under
-    ``cache_dir`` (default: ``<output_dir>/cache``) on first use.
+    ``cache_dir`` (default: ``<output_dir>/cache``) on first use, and memory-mapped when read, so the processes of
+    one machine share one copy through the page cache instead of each holding the whole dataset.
     """
 
     kind: str = "folder"
@@ -40,6 +41,8 @@ class DataConfig:
     resolution: int = 512
     cache_dir: str = ""
     max_samples: int = 0
+    # the cached prompt embeddings' dtype: float16 halves the largest part of a paper-scale cache (77x768 per row)
+    embeds_dtype: str = "float32"  # float32 | float16
 
 
 @dataclass

@@ -55,6 +55,7 @@ def _cache_path(cfg: DataConfig, default_dir: Path, vae, text_encoder) -> Path:
             cfg.split,
             cfg.resolution,
             cfg.max_samples,
+            *([cfg.embeds_dtype] if cfg.embeds_dtype != "float32" else []),  # earlier caches keep their names
             dict(vae.config),
             text_encoder.model.config.to_dict(),
         ],
@@ -83,13 +84,18 @@ def build_cache(cfg: DataConfig, vae, text_encoder, path: Path, batch_size: int 
         batch = torch.stack(pixels[i : i + batch_size]).to(device, next(vae.parameters()).dtype)
         latents.append((vae.encode(batch).latent_dist.mean * vae.config.scaling_factor).float().cpu())
         embeds.append(text_encoder(captions[i : i + batch_size]).cpu())
-    out = dict(latents=torch.cat(latents), embeds=torch.cat(embeds), captions=captions)
+    out = dict(
+        latents=torch.cat(latents), embeds=torch.cat(embeds).to(EMBEDS_DTYPES[cfg.embeds_dtype]), captions=captions
+    )
     if keep_pixels:
         out["pixels"] = torch.stack(pixels).half()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # one per process: concurrent builders do not collide
     torch.save(out, tmp)
     os.replace(tmp, path)
+
+
+EMBEDS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 @dataclass
@@ -111,7 +117,10 @@ class Bank:
 
 
 def load_bank(cfg: DataConfig, vae, text_encoder, accelerator, default_dir: Path, keep_pixels: bool = True) -> Bank:
-    """The cached latents/embeddings of ``cfg`` (built on the main process on first use, then loaded everywhere)."""
+    """The cached latents/embeddings of ``cfg`` (built on the main process on first use, then memory-mapped by
+    every process: the page cache holds one copy per machine).  Batches come out as float32 (``Bank.sample``)."""
+    if cfg.embeds_dtype not in EMBEDS_DTYPES:
+        raise ValueError(f"data.embeds_dtype {cfg.embeds_dtype!r}: expected one of {tuple(EMBEDS_DTYPES)}")
     if cfg.kind == "cached":
         path = Path(cfg.path)
     else:
@@ -119,6 +128,6 @@ def load_bank(cfg: DataConfig, vae, text_encoder, accelerator, default_dir: Path
         if accelerator.is_main_process and not path.exists():
             build_cache(cfg, vae, text_encoder, path, keep_pixels=keep_pixels)
         accelerator.wait_for_everyone()
-    data = torch.load(path, weights_only=False)
+    data = torch.load(path, weights_only=False, mmap=True)  # pages are read as batches touch them
     tensors = {k: v for k, v in data.items() if torch.is_tensor(v)}
     return Bank(tensors, {"captions": data.get("captions", []), "path": str(path)})

@@ -69,3 +69,17 @@ def test_control_images(kind):
     assert control.shape == (2, 3, 32, 32) and control.min() >= 0 and control.max() <= 1
     if kind != "sketch":
         assert control[0, 0, 16, 16] == 0 and control[0, 0].sum() > 0  # edges on the square's border only
+
+
+def test_float16_embeddings_halve_the_cache_and_batches_still_come_out_float32(toy, parts, tmp_path):
+    vae, text = parts
+    common = dict(kind="folder", path=str(toy.data), resolution=32, cache_dir=str(tmp_path))
+    full = load_bank(DataConfig(**common), vae, text, Accelerator(cpu=True), tmp_path)
+    half = load_bank(DataConfig(**common, embeds_dtype="float16"), vae, text, Accelerator(cpu=True), tmp_path)
+    assert len(list(tmp_path.glob("latents-*.pt"))) == 2  # one cache per dtype
+    assert full.tensors["embeds"].dtype == torch.float32 and half.tensors["embeds"].dtype == torch.float16
+    batch = half.sample(4, torch.Generator().manual_seed(0))
+    assert batch["embeds"].dtype == torch.float32
+    assert torch.allclose(half.tensors["embeds"].float(), full.tensors["embeds"], atol=1e-2)
+    with pytest.raises(ValueError, match="embeds_dtype"):
+        load_bank(DataConfig(**common, embeds_dtype="int8"), vae, text, Accelerator(cpu=True), tmp_path)

@@ -129,7 +129,7 @@ def main(argv=None) -> Runner:
             student,
             scheduler.config,
             noise,
-            bank.tensors["embeds"][:n].to(device),
+            bank.tensors["embeds"][:n].to(device).float(),
             uncond,
             cfg.validation_steps,
             1.0,

@@ -78,7 +78,7 @@ def teacher_latents(cfg, run, bank: Bank, text) -> torch.Tensor:
         n = min(64, cfg.teacher_samples - i)
         index = torch.randint(len(bank), (n,), generator=gen)
         noise = torch.randn((n, *bank.tensors["latents"].shape[1:]), generator=gen).to(run.device)
-        embeds = bank.tensors["embeds"][index].to(run.device)
+        embeds = bank.tensors["embeds"][index].to(run.device).float()
         out.append(
             ddim_sample(unet, scheduler.config, noise, embeds, uncond, cfg.sample_steps, cfg.sample_guidance).cpu()
         )
@@ -108,7 +108,7 @@ def onestep_latents(cfg, run, bank: Bank) -> torch.Tensor:
         n = min(64, cfg.onestep_samples - i)
         index = torch.randint(len(bank), (n,), generator=gen)
         noise = torch.randn((n, *bank.tensors["latents"].shape[1:]), generator=gen).to(run.device)
-        embeds = bank.tensors["embeds"][index].to(run.device)
+        embeds = bank.tensors["embeds"][index].to(run.device).float()
         k = max(0, min(n, with_control - i))  # this chunk's first k rows take the ControlNet
         if k:
             control = extract_control(bank.tensors["pixels"][index[:k]].float().to(run.device), cfg.control_kind)

@@ -173,7 +173,7 @@ def make_pairs(cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, v
     for i in range(0, cfg.num_pairs, 64):
         n = min(64, cfg.num_pairs - i)
         index = torch.randint(len(bank), (n,), generator=gen)
-        embeds = bank.tensors["embeds"][index].to(device)
+        embeds = bank.tensors["embeds"][index].to(device).float()
         noise = torch.randn((n, *shape), generator=gen).to(device)
         control = None
         if teacher_cn is not None:
@@ -299,7 +299,7 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
         del solver
         _settings_path(pairs_path).write_text(json.dumps(settings, indent=2))
     run.accelerator.wait_for_everyone()
-    pairs = Bank(torch.load(pairs_path))
+    pairs = Bank(torch.load(pairs_path, mmap=True))  # shared through the page cache by a machine's ranks
 
     # 3. two optimisers (student, fake score), accelerate
     opt_g = run.optimizer(trained.parameters())
