@@ -27,7 +27,9 @@ class DataConfig:
     """Where training images/captions come from.
 
     ``kind``: ``folder`` (image files with same-stem ``.txt`` captions), ``hf`` (a Hugging Face ``datasets`` name or
-    local path with ``image_column``/``caption_column``), or ``cached`` (a ``.pt`` written by ``training.data``).
+    local path with ``image_column``/``caption_column``), ``prompts`` (data-free: a text file of prompts, one per line,
+    whose images the teacher generates with ``prompt_steps`` DDIM steps at guidance ``prompt_guidance``), or
+    ``cached`` (a ``.pt`` written by ``training.data``).
     Images are centre-cropped and resized to ``resolution``; latents and prompt embeddings are cached under
     ``cache_dir`` (default: ``<output_dir>/cache``) on first use, and memory-mapped when read, so the processes of
     one machine share one copy through the page cache instead of each holding the whole dataset.
@@ -43,6 +45,9 @@ class DataConfig:
     max_samples: int = 0
     # the cached prompt embeddings' dtype: float16 halves the largest part of a paper-scale cache (77x768 per row)
     embeds_dtype: str = "float32"  # float32 | float16
+    prompt_steps: int = 25  # kind prompts: the teacher's sampler
+    prompt_guidance: float = 7.5
+    prompt_seed: int = 0
 
 
 @dataclass

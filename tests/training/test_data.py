@@ -1,5 +1,6 @@
 """Image-text folders and HF datasets -> cached latents + prompt embeddings; deterministic batches; control images."""
 
+import json
 import sys
 import types
 
@@ -83,3 +84,50 @@ def test_float16_embeddings_halve_the_cache_and_batches_still_come_out_float32(t
     assert torch.allclose(half.tensors["embeds"].float(), full.tensors["embeds"], atol=1e-2)
     with pytest.raises(ValueError, match="embeds_dtype"):
         load_bank(DataConfig(**common, embeds_dtype="int8"), vae, text, Accelerator(cpu=True), tmp_path)
+
+
+def test_prompts_only_data_is_drawn_by_the_teacher_and_cached(toy, parts, tmp_path):
+    """``kind: prompts`` (data-free): the teacher samples one image per prompt; latents, embeddings and decoded pixels
+    are cached like a folder's, and a stage trains on them."""
+    from training.mini.models import RECIPE_DICT
+    from training.stages import distill_unet
+
+    vae, text = parts
+    unet, scheduler = load_part(toy.teacher, "unet"), load_part(toy.teacher, "scheduler")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"{k}: a photo of the digit {k}\n" for k in range(5)) + "\n")
+    cfg = DataConfig(kind="prompts", path=str(prompts), resolution=32, prompt_steps=2, prompt_guidance=2.0)
+    teacher = (unet, scheduler.config, text([""]))
+    bank = load_bank(cfg, vae, text, Accelerator(cpu=True), tmp_path / "cache", teacher=teacher)
+    assert len(bank) == 5 and bank.tensors["latents"].shape == (5, 4, 8, 8)
+    assert bank.tensors["pixels"].shape == (5, 3, 32, 32) and bank.extras["captions"][4].startswith("4:")
+    again = load_bank(cfg, vae, text, Accelerator(cpu=True), tmp_path / "cache", teacher=teacher)
+    assert torch.equal(again.tensors["latents"], bank.tensors["latents"])  # the same cache file
+    with pytest.raises(ValueError, match="needs the teacher"):
+        load_bank(cfg, vae, text, Accelerator(cpu=True), tmp_path / "cache")
+    data = dict(kind="prompts", path=str(prompts), resolution=32, prompt_steps=2, cache_dir=str(tmp_path / "c2"))
+    distill_unet.main(
+        [
+            "--set",
+            f"output_dir={tmp_path / 'run'}",
+            "--set",
+            f"teacher={toy.teacher}",
+            "--set",
+            "max_steps=2",
+            "--set",
+            "batch_size=2",
+            "--set",
+            "log_every=1",
+            "--set",
+            "progress=false",
+            "--set",
+            "validation_steps=2",
+            "--set",
+            "num_validation=2",
+            "--set",
+            f"recipe={json.dumps(RECIPE_DICT)}",
+            "--set",
+            f"data={json.dumps(data)}",
+        ]
+    )
+    assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 2

@@ -77,7 +77,15 @@ def main(argv=None) -> Runner:
     s_rec = FeatureRecorder(student, unet_stage_paths(up=stages.up.values()))
 
     # 2. data (pixels kept: the control images are extracted from them)
-    bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache", keep_pixels=True)
+    bank = load_bank(
+        cfg.data,
+        vae,
+        text,
+        run.accelerator,
+        run.out / "cache",
+        keep_pixels=True,
+        teacher=(teacher, scheduler.config, uncond),
+    )
     controls = extract_control(bank.tensors["pixels"].float(), cfg.control_kind).half()
     bank.tensors["control"] = controls
 

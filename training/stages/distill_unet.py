@@ -68,7 +68,9 @@ def main(argv=None) -> Runner:
     s_rec = FeatureRecorder(student, unet_stage_paths(stages.down.values(), stages.up.values()))
 
     # 2. data: cached latents + prompt embeddings
-    bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache")
+    bank = load_bank(
+        cfg.data, vae, text, run.accelerator, run.out / "cache", teacher=(teacher, scheduler.config, uncond)
+    )
 
     # 3. optimiser, accelerate
     optimizer = run.optimizer(student.parameters())

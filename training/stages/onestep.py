@@ -291,7 +291,15 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
     fm_distance = FEATURE_DISTANCES[cfg.feature_distance]
 
     # 2. data: prompts (+ real latents for the GAN) and the teacher's ODE pairs
-    bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache", keep_pixels=False)
+    bank = load_bank(
+        cfg.data,
+        vae,
+        text,
+        run.accelerator,
+        run.out / "cache",
+        keep_pixels=False,
+        teacher=(teacher, scheduler.config, uncond),
+    )
     if run.accelerator.is_main_process and not pairs_path.exists():
         pairs_path.parent.mkdir(parents=True, exist_ok=True)
         solver = freeze(load_part(cfg.pairs_teacher, "unet")).to(device, wd) if cfg.pairs_teacher else teacher
