@@ -590,3 +590,32 @@ def test_a_fraction_of_the_noise_is_reinitialised_when_asked():
     assert not (some & ~rows).any() and 100 < int(some.sum()) < 200  # about 0.3 of the 500 rows
     with pytest.raises(ValueError, match="fresh_noise_fraction"):
         onestep.main(["--set", "fresh_noise_fraction=2", "--set", "teacher=/nonexistent"])
+
+
+@pytest.mark.parametrize("controlnet", [False, True])
+def test_pairs_solved_in_shards_by_several_ranks_equal_one_process(toy, tmp_path, controlnet):
+    """Each rank solves every world-th chunk of 64 pairs but draws every chunk's random numbers, so the merged shards
+    are exactly one process's pairs (with a ControlNet, teacher-sample controls draw a second noise per chunk)."""
+    from accelerate import Accelerator
+
+    from training.config import DataConfig
+    from training.data import load_bank
+    from training.models import load_controlnet, load_part, load_text_encoder
+    from training.stages.onestep import OneStepConfig, make_pairs, merge_pair_shards
+
+    vae, scheduler = load_part(toy.teacher, "vae"), load_part(toy.teacher, "scheduler")
+    unet, text = load_part(toy.teacher, "unet"), load_text_encoder(toy.teacher, torch.device("cpu"))
+    uncond = text([""])
+    data = DataConfig(**toy.data_cfg())
+    bank = load_bank(data, vae, text, Accelerator(cpu=True), tmp_path, keep_pixels=False)
+    cn = load_controlnet(str(toy.teacher_controlnet)) if controlnet else None
+    cfg = OneStepConfig(
+        num_pairs=150, ode_steps=1, control_source="teacher", control_target="ode", control_kind="sobel"
+    )
+    args = (cfg, bank, unet, cn, scheduler, vae, uncond, "cpu")
+    one = make_pairs(*args)
+    shards = [make_pairs(*args, rank=r, world=2) for r in range(2)]
+    assert [len(s["noise"]) for s in shards] == [64 + 22, 64]
+    merged = merge_pair_shards(shards)
+    assert merged.keys() == one.keys() and ("control" in one) == controlnet
+    assert all(torch.equal(merged[k], one[k]) for k in one)

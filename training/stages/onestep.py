@@ -157,7 +157,9 @@ def controlnet_residuals(controlnet, x_t, t, embeds, control, grad: bool = False
 
 
 @torch.no_grad()
-def make_pairs(cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, vae, uncond, device) -> dict:
+def make_pairs(
+    cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, vae, uncond, device, rank: int = 0, world: int = 1
+) -> dict:
     """Teacher ODE pairs: noise (N, 4, h, w), prompt embeds, x0 target and, with a ControlNet, the control image
     (N, 3, H, W) in [0, 1], extracted from an independent teacher sample for the same prompt (``control_source:
     teacher``; the paper: controls from the teacher's outputs) or from the dataset image the prompt belongs to
@@ -166,21 +168,30 @@ def make_pairs(cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, v
     With a ControlNet the target is either the teacher with its ControlNet following that control from the pair's
     noise (``control_target: ode``) or the very image the control was extracted from (``source``: its noise is
     independent of the pair's, so only the control can tell the student where the edges go, as at inference, where
-    the control and the noise are unrelated; no second ODE solve)."""
+    the control and the noise are unrelated; no second ODE solve).
+
+    ``rank`` of ``world`` processes solves only chunks ``rank``, ``rank + world``, ... of 64 pairs but draws the random
+    numbers of every chunk, so ``merge_pair_shards`` of all ranks' results equals one process's pairs exactly; with
+    ``world > 1`` the result has a ``chunk`` column for that merge."""
     gen = torch.Generator().manual_seed(cfg.seed + 7)
-    out = {k: [] for k in ("noise", "embeds", "target", "control")}
+    out = {k: [] for k in ("noise", "embeds", "target", "control", "chunk")}
     shape = bank.tensors["latents"].shape[1:]
-    for i in range(0, cfg.num_pairs, 64):
+    teacher_refs = teacher_cn is not None and cfg.control_source != "data"
+    for chunk, i in enumerate(range(0, cfg.num_pairs, 64)):
         n = min(64, cfg.num_pairs - i)
         index = torch.randint(len(bank), (n,), generator=gen)
-        embeds = bank.tensors["embeds"][index].to(device).float()
         noise = torch.randn((n, *shape), generator=gen).to(device)
+        ref_noise = torch.randn((n, *shape), generator=gen).to(device) if teacher_refs else None
+        if chunk % world != rank:
+            continue
+        if world > 1:
+            out["chunk"].append(torch.full((n,), chunk))
+        embeds = bank.tensors["embeds"][index].to(device).float()
         control = None
         if teacher_cn is not None:
             if cfg.control_source == "data":  # the dataset image the prompt describes (its VAE reconstruction)
                 ref = bank.tensors["latents"][index].to(device)
             else:
-                ref_noise = torch.randn((n, *shape), generator=gen).to(device)
                 ref = ddim_sample(teacher, scheduler.config, ref_noise, embeds, uncond, cfg.ode_steps, cfg.guidance)
             control = extract_control(decode_unet_samples(vae, ref) * 2 - 1, cfg.control_kind)
             out["control"].append(control.half().cpu())
@@ -193,6 +204,17 @@ def make_pairs(cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, v
         for k, v in (("noise", noise), ("embeds", embeds), ("target", target)):
             out[k].append(v.cpu())
     return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def merge_pair_shards(shards: list[dict]) -> dict:
+    """The ranks' ``make_pairs`` results as one process's: rows in chunk order, without the ``chunk`` column."""
+    merged = {k: torch.cat([shard[k] for shard in shards if k in shard]) for k in shards[0]}
+    order = torch.sort(merged.pop("chunk"), stable=True).indices
+    return {k: v[order] for k, v in merged.items()}
+
+
+def _shard_path(pairs_path: Path, rank: int) -> Path:
+    return pairs_path.with_name(f"{pairs_path.stem}.shard{rank}.pt")
 
 
 PAIR_SETTINGS = ("teacher", "seed", "num_pairs", "ode_steps", "guidance")
@@ -300,13 +322,29 @@ def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Run
         keep_pixels=False,
         teacher=(teacher, scheduler.config, uncond),
     )
-    if run.accelerator.is_main_process and not pairs_path.exists():
+    acc = run.accelerator
+    need_pairs = not pairs_path.exists()
+    acc.wait_for_everyone()  # every rank has looked before any rank writes
+    if need_pairs:  # each rank solves its share of the chunks; the main process puts the shards together
         pairs_path.parent.mkdir(parents=True, exist_ok=True)
         solver = freeze(load_part(cfg.pairs_teacher, "unet")).to(device, wd) if cfg.pairs_teacher else teacher
-        torch.save(make_pairs(cfg, bank, solver, teacher_cn, scheduler, vae, uncond, device), pairs_path)
+        shard = make_pairs(
+            cfg, bank, solver, teacher_cn, scheduler, vae, uncond, device, acc.process_index, acc.num_processes
+        )
         del solver
-        _settings_path(pairs_path).write_text(json.dumps(settings, indent=2))
-    run.accelerator.wait_for_everyone()
+        if acc.num_processes == 1:
+            torch.save(shard, pairs_path)
+        else:
+            torch.save(shard, _shard_path(pairs_path, acc.process_index))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                paths = [_shard_path(pairs_path, r) for r in range(acc.num_processes)]
+                torch.save(merge_pair_shards([torch.load(p) for p in paths]), pairs_path)
+                for path in paths:
+                    path.unlink()
+        if acc.is_main_process:
+            _settings_path(pairs_path).write_text(json.dumps(settings, indent=2))
+    acc.wait_for_everyone()
     pairs = Bank(torch.load(pairs_path, mmap=True))  # shared through the page cache by a machine's ranks
 
     # 3. two optimisers (student, fake score), accelerate
