@@ -70,7 +70,8 @@ def test_distill_unet_under_accelerate_launch_with_two_cpu_processes(toy, tmp_pa
 @pytest.mark.timeout(600)
 def test_onestep_under_two_processes_solves_its_pairs_in_shards_equal_to_one_process(toy, tmp_path):
     """The one-step stage (both models, EMA, fake-model updates) under ``accelerate launch`` with two CPU processes:
-    each rank solves half of the ODE-pair chunks and the merged file equals a single process's (about 15 s; slow only to keep the default suite within 5 minutes)."""
+    each rank solves half of the ODE-pair chunks and the merged file equals a single process's.  About 15 s: slow only
+    to keep the default suite within 5 minutes."""
     import torch
 
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
