@@ -58,30 +58,73 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 @torch.no_grad()
-def teacher_rows(cfg: DataConfig, vae, text_encoder, teacher, keep_pixels: bool, batch_size: int = 32) -> dict:
+def teacher_rows(
+    cfg: DataConfig, vae, text_encoder, teacher, keep_pixels: bool, batch_size: int = 32, rank: int = 0, world: int = 1
+) -> dict:
     """Data-free rows: ``teacher`` = (unet, scheduler config, empty-prompt embeddings (1, L, D)) samples one image per
     prompt (``prompt_steps`` DDIM steps, guidance ``prompt_guidance``, noise from ``prompt_seed``); latents are its
-    x0 in UNet space, pixels (when kept) their decodes."""
+    x0 in UNet space, pixels (when kept) their decodes.  ``rank`` of ``world`` samples only its chunks (see
+    ``build_cache``) but draws every chunk's noise, so the merged shards equal one process's rows."""
     unet, scheduler_config, uncond = teacher
     prompts = read_prompts(cfg.path)[: cfg.max_samples or None]
     side = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
     device = next(unet.parameters()).device
     gen = torch.Generator().manual_seed(cfg.prompt_seed)
-    latents, embeds, pixels = [], [], []
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i : i + batch_size]
-        e = text_encoder(chunk)
-        noise = torch.randn((len(chunk), unet.config.in_channels, side, side), generator=gen).to(device)
+    rows = _Rows()
+    for chunk, i in enumerate(range(0, len(prompts), batch_size)):
+        captions = prompts[i : i + batch_size]
+        noise = torch.randn((len(captions), unet.config.in_channels, side, side), generator=gen).to(device)
+        if chunk % world != rank:
+            continue
+        e = text_encoder(captions)
         x0 = ddim_sample(unet, scheduler_config, noise, e, uncond, cfg.prompt_steps, cfg.prompt_guidance).float()
-        latents.append(x0.cpu())
-        embeds.append(e.cpu())
+        pixels = None
         if keep_pixels:
-            decoded = vae.decode((x0 / vae.config.scaling_factor).to(next(vae.parameters()).dtype)).sample
-            pixels.append(decoded.clamp(-1, 1).half().cpu())
-    out = dict(latents=torch.cat(latents), embeds=torch.cat(embeds), captions=prompts)
-    if keep_pixels:
-        out["pixels"] = torch.cat(pixels)
-    return out
+            pixels = vae.decode((x0 / vae.config.scaling_factor).to(next(vae.parameters()).dtype)).sample
+            pixels = pixels.clamp(-1, 1).half().cpu()
+        rows.add(range(i, i + len(captions)), x0.cpu(), e.cpu(), captions, pixels)
+    return rows.result(cfg)
+
+
+class _Rows:
+    """Rows of a cache as they are made, with their global row numbers (to merge the ranks' shards)."""
+
+    def __init__(self):
+        self.index, self.latents, self.embeds, self.captions, self.pixels = [], [], [], [], []
+
+    def add(self, index, latents, embeds, captions, pixels=None) -> None:
+        self.index.extend(index)
+        self.latents.append(latents)
+        self.embeds.append(embeds)
+        self.captions.extend(captions)
+        if pixels is not None:
+            self.pixels.append(pixels)
+
+    def result(self, cfg: DataConfig) -> dict:
+        """The cache dict: ``latents``, ``embeds`` (in ``embeds_dtype``), ``captions``, ``row`` and maybe ``pixels``."""
+        if not self.index:
+            return {"row": torch.zeros(0, dtype=torch.long), "captions": []}
+        out = dict(
+            latents=torch.cat(self.latents),
+            embeds=torch.cat(self.embeds).to(EMBEDS_DTYPES[cfg.embeds_dtype]),
+            captions=self.captions,
+            row=torch.tensor(self.index),
+        )
+        if self.pixels:
+            out["pixels"] = torch.cat(self.pixels)
+        return out
+
+
+def merge_shards(shards: list[dict]) -> dict:
+    """The ranks' ``build_rows`` results as one cache, rows in their global order (``row`` dropped)."""
+    shards = [s for s in shards if len(s["row"])]
+    if not shards:
+        raise ValueError("no rows in any shard")
+    rows = torch.cat([s["row"] for s in shards])
+    order = torch.sort(rows).indices
+    captions = [c for s in shards for c in s["captions"]]
+    merged = {k: torch.cat([s[k] for s in shards])[order] for k in shards[0] if k not in ("row", "captions")}
+    return {**merged, "captions": [captions[i] for i in order.tolist()]}
 
 
 def _cache_path(cfg: DataConfig, default_dir: Path, vae, text_encoder, teacher=None) -> Path:
@@ -109,35 +152,56 @@ def _cache_path(cfg: DataConfig, default_dir: Path, vae, text_encoder, teacher=N
 
 
 @torch.no_grad()
+def build_rows(
+    cfg: DataConfig,
+    vae,
+    text_encoder,
+    batch_size: int = 32,
+    keep_pixels: bool = True,
+    teacher=None,
+    rank: int = 0,
+    world: int = 1,
+) -> dict:
+    """Encode every (image, caption) once (or, for ``prompts``, let the teacher draw them): the cache's rows as a
+    dict.  ``rank`` of ``world`` processes makes only chunks ``rank``, ``rank + world``, ... of ``batch_size`` rows
+    (``merge_shards`` puts the ranks' results together in row order)."""
+    if cfg.kind == "prompts":
+        return teacher_rows(cfg, vae, text_encoder, teacher, keep_pixels, batch_size, rank, world)
+    source = iter_hf(cfg) if cfg.kind == "hf" else iter_folder(cfg.path)
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    rows, pending, total = _Rows(), [], 0
+
+    def flush():
+        pixels = torch.stack([p for _, p, _ in pending])
+        latents = vae.encode(pixels.to(device, dtype)).latent_dist.mean * vae.config.scaling_factor
+        captions = [c for _, _, c in pending]
+        index = [j for j, _, _ in pending]
+        rows.add(
+            index, latents.float().cpu(), text_encoder(captions).cpu(), captions, pixels.half() if keep_pixels else None
+        )
+        pending.clear()
+
+    for j, (image, caption) in enumerate(source):
+        if cfg.max_samples and j >= cfg.max_samples:
+            break
+        total += 1
+        if (j // batch_size) % world == rank:
+            pending.append((j, to_pixels(image, cfg.resolution), caption))
+            if len(pending) == batch_size:
+                flush()
+    if pending:
+        flush()
+    if not total:
+        raise ValueError(f"no images found for data {cfg}")
+    return rows.result(cfg)
+
+
 def build_cache(
     cfg: DataConfig, vae, text_encoder, path: Path, batch_size: int = 32, keep_pixels: bool = True, teacher=None
 ) -> None:
-    """Encode every (image, caption) once (or, for ``prompts``, let the teacher draw them) and write the cache."""
-    if cfg.kind == "prompts":
-        out = teacher_rows(cfg, vae, text_encoder, teacher, keep_pixels, batch_size)
-        out["embeds"] = out["embeds"].to(EMBEDS_DTYPES[cfg.embeds_dtype])
-        _save(out, path)
-        return
-    rows = iter_hf(cfg) if cfg.kind == "hf" else iter_folder(cfg.path)
-    pixels, captions = [], []
-    for image, caption in rows:
-        pixels.append(to_pixels(image, cfg.resolution))
-        captions.append(caption)
-        if cfg.max_samples and len(pixels) >= cfg.max_samples:
-            break
-    if not pixels:
-        raise ValueError(f"no images found for data {cfg}")
-    device = next(vae.parameters()).device
-    latents, embeds = [], []
-    for i in range(0, len(pixels), batch_size):
-        batch = torch.stack(pixels[i : i + batch_size]).to(device, next(vae.parameters()).dtype)
-        latents.append((vae.encode(batch).latent_dist.mean * vae.config.scaling_factor).float().cpu())
-        embeds.append(text_encoder(captions[i : i + batch_size]).cpu())
-    out = dict(
-        latents=torch.cat(latents), embeds=torch.cat(embeds).to(EMBEDS_DTYPES[cfg.embeds_dtype]), captions=captions
-    )
-    if keep_pixels:
-        out["pixels"] = torch.stack(pixels).half()
+    """``build_rows`` of every row, written to ``path`` (one process)."""
+    out = build_rows(cfg, vae, text_encoder, batch_size, keep_pixels, teacher)
+    out.pop("row")
     _save(out, path)
 
 
@@ -172,9 +236,10 @@ class Bank:
 def load_bank(
     cfg: DataConfig, vae, text_encoder, accelerator, default_dir: Path, keep_pixels: bool = True, teacher=None
 ) -> Bank:
-    """The cached latents/embeddings of ``cfg`` (built on the main process on first use, then memory-mapped by
-    every process: the page cache holds one copy per machine).  Batches come out as float32 (``Bank.sample``).
-    ``teacher`` (unet, scheduler config, empty-prompt embeddings) draws the images of ``kind: prompts``."""
+    """The cached latents/embeddings of ``cfg`` (built on first use, each process encoding its share of the rows,
+    then memory-mapped by every process: the page cache holds one copy per machine).  Batches come out as float32
+    (``Bank.sample``).  ``teacher`` (unet, scheduler config, empty-prompt embeddings) draws the images of
+    ``kind: prompts``."""
     if cfg.embeds_dtype not in EMBEDS_DTYPES:
         raise ValueError(f"data.embeds_dtype {cfg.embeds_dtype!r}: expected one of {tuple(EMBEDS_DTYPES)}")
     if cfg.kind == "prompts" and teacher is None:
@@ -183,8 +248,20 @@ def load_bank(
         path = Path(cfg.path)
     else:
         path = _cache_path(cfg, default_dir, vae, text_encoder, teacher)
-        if accelerator.is_main_process and not path.exists():
+        missing = not path.exists()
+        accelerator.wait_for_everyone()  # every rank has looked before any rank writes
+        if missing and accelerator.num_processes == 1:
             build_cache(cfg, vae, text_encoder, path, keep_pixels=keep_pixels, teacher=teacher)
+        elif missing:  # each rank encodes its chunks into a shard; the main process merges them
+            rank, world = accelerator.process_index, accelerator.num_processes
+            shard = build_rows(cfg, vae, text_encoder, keep_pixels=keep_pixels, teacher=teacher, rank=rank, world=world)
+            shards = [path.with_name(f"{path.stem}.shard{r}.pt") for r in range(world)]
+            _save(shard, shards[rank])
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _save(merge_shards([torch.load(p, weights_only=False) for p in shards]), path)
+                for p in shards:
+                    p.unlink()
         accelerator.wait_for_everyone()
     data = torch.load(path, weights_only=False, mmap=True)  # pages are read as batches touch them
     tensors = {k: v for k, v in data.items() if torch.is_tensor(v)}

@@ -131,3 +131,25 @@ def test_prompts_only_data_is_drawn_by_the_teacher_and_cached(toy, parts, tmp_pa
         ]
     )
     assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("kind", ["folder", "prompts"])
+def test_ranks_encode_their_chunks_and_the_merged_shards_equal_one_process(toy, parts, tmp_path, kind):
+    """Each of ``world`` ranks makes every world-th chunk of rows (the teacher's noise is drawn for every chunk), and
+    ``merge_shards`` puts them in row order: the same cache as one process."""
+    from training.data import build_rows, merge_shards
+
+    vae, text = parts
+    if kind == "prompts":
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("".join(f"{k % 10}: a photo of the digit {k % 10}\n" for k in range(11)))
+        cfg = DataConfig(kind="prompts", path=str(prompts), resolution=32, prompt_steps=1)
+        teacher = (load_part(toy.teacher, "unet"), load_part(toy.teacher, "scheduler").config, text([""]))
+    else:
+        cfg, teacher = DataConfig(kind="folder", path=str(toy.data), resolution=32, max_samples=11), None
+    one = build_rows(cfg, vae, text, batch_size=4, teacher=teacher)
+    shards = [build_rows(cfg, vae, text, batch_size=4, teacher=teacher, rank=r, world=3) for r in range(3)]
+    assert [s["row"].tolist() for s in shards] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    merged = merge_shards(shards)
+    assert merged["captions"] == one["captions"] and len(merged["captions"]) == 11
+    assert all(torch.equal(merged[k], one[k]) for k in ("latents", "embeds", "pixels"))
