@@ -13,6 +13,9 @@ import yaml
 
 from training.mini.models import RECIPE_DICT
 
+TWO_CPU_PROCESSES = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                     "--dynamo_backend", "no"]  # fmt: skip
+
 
 @pytest.mark.timeout(600)
 def test_distill_unet_under_accelerate_launch_with_two_cpu_processes(toy, tmp_path):
@@ -43,16 +46,7 @@ def test_distill_unet_under_accelerate_launch_with_two_cpu_processes(toy, tmp_pa
     }
     cmd = [
         accelerate,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_CPU_PROCESSES,
         "-m",
         "training.stages.distill_unet",
         "--config",
@@ -107,16 +101,7 @@ def test_onestep_under_two_processes_solves_its_pairs_in_shards_equal_to_one_pro
     two = subprocess.run(
         [
             accelerate,
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_CPU_PROCESSES,
             *config("two"),
         ],
         env=env,

@@ -33,6 +33,11 @@ def _weights(path: Path) -> dict:
     return load_file(next(path.glob("*.safetensors")))
 
 
+def _losses(out: Path) -> list[dict]:
+    """A run's ``losses.jsonl`` rows."""
+    return [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+
+
 def _onestep_config(toy, root: Path, **extra) -> dict:
     """A tiny stage-4 config from the module run's stage-1 student (4 pairs of 2 ODE steps unless ``extra`` says)."""
     return dict(
@@ -138,7 +143,7 @@ def test_distill_unet_writes_the_student_logs_and_samples(runs):
     root, _ = runs
     unet = UNet2DConditionModel.from_pretrained(root / "unet" / "final" / "unet")
     assert unet.mid_block is None and len(unet.down_blocks) == 2
-    rows = [json.loads(line) for line in (root / "unet" / "losses.jsonl").read_text().splitlines()]
+    rows = _losses(root / "unet")
     assert {"denoise", "out_kd", "feat_kd", "loss"} <= set(rows[-1]) and rows[-1]["step"] == 4
     assert list((root / "unet" / "samples").glob("*.png"))
     assert list((root / "unet" / "logs").rglob("events.out.tfevents*"))
@@ -156,7 +161,7 @@ def test_onestep_resume_is_bit_exact(runs):
     root, _ = runs
     a, b = _weights(root / "onestep" / "final" / "unet"), _weights(root / "onestep_resumed" / "final" / "unet")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    rows = [json.loads(line) for line in (root / "onestep" / "losses.jsonl").read_text().splitlines()]
+    rows = _losses(root / "onestep")
     assert "sd" not in rows[0] and {"sd", "fm", "fake_loss", "gan_g", "score_fraction"} <= set(rows[-1])
 
 
@@ -168,7 +173,6 @@ def test_onestep_latent_term_adds_the_weighted_latent_mse_to_feature_matching(ru
         toy,
         root,
         num_pairs=8,
-        ode_steps=2,
         warmup_steps=2,
         max_steps=2,
         fm_weight=3.0,
@@ -176,7 +180,7 @@ def test_onestep_latent_term_adds_the_weighted_latent_mse_to_feature_matching(ru
         checkpoint_every=2,
     )
     _run(onestep, tmp_path / "run", **config)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    rows = _losses(tmp_path / "run")
     assert len(rows) == 2 and all(r["latent_mse"] > 0 for r in rows)
     for r in rows:
         assert r["loss"] == pytest.approx(3.0 * (r["fm"] + 0.5 * r["latent_mse"]), rel=1e-5)
@@ -193,7 +197,6 @@ def test_resume_into_a_different_model_set_names_the_mismatch(runs, toy, tmp_pat
         toy,
         root,
         num_pairs=8,
-        ode_steps=2,
         warmup_steps=1,
         max_steps=5,
         gan_weight=0.0,
@@ -206,7 +209,7 @@ def test_decoder_and_controlnet_stages_export_their_models(runs):
     root, _ = runs
     tiny = AutoencoderTiny.from_pretrained(root / "decoder" / "final" / "vae")
     assert tiny.decode(torch.randn(1, 4, 8, 8)).sample.shape == (1, 3, 32, 32)
-    rows = [json.loads(line) for line in (root / "decoder" / "losses.jsonl").read_text().splitlines()]
+    rows = _losses(root / "decoder")
     assert "d_loss" in rows[-1]
     for name in ("controlnet", "onestep_cn"):
         assert tuple(
@@ -324,7 +327,7 @@ def test_bf16_mixed_precision_smoke(toy, tmp_path, stage):
         checkpoint_every=0,
         **extra,
     )
-    rows = [json.loads(line) for line in (tmp_path / stage / "losses.jsonl").read_text().splitlines()]
+    rows = _losses(tmp_path / stage)
     assert rows[-1]["step"] == 2 and all(math.isfinite(v) for v in rows[-1].values())
 
 
@@ -466,8 +469,6 @@ def test_pairs_come_from_pairs_teacher_when_one_is_given(runs, toy, tmp_path):
     config = _onestep_config(
         toy,
         root,
-        num_pairs=4,
-        ode_steps=2,
         warmup_steps=1,
         max_steps=1,
         checkpoint_every=1,
@@ -493,8 +494,6 @@ def test_segment_alpha_is_lowered_during_diff_instruct_when_asked(runs, toy, tmp
     config = _onestep_config(
         toy,
         root,
-        num_pairs=4,
-        ode_steps=2,
         warmup_steps=1,
         max_steps=4,
         checkpoint_every=4,
@@ -506,7 +505,7 @@ def test_segment_alpha_is_lowered_during_diff_instruct_when_asked(runs, toy, tmp
         fm_decay="constant",
     )
     _run(onestep, tmp_path / "run", **config)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    rows = _losses(tmp_path / "run")
     alphas = [r["alpha"] for r in rows if "alpha" in r]
     assert len(alphas) == 3 and alphas == sorted(alphas, reverse=True) and alphas[0] == 1.0 and alphas[-1] < 0.6
     assert {r["fm_weight"] for r in rows if "fm_weight" in r} == {2.0}
@@ -538,8 +537,6 @@ def test_the_diffusion_unets_encoder_is_a_feature_network(runs, toy, tmp_path):
     config = _onestep_config(
         toy,
         root,
-        num_pairs=4,
-        ode_steps=2,
         warmup_steps=2,
         max_steps=2,
         checkpoint_every=2,
@@ -547,7 +544,7 @@ def test_the_diffusion_unets_encoder_is_a_feature_network(runs, toy, tmp_path):
         feature_distance="mse",
     )
     _run(onestep, tmp_path / "run", **config)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    rows = _losses(tmp_path / "run")
     assert len(rows) == 2 and all(r["fm"] > 0 for r in rows)
 
 
