@@ -11,24 +11,21 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
-
 _NAME = re.compile(r"^step_(\d+)$")
 
 
 class TrainState:
-    """The step counter and the data/noise generator of this process (checkpointed with the models)."""
+    """The step counter (checkpointed with the models).  The random draws are keyed by the step
+    (``training.draws.StepDraws``), so the counter is all a resume needs."""
 
-    def __init__(self, seed: int):
+    def __init__(self):
         self.step = 0
-        self.generator = torch.Generator().manual_seed(seed)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "generator": self.generator.get_state()}
+        return {"step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])  # checkpoints from before StepDraws also hold a generator: not needed
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:

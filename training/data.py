@@ -226,7 +226,10 @@ class Bank:
         return next(iter(self.tensors.values())).shape[0]
 
     def sample(self, batch_size: int, generator: torch.Generator, device=None) -> dict[str, torch.Tensor]:
-        index = torch.randint(len(self), (batch_size,), generator=generator)
+        return self.take(torch.randint(len(self), (batch_size,), generator=generator), device)
+
+    def take(self, index: torch.Tensor, device=None) -> dict[str, torch.Tensor]:
+        """The rows ``index`` (B,) of every tensor, on ``device``; floating tensors as float32."""
         return {
             k: v[index].to(device).float() if v.is_floating_point() else v[index].to(device)
             for k, v in self.tensors.items()

@@ -8,6 +8,7 @@ device explicitly: everything goes through ``accelerator.device``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from training.checkpoint import TrainState, resolve_resume, save_checkpoint
 from training.config import TrainConfig, save_config, to_dict
+from training.draws import StepDraws
 from training.images import make_grid, save_image
 
 
@@ -62,8 +64,10 @@ class Runner:
         )
         self.accelerator.print(f"[{name}] {self.accelerator.state.distributed_type} x{self.accelerator.num_processes}")
         set_seed(cfg.seed, device_specific=True)
-        self.state = TrainState(cfg.seed * 1000 + self.accelerator.process_index)
+        self.state = TrainState()
         self.accelerator.register_for_checkpointing(self.state)
+        acc = self.accelerator
+        self.draws = StepDraws(cfg.seed, cfg.batch_size, acc.process_index, acc.num_processes, cfg.grad_accum)
         self.emas: dict[str, EMAModel] = {}
         self.timing: dict[str, float] = {}
         if self.accelerator.is_main_process:
@@ -124,6 +128,29 @@ class Runner:
         if scheduler is not None:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def accumulated_step(self, model, optimizer, scheduler, phase: int, micro_loss: Callable) -> list:
+        """One optimiser step over ``grad_accum`` micro-batches, for stages that alternate several optimisers (where
+        ``accelerator.accumulate``'s single counter does not fit).  ``micro_loss(draws, micro)`` computes micro-batch
+        ``micro``'s loss (a mean over its rows) and returns ``(loss, anything)``; ``draws`` are its rows of the global
+        batch, in phase ``phase`` of the step (``training.draws``).  Gradients are synchronised across processes
+        only on the last micro-batch; ``accelerator.backward`` divides each loss by ``grad_accum``, so the step
+        follows the mean over the global batch.  Returns the micro-batches' second values."""
+        acc, outs = self.accelerator, []
+        for micro in range(self.cfg.grad_accum):
+            draws = self.draws.start(self.state.step, phase, micro)
+            last = micro == self.cfg.grad_accum - 1
+            with contextlib.nullcontext() if last else acc.no_sync(model):
+                loss, out = micro_loss(draws, micro)
+                acc.backward(loss)
+            outs.append(out)
+        if self.cfg.max_grad_norm:
+            acc.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return outs
 
     # ---- running ----------------------------------------------------------------------------------------
 

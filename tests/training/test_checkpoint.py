@@ -7,6 +7,7 @@ from accelerate.state import AcceleratorState
 from diffusers.training_utils import EMAModel
 
 from training.checkpoint import TrainState, checkpoints, latest_checkpoint, resolve_resume, save_checkpoint
+from training.draws import StepDraws
 
 OPTIMISERS = {
     "adamw": lambda p: torch.optim.AdamW(p, 1e-2, weight_decay=0.1),
@@ -24,7 +25,7 @@ def _session(optimiser: str, out, resume=False):
     opt = OPTIMISERS[optimiser](model.parameters())
     sched = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
     model, opt, sched = acc.prepare(model, opt, sched)
-    state = TrainState(seed=3)
+    state = TrainState()
     ema = EMAModel(model.parameters(), decay=0.9)
     acc.register_for_checkpointing(state)
     acc.register_for_checkpointing(ema)
@@ -35,7 +36,7 @@ def _session(optimiser: str, out, resume=False):
 
 def _train(acc, model, opt, sched, state, ema, steps):
     for _ in range(steps):
-        x = torch.randn(16, 8, generator=state.generator)
+        x = StepDraws(3, 16).start(state.step).randn((8,))  # keyed by the step: nothing to restore
         noise = torch.randn(16, 1)  # global RNG: restored from the checkpoint too (dropout uses it as well)
         loss = (model(x) - x.sum(1, keepdim=True) - noise).pow(2).mean()
         acc.backward(loss)

@@ -59,15 +59,6 @@ def test_the_collective_timeout_reaches_accelerate(tmp_path):
     assert Runner(cfg, "t").accelerator.init_handler.timeout == timedelta(seconds=90)
 
 
-@pytest.mark.parametrize("stage", ["distill_decoder", "onestep"])
-def test_stages_with_two_optimisers_refuse_grad_accum_instead_of_ignoring_it(stage):
-    import importlib
-
-    module = importlib.import_module(f"training.stages.{stage}")
-    with pytest.raises(ValueError, match="grad_accum"):
-        module.main(["--set", "grad_accum=4", "--set", "teacher=/nonexistent"])
-
-
 def test_stage1_follows_the_paper_without_the_denoising_loss_and_refuses_an_empty_loss():
     from training.stages import distill_unet
 

@@ -372,7 +372,8 @@ def data_pairs(toy):
     ``make(**config)`` returns the pairs, ``row(prompt)`` the bank index a pair's prompt embedding came from."""
     from training.data import Bank
     from training.models import load_controlnet, load_part, load_text_encoder
-    from training.stages.onestep import OneStepConfig, make_pairs
+    from training.stages.onestep import OneStepConfig
+    from training.stages.onestep_pairs import make_pairs
 
     vae, text = load_part(toy.teacher, "vae"), load_text_encoder(toy.teacher, torch.device("cpu"))
     latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -435,7 +436,8 @@ def test_onestep_stage_names_an_unknown_latent_distance_before_loading_anything(
 def test_a_shared_pairs_file_made_with_other_settings_stops_the_stage_with_the_differences(tmp_path):
     """Stages share teacher pairs through ``pairs_path``; a file made for another control target (or count, guidance,
     ...) must not be reused silently."""
-    from training.stages.onestep import OneStepConfig, check_pair_settings, pair_settings
+    from training.stages.onestep import OneStepConfig
+    from training.stages.onestep_pairs import check_pair_settings, pair_settings
 
     path = tmp_path / "pairs.pt"
     made = pair_settings(OneStepConfig(teacher="t", control_target="ode"), controlnet_mode=True)
@@ -457,7 +459,8 @@ def test_pairs_come_from_pairs_teacher_when_one_is_given(runs, toy, tmp_path):
     stays ``teacher``'s; the pairs record names it, so a file from the plain teacher is not reused."""
     from diffusers import UNet2DConditionModel
 
-    from training.stages.onestep import OneStepConfig, pair_settings
+    from training.stages.onestep import OneStepConfig
+    from training.stages.onestep_pairs import pair_settings
 
     root, _ = runs
     other = tmp_path / "other_teacher"
@@ -573,17 +576,17 @@ def test_dinov2_features_from_a_local_folder_and_a_clear_error_without_weights(t
 
 
 def test_a_fraction_of_the_noise_is_reinitialised_when_asked():
-    """``fresh_noise_fraction``: the paper re-initialises a portion of the noise; 1 keeps every row fresh without
-    touching the random stream (earlier runs reproduce), 0 keeps the pairs' noise."""
+    """``fresh_noise_fraction``: the paper re-initialises a portion of the noise; 1 keeps every row fresh without a
+    draw, 0 keeps the pairs' noise."""
+    from training.draws import StepDraws
     from training.stages.onestep import fresh_noise_rows
 
-    g = torch.Generator().manual_seed(0)
+    draws = StepDraws(0, 1000)
     rows = torch.arange(1000) % 2 == 0
-    assert fresh_noise_rows(1000, rows, 1.0, g, "cpu").equal(rows) and g.initial_seed() == 0
-    state = g.get_state()
-    assert fresh_noise_rows(8, None, 1.0, g, "cpu").all() and torch.equal(g.get_state(), state)
-    assert not fresh_noise_rows(1000, rows, 0.0, g, "cpu").any()
-    some = fresh_noise_rows(1000, rows, 0.3, g, "cpu")
+    assert fresh_noise_rows(draws, rows, 1.0, "cpu").equal(rows) and draws.count == 0
+    assert fresh_noise_rows(draws, None, 1.0, "cpu").all() and draws.count == 0
+    assert not fresh_noise_rows(draws, rows, 0.0, "cpu").any()
+    some = fresh_noise_rows(draws, rows, 0.3, "cpu")
     assert not (some & ~rows).any() and 100 < int(some.sum()) < 200  # about 0.3 of the 500 rows
     with pytest.raises(ValueError, match="fresh_noise_fraction"):
         onestep.main(["--set", "fresh_noise_fraction=2", "--set", "teacher=/nonexistent"])
@@ -598,7 +601,8 @@ def test_pairs_solved_in_shards_by_several_ranks_equal_one_process(toy, tmp_path
     from training.config import DataConfig
     from training.data import load_bank
     from training.models import load_controlnet, load_part, load_text_encoder
-    from training.stages.onestep import OneStepConfig, make_pairs, merge_pair_shards
+    from training.stages.onestep import OneStepConfig
+    from training.stages.onestep_pairs import make_pairs, merge_pair_shards
 
     vae, scheduler = load_part(toy.teacher, "vae"), load_part(toy.teacher, "scheduler")
     unet, text = load_part(toy.teacher, "unet"), load_text_encoder(toy.teacher, torch.device("cpu"))
@@ -616,3 +620,50 @@ def test_pairs_solved_in_shards_by_several_ranks_equal_one_process(toy, tmp_path
     merged = merge_pair_shards(shards)
     assert merged.keys() == one.keys() and ("control" in one) == controlnet
     assert all(torch.equal(merged[k], one[k]) for k in one)
+
+
+def _max_difference(a: Path, b: Path) -> float:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+
+
+@pytest.mark.parametrize("gan_weight", [0.0, 0.1])
+def test_onestep_two_accumulated_micro_batches_take_the_step_of_one_batch_of_two(runs, toy, tmp_path, gan_weight):
+    """Both models (student, fake score with fake updates, + the GAN head), EMA: batch 2 = batch 1 x grad_accum 2,
+    since each micro-batch draws its rows of the global batch (``training.draws``); batch 1 alone is another run.
+    SGD with momentum, so that a difference in gradients shows (Adam's normalised steps turn the float noise of
+    near-zero gradients into lr-sized steps)."""
+    root, _ = runs
+    common = _onestep_config(
+        toy, root, warmup_steps=1, max_steps=3, fake_updates=2, gan_weight=gan_weight, ema_decay=0.9,
+        pairs_path=str(tmp_path / "pairs.pt"), optimizer="sgd", lr=0.01, fake_lr=0.01,
+    )  # fmt: skip
+    _run(onestep, tmp_path / "whole", **common, batch_size=2)
+    _run(onestep, tmp_path / "parts", **common, batch_size=1, grad_accum=2)
+    _run(onestep, tmp_path / "half", **common, batch_size=1)
+    final = Path("final") / "unet"
+    same, other = (_max_difference(tmp_path / "whole" / final, tmp_path / run / final) for run in ("parts", "half"))
+    assert same < 1e-6 and other > 1e-5  # measured: 0.4e-7 to 2.4e-7 and 0.7e-4 to 5e-4
+
+
+@pytest.mark.parametrize("stage", ["distill_unet", "distill_decoder"])
+def test_stages_one_and_two_accumulate_micro_batches_to_the_step_of_the_whole_batch(runs, toy, tmp_path, stage):
+    """As for the one-step stage (SGD with momentum); the decoder's discriminator steps on the same micro-batches."""
+    root, _ = runs
+    if stage == "distill_unet":
+        module, name = distill_unet, "unet"
+        common = dict(teacher=str(toy.teacher), recipe=RECIPE_DICT, data=toy.data_cfg(), max_steps=2, lr=0.01,
+                      denoise_weight=1.0, optimizer="sgd")  # fmt: skip
+    else:  # with its discriminator from the first step (a second optimiser over the same micro-batches)
+        module, name = distill_decoder, "vae"
+        common = dict(
+            teacher=str(toy.teacher), data=toy.data_cfg(), max_steps=2, gan_start=0, disc_channels=[8, 16],
+            downsample=4, tiny_vae=str(root / "decoder" / "final" / "vae"), optimizer="sgd", lr=0.01,
+        )  # fmt: skip
+    _run(module, tmp_path / "whole", **common, batch_size=4)
+    _run(module, tmp_path / "parts", **common, batch_size=2, grad_accum=2)
+    _run(module, tmp_path / "half", **common, batch_size=2)
+    final = Path("final") / name
+    same, other = (_max_difference(tmp_path / "whole" / final, tmp_path / run / final) for run in ("parts", "half"))
+    assert same < 1e-6 and other > 1e-5  # measured: 0.4e-7 to 2.4e-7 and 0.7e-4 to 5e-4

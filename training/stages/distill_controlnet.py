@@ -32,7 +32,7 @@ from training.models import (
 )
 from training.runner import Runner
 from training.sampling import ddim_sample, model_output
-from training.stages.common import TIMESTEP_SAMPLING, decode_unet_samples, drop_prompts, randn, sample_timesteps
+from training.stages.common import TIMESTEP_SAMPLING, decode_unet_samples, draw_timesteps, drop_prompts
 
 
 @dataclass
@@ -96,16 +96,16 @@ def main(argv=None) -> Runner:
     run.add_ema("controlnet", cn_ddp)
     ac = scheduler.alphas_cumprod.to(device)
     T = scheduler.config.num_train_timesteps
-    g = run.state.generator
 
     def step() -> dict:
         logs = {}
-        for _ in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):
             with run.accelerator.accumulate(cn_ddp):
-                batch = bank.sample(cfg.batch_size, g, device)
-                embeds = drop_prompts(batch["embeds"], uncond, cfg.uncond_prob, g)
-                noise = randn(batch["latents"].shape, g, device)
-                t = sample_timesteps(T, cfg.batch_size, g, device, cfg.timestep_sampling)
+                draws = run.draws.start(run.state.step, micro=micro)
+                batch = draws.sample(bank, device)
+                embeds = drop_prompts(batch["embeds"], uncond, cfg.uncond_prob, draws)
+                noise = draws.randn(batch["latents"].shape[1:], device)
+                t = draw_timesteps(draws, T, device, cfg.timestep_sampling)
                 x_t = add_noise(batch["latents"], noise, ac[t])
                 with torch.no_grad():
                     target = model_output(teacher, x_t.to(wd), t, embeds.to(wd), teacher_cn, batch["control"].to(wd))

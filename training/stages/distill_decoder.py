@@ -25,7 +25,7 @@ from training.losses import PatchDiscriminator, downsampled_l1, hinge_discrimina
 from training.models import freeze, load_controlnet, load_part, load_text_encoder, load_tiny_vae, student_unet
 from training.runner import Runner
 from training.sampling import ddim_sample, onestep_sample
-from training.stages.common import alphas_cumprod, decode_unet_samples
+from training.stages.common import alphas_cumprod, decode_unet_samples, mean_logs
 
 
 @dataclass
@@ -132,9 +132,6 @@ def main(argv=None) -> Runner:
     cfg = parse_args(DistillDecoderConfig, argv, __doc__)
     if cfg.onestep_samples and not cfg.onestep_unet:
         raise ValueError("onestep_samples needs onestep_unet (a one-step UNet folder)")
-    if cfg.grad_accum != 1:  # it used to be ignored here: every micro-batch stepped both optimisers
-        raise ValueError("the decoder stage alternates two optimisers (decoder, discriminator) per step; use a larger "
-                         "batch_size, not grad_accum")
     run = Runner(cfg, "distill_decoder")
     device = run.device
 
@@ -171,41 +168,56 @@ def main(argv=None) -> Runner:
     run.add_ema("vae", tiny_ddp)
     disc_plain = run.unwrap(disc_ddp)
     scale = vae.config.scaling_factor
-    g = run.state.generator
 
     def decode_teacher(latents):
         with torch.no_grad():
             return vae.decode((latents / scale).to(run.weight_dtype)).sample.float()
 
-    def step() -> dict:
-        drawn = latent_bank.sample(cfg.batch_size, g, device)
+    def generator_loss(draws, micro: int):
+        """Micro-batch loss of the tiny decoder (+ encoder); also returns the (real, fake) pixels the discriminator
+        then judges, and the logs."""
+        drawn = draws.sample(latent_bank, device)
         latents = drawn["latents"]
         real = drawn["teacher_pixels"] if cfg.cache_teacher_decodes else decode_teacher(latents)
-        use_gan = cfg.gan_weight > 0 and run.state.step >= cfg.gan_start
-        # generator (tiny decoder / encoder) update
-        batch = bank.sample(cfg.batch_size, g, device) if train_encoder else None
+        batch = draws.sample(bank, device) if train_encoder else None
         with run.accelerator.autocast():
             fake, encoded = tiny_ddp(latents, batch["pixels"] if train_encoder else None)
             l1 = downsampled_l1(fake, real, cfg.downsample)
-            # the generator's GAN term goes through the unwrapped discriminator: no discriminator grads to sync
-            disc_plain.requires_grad_(False)
-            g_loss = hinge_generator_loss(disc_plain(fake)) if use_gan else torch.zeros((), device=device)
-            disc_plain.requires_grad_(True)
+            # the generator's GAN term goes through the unwrapped discriminator (no discriminator grads to sync), in
+            # eval mode: its spectral norms' power iteration runs once per step, in the discriminator's own step
+            disc_plain.requires_grad_(False).eval()
+            g_loss = hinge_generator_loss(disc_plain(fake)) if use_gan() else torch.zeros((), device=device)
+            disc_plain.requires_grad_(True).train()
             enc = (
                 torch.nn.functional.mse_loss(encoded, batch["latents"])
                 if train_encoder
                 else torch.zeros((), device=device)
             )
             loss = l1 + cfg.gan_weight * g_loss + cfg.encoder_weight * enc
-        run.backward_step(loss, tiny_ddp, opt, sched)
         logs = {"l1_down": l1.item(), "g_loss": g_loss.item(), "encoder_mse": enc.item(), "loss": loss.item()}
-        # discriminator update: teacher decodes are real, tiny decodes fake
-        if use_gan:
-            with run.accelerator.autocast():
-                logits = disc_ddp(torch.cat([real, fake.detach().float()]))  # one forward: one DDP reduction
-                d_loss = hinge_discriminator_loss(*logits.chunk(2))
-            run.backward_step(d_loss, disc_ddp, opt_d)
-            logs["d_loss"] = d_loss.item()
+        return loss, (real.float(), fake.detach().float(), logs)
+
+    def use_gan() -> bool:
+        return cfg.gan_weight > 0 and run.state.step >= cfg.gan_start
+
+    def step() -> dict:
+        """The decoder's step, then (with the GAN) the discriminator's on the same micro-batches: teacher decodes
+        are real, tiny decodes fake."""
+        judged = run.accumulated_step(tiny_ddp, opt, sched, 0, generator_loss)
+        logs = mean_logs([logs for _, _, logs in judged])
+        if use_gan():
+
+            def discriminator_loss(draws, micro: int):
+                real, fake, _ = judged[micro]
+                disc_plain.train(micro == 0)  # one power iteration per step, whatever the number of micro-batches
+                with run.accelerator.autocast():
+                    logits = disc_ddp(torch.cat([real, fake]))  # one forward: one DDP reduction
+                    d_loss = hinge_discriminator_loss(*logits.chunk(2))
+                return d_loss, d_loss.item()
+
+            d_losses = run.accumulated_step(disc_ddp, opt_d, None, 1, discriminator_loss)
+            disc_plain.train()
+            logs["d_loss"] = sum(d_losses) / cfg.grad_accum
         return logs
 
     def validate() -> torch.Tensor:

@@ -25,7 +25,7 @@ from training.losses import denoising_loss, feature_kd_loss, output_kd_loss
 from training.models import freeze, load_part, load_text_encoder, recipe_from, student_unet
 from training.runner import Runner
 from training.sampling import ddim_sample
-from training.stages.common import decode_unet_samples, drop_prompts, randint, randn
+from training.stages.common import decode_unet_samples, drop_prompts
 
 
 @dataclass
@@ -79,16 +79,16 @@ def main(argv=None) -> Runner:
     run.add_ema("unet", student_ddp)
     ac = scheduler.alphas_cumprod.to(device)
     T = scheduler.config.num_train_timesteps
-    g = run.state.generator
 
     def step() -> dict:
         logs = {}
-        for _ in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):
             with run.accelerator.accumulate(student_ddp):
-                batch = bank.sample(cfg.batch_size, g, device)
-                embeds = drop_prompts(batch["embeds"], uncond, cfg.uncond_prob, g)
-                noise = randn(batch["latents"].shape, g, device)
-                t = randint(T, cfg.batch_size, g, device)
+                draws = run.draws.start(run.state.step, micro=micro)
+                batch = draws.sample(bank, device)
+                embeds = drop_prompts(batch["embeds"], uncond, cfg.uncond_prob, draws)
+                noise = draws.randn(batch["latents"].shape[1:], device)
+                t = draws.randint(T, device)
                 x_t = add_noise(batch["latents"], noise, ac[t])
                 with torch.no_grad():
                     target = teacher(x_t.to(run.weight_dtype), t, embeds.to(run.weight_dtype)).sample

@@ -24,10 +24,8 @@ feature-matching teacher to a frozen copy of the one-step student at ``switch_te
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +34,8 @@ from torch import nn
 from sdxs.onestep import add_noise, predict_x0
 from training.config import TrainConfig, check_choice, parse_args
 from training.control import extract_control
-from training.data import Bank, load_bank
+from training.data import load_bank
+from training.draws import StepDraws
 from training.features import feature_network
 from training.hooks import FeatureRecorder
 from training.losses import (
@@ -62,8 +61,9 @@ from training.models import (
     student_unet,
 )
 from training.runner import Runner
-from training.sampling import ddim_sample, guided_output, onestep_sample
-from training.stages.common import decode_unet_samples, randint, randn
+from training.sampling import guided_output, onestep_sample
+from training.stages.common import decode_unet_samples, mean_logs
+from training.stages.onestep_pairs import load_or_solve_pairs
 
 CONTROL_SOURCES = ("teacher", "data")  # where stage 5's control images come from (``make_pairs``)
 LATENT_DISTANCES = {"mse": latent_mse_per_sample, "moments": latent_moments_per_sample}
@@ -156,81 +156,23 @@ def controlnet_residuals(controlnet, x_t, t, embeds, control, grad: bool = False
     return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
 
 
-@torch.no_grad()
-def make_pairs(
-    cfg: OneStepConfig, bank: Bank, teacher, teacher_cn, scheduler, vae, uncond, device, rank: int = 0, world: int = 1
-) -> dict:
-    """Teacher ODE pairs: noise (N, 4, h, w), prompt embeds, x0 target and, with a ControlNet, the control image
-    (N, 3, H, W) in [0, 1], extracted from an independent teacher sample for the same prompt (``control_source:
-    teacher``; the paper: controls from the teacher's outputs) or from the dataset image the prompt belongs to
-    (``data``: real layouts, as the ControlNet will meet at inference).
-
-    With a ControlNet the target is either the teacher with its ControlNet following that control from the pair's
-    noise (``control_target: ode``) or the very image the control was extracted from (``source``: its noise is
-    independent of the pair's, so only the control can tell the student where the edges go, as at inference, where
-    the control and the noise are unrelated; no second ODE solve).
-
-    ``rank`` of ``world`` processes solves only chunks ``rank``, ``rank + world``, ... of 64 pairs but draws the random
-    numbers of every chunk, so ``merge_pair_shards`` of all ranks' results equals one process's pairs exactly; with
-    ``world > 1`` the result has a ``chunk`` column for that merge."""
-    gen = torch.Generator().manual_seed(cfg.seed + 7)
-    out = {k: [] for k in ("noise", "embeds", "target", "control", "chunk")}
-    shape = bank.tensors["latents"].shape[1:]
-    teacher_refs = teacher_cn is not None and cfg.control_source != "data"
-    for chunk, i in enumerate(range(0, cfg.num_pairs, 64)):
-        n = min(64, cfg.num_pairs - i)
-        index = torch.randint(len(bank), (n,), generator=gen)
-        noise = torch.randn((n, *shape), generator=gen).to(device)
-        ref_noise = torch.randn((n, *shape), generator=gen).to(device) if teacher_refs else None
-        if chunk % world != rank:
-            continue
-        if world > 1:
-            out["chunk"].append(torch.full((n,), chunk))
-        embeds = bank.tensors["embeds"][index].to(device).float()
-        control = None
-        if teacher_cn is not None:
-            if cfg.control_source == "data":  # the dataset image the prompt describes (its VAE reconstruction)
-                ref = bank.tensors["latents"][index].to(device)
-            else:
-                ref = ddim_sample(teacher, scheduler.config, ref_noise, embeds, uncond, cfg.ode_steps, cfg.guidance)
-            control = extract_control(decode_unet_samples(vae, ref) * 2 - 1, cfg.control_kind)
-            out["control"].append(control.half().cpu())
-        if control is not None and cfg.control_target == "source":
-            target = ref
-        else:
-            target = ddim_sample(
-                teacher, scheduler.config, noise, embeds, uncond, cfg.ode_steps, cfg.guidance, teacher_cn, control
-            )
-        for k, v in (("noise", noise), ("embeds", embeds), ("target", target)):
-            out[k].append(v.cpu())
-    return {k: torch.cat(v) for k, v in out.items() if v}
+def check_config(cfg: OneStepConfig) -> None:
+    """Refuse choices and ranges the trainer would otherwise meet only after loading every model."""
+    check_choice("control_source", cfg.control_source, CONTROL_SOURCES)
+    check_choice("control_target", cfg.control_target, CONTROL_TARGETS)
+    check_choice("latent_distance", cfg.latent_distance, tuple(LATENT_DISTANCES))
+    check_choice("alpha_decay", cfg.alpha_decay, ("linear", "cosine", "constant"))
+    for name in ("segment_alpha", "segment_alpha_end", "fresh_noise_fraction"):
+        value = getattr(cfg, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} {value!r}: expected a number in [0, 1]")
 
 
-def merge_pair_shards(shards: list[dict]) -> dict:
-    """The ranks' ``make_pairs`` results as one process's: rows in chunk order, without the ``chunk`` column."""
-    merged = {k: torch.cat([shard[k] for shard in shards if k in shard]) for k in shards[0]}
-    order = torch.sort(merged.pop("chunk"), stable=True).indices
-    return {k: v[order] for k, v in merged.items()}
-
-
-def _shard_path(pairs_path: Path, rank: int) -> Path:
-    return pairs_path.with_name(f"{pairs_path.stem}.shard{rank}.pt")
-
-
-PAIR_SETTINGS = ("teacher", "seed", "num_pairs", "ode_steps", "guidance")
-CONTROL_PAIR_SETTINGS = ("teacher_controlnet", "control_kind", "control_source", "control_target")
-
-
-def fresh_noise_rows(
-    n: int, rows: torch.Tensor | None, fraction: float, generator: torch.Generator, device
-) -> torch.Tensor:
-    """Which of ``n`` rows get fresh noise, (n,) bool: each of ``rows`` (all when None) with probability
-    ``fraction``.  At fraction 1 nothing is drawn from ``generator`` (runs made before the option are unchanged)."""
-    chosen = (
-        torch.ones(n, dtype=torch.bool, device=device)
-        if fraction >= 1
-        else torch.rand(n, generator=generator).to(device) < fraction
-    )
+def fresh_noise_rows(draws: StepDraws, rows: torch.Tensor | None, fraction: float, device) -> torch.Tensor:
+    """Which rows of ``draws``' micro-batch get fresh noise, (B,) bool: each of ``rows`` (all when None) with
+    probability ``fraction``.  At fraction 1 nothing is drawn."""
+    n = draws.batch_size
+    chosen = torch.ones(n, dtype=torch.bool, device=device) if fraction >= 1 else draws.rand(device) < fraction
     return chosen if rows is None else chosen & rows.to(device)
 
 
@@ -242,309 +184,326 @@ def segment_alpha_at(cfg: OneStepConfig, progress: float) -> float:
     return decayed_weight(cfg.segment_alpha, cfg.segment_alpha_end, progress, cfg.alpha_decay)
 
 
-def pair_settings(cfg: OneStepConfig, controlnet_mode: bool) -> dict:
-    """The config fields a pairs file is made from (written beside it as ``<name>.json``); ``pairs_teacher`` only
-    when set, so that records written before it existed still match."""
-    keys = (
-        PAIR_SETTINGS
-        + (CONTROL_PAIR_SETTINGS if controlnet_mode else ())
-        + (("pairs_teacher",) * bool(cfg.pairs_teacher))
-    )
-    return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}, default=str))  # as the record reads back
+@dataclass
+class Teachers:
+    """The frozen models both one-step stages share: the teacher UNet (the "real" score and the pairs' solver unless
+    ``pairs_teacher``), its scheduler, VAE and text encoder, and in stage 5 the teacher ControlNet."""
 
+    unet: nn.Module
+    scheduler: Any
+    vae: nn.Module
+    text: Any
+    uncond: torch.Tensor  # (1, L, D) the empty prompt's embeddings
+    controlnet: nn.Module | None
 
-def check_pair_settings(pairs_path: Path, settings: dict) -> None:
-    """Stop before any work when an existing pairs file (shared through ``pairs_path``) was made with other settings:
-    reusing it would silently train on pairs the config does not describe.  Files without a settings record (written
-    before it existed) are trusted."""
-    recorded_path = _settings_path(pairs_path)
-    if not (pairs_path.exists() and recorded_path.exists()):
-        return
-    recorded = json.loads(recorded_path.read_text())
-    differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
-    if differ:
-        detail = ", ".join(f"{k}: {old!r} there, {new!r} here" for k, (old, new) in differ.items())
-        raise ValueError(
-            f"pairs file {pairs_path} was made with other settings ({detail}); give this run its own pairs_path "
-            f"or delete the file to make it again"
+    @classmethod
+    def load(cls, cfg: OneStepConfig, device, weight_dtype, controlnet_mode: bool) -> Teachers:
+        text = load_text_encoder(cfg.teacher, device)
+        return cls(
+            unet=freeze(load_part(cfg.teacher, "unet")).to(device, weight_dtype),
+            scheduler=load_part(cfg.teacher, "scheduler"),
+            vae=freeze(load_part(cfg.teacher, "vae")).to(device),
+            text=text,
+            uncond=text([""]),
+            controlnet=freeze(load_controlnet(cfg.teacher_controlnet)).to(device, weight_dtype)
+            if controlnet_mode
+            else None,
         )
 
 
-def _settings_path(pairs_path: Path) -> Path:
-    return pairs_path.with_suffix(".json")
+class UNetStudent:
+    """Stage 4: the student UNet itself is trained."""
+
+    name = "unet"
+
+    def __init__(self, cfg: OneStepConfig, teachers: Teachers, device):
+        self.trained = student_unet(teachers.unet, cfg.student, recipe_from(cfg.recipe)).to(device)
+
+    def sample(self, module, batch: dict, ac: torch.Tensor, timestep: int) -> torch.Tensor:
+        """One-step x0 (B, 4, h, w) float32 of ``module`` (the trained UNet, wrapped or not) from ``batch``'s noise."""
+        return onestep_sample(module, batch["noise"], batch["embeds"], ac, timestep)
+
+    def validation_images(self, batch: dict, images: torch.Tensor) -> torch.Tensor:
+        return images
 
 
-def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Runner:
-    cfg = parse_args(cfg_cls, argv, __doc__)
-    if cfg.grad_accum != 1:
-        raise ValueError("one-step training alternates two optimisers per step; use a larger batch, not grad_accum")
-    check_choice("control_source", cfg.control_source, CONTROL_SOURCES)
-    check_choice("control_target", cfg.control_target, CONTROL_TARGETS)
-    check_choice("latent_distance", cfg.latent_distance, tuple(LATENT_DISTANCES))
-    check_choice("alpha_decay", cfg.alpha_decay, ("linear", "cosine", "constant"))
-    for name in ("segment_alpha", "segment_alpha_end", "fresh_noise_fraction"):
-        value = getattr(cfg, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} {value!r}: expected a number in [0, 1]")
-    run = Runner(cfg, "onestep_controlnet" if controlnet_mode else "onestep")
-    device, wd = run.device, run.weight_dtype
-    pairs_path = Path(cfg.pairs_path or run.out / "cache" / "pairs.pt")
-    settings = pair_settings(cfg, controlnet_mode)
-    check_pair_settings(pairs_path, settings)
+class ControlNetStudent:
+    """Stage 5: the one-step student UNet is frozen; its ControlNet is trained."""
 
-    # 1. models: frozen teacher ("real" score), online fake score from it, the student (UNet, or its ControlNet)
-    teacher = freeze(load_part(cfg.teacher, "unet")).to(device, wd)
-    scheduler = load_part(cfg.teacher, "scheduler")
-    vae = freeze(load_part(cfg.teacher, "vae")).to(device)
-    text = load_text_encoder(cfg.teacher, device)
-    uncond = text([""])
-    unet = student_unet(teacher, cfg.student, recipe_from(cfg.recipe)).to(device)
-    teacher_cn = freeze(load_controlnet(cfg.teacher_controlnet)).to(device, wd) if controlnet_mode else None
-    if controlnet_mode:
-        unet = freeze(unet).to(device, wd)
-        trained = student_controlnet(unet, cfg.student_controlnet, cfg.embedding_channels).to(device, torch.float32)
-    else:
-        trained = unet
-    trained.train()
-    if cfg.gradient_checkpointing:
-        trained.enable_gradient_checkpointing()
-    fake = FakeScore(copy.deepcopy(teacher).float().requires_grad_(True).train(), cfg.gan_weight > 0)
-    features = feature_network(cfg.feature_net, vae, teacher, uncond, cfg.feature_model)
-    fm_distance = FEATURE_DISTANCES[cfg.feature_distance]
+    name = "controlnet"
 
-    # 2. data: prompts (+ real latents for the GAN) and the teacher's ODE pairs
-    bank = load_bank(
-        cfg.data,
-        vae,
-        text,
-        run.accelerator,
-        run.out / "cache",
-        keep_pixels=False,
-        teacher=(teacher, scheduler.config, uncond),
-    )
-    acc = run.accelerator
-    need_pairs = not pairs_path.exists()
-    acc.wait_for_everyone()  # every rank has looked before any rank writes
-    if need_pairs:  # each rank solves its share of the chunks; the main process puts the shards together
-        pairs_path.parent.mkdir(parents=True, exist_ok=True)
-        solver = freeze(load_part(cfg.pairs_teacher, "unet")).to(device, wd) if cfg.pairs_teacher else teacher
-        shard = make_pairs(
-            cfg, bank, solver, teacher_cn, scheduler, vae, uncond, device, acc.process_index, acc.num_processes
+    def __init__(self, cfg: OneStepConfig, teachers: Teachers, device, weight_dtype):
+        unet = student_unet(teachers.unet, cfg.student, recipe_from(cfg.recipe))
+        self.unet = freeze(unet).to(device, weight_dtype)
+        controlnet = student_controlnet(unet, cfg.student_controlnet, cfg.embedding_channels)
+        self.trained = controlnet.to(device, torch.float32)  # trained in float32 whatever the frozen UNet's dtype
+
+    def sample(self, module, batch: dict, ac: torch.Tensor, timestep: int) -> torch.Tensor:
+        """One-step x0 (B, 4, h, w) float32 of the frozen UNet steered by ``module`` (the trained ControlNet) with
+        ``batch``'s control images (B, 3, H, W) in [0, 1]."""
+        return onestep_sample(
+            self.unet, batch["noise"], batch["embeds"], ac, timestep, controlnet=module, control=batch["control"]
         )
-        del solver
-        if acc.num_processes == 1:
-            torch.save(shard, pairs_path)
-        else:
-            torch.save(shard, _shard_path(pairs_path, acc.process_index))
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                paths = [_shard_path(pairs_path, r) for r in range(acc.num_processes)]
-                torch.save(merge_pair_shards([torch.load(p) for p in paths]), pairs_path)
-                for path in paths:
-                    path.unlink()
-        if acc.is_main_process:
-            _settings_path(pairs_path).write_text(json.dumps(settings, indent=2))
-    acc.wait_for_everyone()
-    pairs = Bank(torch.load(pairs_path, mmap=True))  # shared through the page cache by a machine's ranks
 
-    # 3. two optimisers (student, fake score), accelerate
-    opt_g = run.optimizer(trained.parameters())
-    opt_f = run.optimizer(fake.parameters(), cfg.fake_lr)
-    sched_g = run.lr_scheduler(opt_g)
-    trained_ddp, fake_ddp, opt_g, opt_f, sched_g = run.prepare(trained, fake, opt_g, opt_f, sched_g)
-    name = "controlnet" if controlnet_mode else "unet"
-    run.add_ema(name, trained_ddp)
-    fake_plain = run.unwrap(fake_ddp)
-    ac = scheduler.alphas_cumprod.to(device)
-    T = scheduler.config.num_train_timesteps
-    g = run.state.generator
-    fm_teacher = {"model": None}
+    def validation_images(self, batch: dict, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([batch["control"], images])  # top: the controls, bottom: what the student made of them
 
-    def generate(batch, model=None, cn=None):
-        """The student's one-step x0 (B, 4, h, w) float32, with grad through the trained module."""
+
+class OneStepTrainer:
+    """Stages 4 and 5 (paper section 3.2, Fig. 3): feature-matching warm-up, then segmented Diff-Instruct.
+
+    A training step is ``fake_updates`` fake-model steps (phase (b) only) and one student step; each is an optimiser
+    step over ``grad_accum`` micro-batches whose random draws are rows of the step's global batch
+    (``training.draws``), so a run's result does not depend on how many processes share it."""
+
+    def __init__(self, cfg: OneStepConfig, run: Runner, controlnet_mode: bool):
+        self.cfg, self.run, self.device = cfg, run, run.device
+        wd = run.weight_dtype
+        # 1. models: frozen teachers, the student (UNet or ControlNet), the online fake score from the teacher
+        self.teachers = t = Teachers.load(cfg, self.device, wd, controlnet_mode)
         if controlnet_mode:
-            return onestep_sample(
-                unet,
-                batch["noise"],
-                batch["embeds"],
-                ac,
-                cfg.student_timestep,
-                controlnet=cn or trained_ddp,
-                control=batch["control"],
-            )
-        return onestep_sample(model or trained_ddp, batch["noise"], batch["embeds"], ac, cfg.student_timestep)
+            self.student = ControlNetStudent(cfg, t, self.device, wd)
+        else:
+            self.student = UNetStudent(cfg, t, self.device)
+        trained = self.student.trained.train()
+        if cfg.gradient_checkpointing:
+            trained.enable_gradient_checkpointing()
+        fake = FakeScore(copy.deepcopy(t.unet).float().requires_grad_(True).train(), cfg.gan_weight > 0)
+        self.features = feature_network(cfg.feature_net, t.vae, t.unet, t.uncond, cfg.feature_model)
+        self.fm_distance = FEATURE_DISTANCES[cfg.feature_distance]
+        # 2. data: prompts (+ real latents for the GAN) and the teacher's ODE pairs
+        self.bank = load_bank(
+            cfg.data, t.vae, t.text, run.accelerator, run.out / "cache", keep_pixels=False,
+            teacher=(t.unet, t.scheduler.config, t.uncond),
+        )  # fmt: skip
+        self.pairs = load_or_solve_pairs(
+            cfg, run, self.bank, t.unet, t.controlnet, t.scheduler, t.vae, t.uncond, controlnet_mode
+        )
+        # 3. two optimisers (student, fake score), accelerate, EMA
+        opt_g, opt_f = run.optimizer(trained.parameters()), run.optimizer(fake.parameters(), cfg.fake_lr)
+        sched_g = run.lr_scheduler(opt_g)
+        self.trained, self.fake, self.opt_g, self.opt_f, self.sched_g = run.prepare(
+            trained, fake, opt_g, opt_f, sched_g
+        )
+        run.add_ema(self.student.name, self.trained)
+        self.fake_plain = run.unwrap(self.fake)
+        self.ac = t.scheduler.alphas_cumprod.to(self.device)
+        self.T = t.scheduler.config.num_train_timesteps
+        self.fm_teacher = None  # a frozen copy of the student from ``switch_teacher_at`` on
 
-    def fm_targets(batch):
-        if fm_teacher["model"] is None:
+    # ---- pieces ----------------------------------------------------------------------------------------
+
+    def generate(self, batch: dict, module=None) -> torch.Tensor:
+        """The student's one-step x0 (B, 4, h, w) float32, with grad through ``module`` (default: the trained one)."""
+        return self.student.sample(module or self.trained, batch, self.ac, self.cfg.student_timestep)
+
+    def fm_targets(self, batch: dict) -> torch.Tensor:
+        """The feature-matching targets: the pairs' (teacher ODE or control source), or a frozen copy's samples."""
+        if self.fm_teacher is None:
             return batch["target"]
         with torch.no_grad():
-            m = fm_teacher["model"]
-            return generate(batch, *((None, m) if controlnet_mode else (m, None)))
+            return self.generate(batch, self.fm_teacher)
 
-    def fm_loss_per_sample(x, batch, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feature-matching distance and latent MSE per sample ((B,), (B,)) against ``batch``'s targets; with a (B,)
-        bool ``rows``, computed only there (zero elsewhere: the score-distillation rows, whose noise may not match
-        the targets).  The loss takes ``distance + latent_weight * latent_mse``."""
+    def fm_loss_per_sample(self, x, batch: dict, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature-matching distance and latent distance per sample ((B,), (B,)) against ``batch``'s targets; with a
+        (B,) bool ``rows``, computed only there (zero elsewhere: the score-distillation rows, whose noise may not
+        match the targets).  The loss takes ``distance + latent_weight * latent distance``."""
         if rows is not None:
             index = rows.nonzero(as_tuple=True)[0]
-            routed = fm_loss_per_sample(x[index], {k: v[index] for k, v in batch.items()}) if len(index) else None
+            picked = {k: v[index] for k, v in batch.items()}
+            routed = self.fm_loss_per_sample(x[index], picked) if len(index) else None
             zeros = x.new_zeros(len(x), dtype=torch.float32)
             return (zeros, zeros) if routed is None else tuple(zeros.index_put((index,), r.float()) for r in routed)
         with torch.no_grad():
-            target = fm_targets(batch)
-            t_feats = features(target)
-        return fm_distance(features(x), t_feats, cfg.feature_weights), LATENT_DISTANCES[cfg.latent_distance](x, target)
+            target = self.fm_targets(batch)
+            t_feats = self.features(target)
+        distance = self.fm_distance(self.features(x), t_feats, self.cfg.feature_weights)
+        return distance, LATENT_DISTANCES[self.cfg.latent_distance](x, target)
 
-    def with_fresh_noise(batch, rows=None):
+    def with_fresh_noise(self, batch: dict, draws: StepDraws, rows=None) -> dict:
         """``batch`` with new noise in ``rows`` (a (B,) bool mask; all rows when None) when ``fresh_noise``.
 
         The teacher pairs hold a fixed set of noises; a fake score model trained only on the student's outputs for
         those learns a sum of point masses, whose low-t score pulls each sample to itself instead of describing the
         student's distribution (DMD likewise keeps its paired noise for the regression loss only)."""
-        if not cfg.fresh_noise:
+        if not self.cfg.fresh_noise:
             return batch
-        rows = fresh_noise_rows(len(batch["noise"]), rows, cfg.fresh_noise_fraction, g, device)
-        fresh = randn(batch["noise"].shape, g, device)
-        fresh = torch.where(rows.view(-1, *[1] * (fresh.ndim - 1)), fresh, batch["noise"])
-        return {**batch, "noise": fresh}
+        rows = fresh_noise_rows(draws, rows, self.cfg.fresh_noise_fraction, self.device)
+        fresh = draws.randn(batch["noise"].shape[1:], self.device)
+        return {**batch, "noise": torch.where(rows.view(-1, *[1] * (fresh.ndim - 1)), fresh, batch["noise"])}
 
-    def residuals(x_t, t, embeds, control, grad: bool = False) -> dict:
+    def residuals(self, x_t, t, embeds, control, grad: bool = False) -> dict:
         """The frozen teacher ControlNet's residuals at ``x_t`` in the weight dtype ({} without a ControlNet);
         without ``grad`` they are constants."""
+        wd = self.run.weight_dtype
         cast = None if control is None else control.to(wd)
         x_t = x_t if grad else x_t.detach()
-        return controlnet_residuals(teacher_cn, x_t.to(wd), t, embeds.to(wd), cast, grad)
+        return controlnet_residuals(self.teachers.controlnet, x_t.to(wd), t, embeds.to(wd), cast, grad)
 
-    def real_batch() -> dict:
+    def real_batch(self, draws: StepDraws) -> dict:
         """Real data for the GAN head: latents (B, 4, h, w), their own prompts' embeddings and, with a ControlNet,
         control images extracted from their decoded pixels (so that real rows are consistent with their condition)."""
-        real = bank.sample(cfg.batch_size, g, device)
-        if controlnet_mode:
+        real = draws.sample(self.bank, self.device)
+        if self.teachers.controlnet is not None:
             with torch.no_grad():
-                pixels = decode_unet_samples(vae, real["latents"]) * 2 - 1
-                real["control"] = extract_control(pixels, cfg.control_kind)
+                pixels = decode_unet_samples(self.teachers.vae, real["latents"]) * 2 - 1
+                real["control"] = extract_control(pixels, self.cfg.control_kind)
         return real
 
-    def fake_update() -> dict:
-        """One denoising step of the fake score model on fresh student samples (+ its GAN head: real data vs them)."""
-        batch = with_fresh_noise(pairs.sample(cfg.batch_size, g, device))
+    def scores(self, x, batch: dict, t, draws: StepDraws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake and real x0 predictions (float64, no grad) at a copy of the student's sample re-noised to ``t``."""
+        cfg, wd, teachers = self.cfg, self.run.weight_dtype, self.teachers
+        x_t = add_noise(x.detach(), draws.randn(x.shape[1:], self.device), self.ac[t])
+        embeds, control = batch["embeds"], batch.get("control")
+        prediction_type = teachers.scheduler.config.prediction_type
         with torch.no_grad():
-            x = generate(batch)
-        t = randint(T, cfg.batch_size, g, device)
-        noise = randn(x.shape, g, device)
-        x_t = add_noise(x, noise, ac[t])
-        embeds = batch["embeds"]
-        res = residuals(x_t, t, embeds, batch.get("control"))
-        opt_f.zero_grad(set_to_none=True)
-        if cfg.gan_weight > 0:
-            real = real_batch()
-            real_t = add_noise(real["latents"], randn(x.shape, g, device), ac[t])
-            res_real = residuals(real_t, t, real["embeds"], real.get("control"))
+            fake_out, _ = self.fake_plain(x_t, t, embeds, self.residuals(x_t, t, embeds, control))
+            real_out = guided_output(
+                teachers.unet, x_t.to(wd), t, embeds.to(wd), teachers.uncond.to(wd), cfg.real_guidance,
+                teachers.controlnet, None if control is None else control.to(wd),
+            )  # fmt: skip
+            x0_fake = predict_x0(fake_out, x_t.double(), self.ac[t], prediction_type)
+            x0_real = predict_x0(real_out, x_t.double(), self.ac[t], prediction_type)
+        return x0_fake, x0_real
+
+    def progress(self) -> float:
+        """How far phase (b) has come, in [0, 1]."""
+        cfg = self.cfg
+        return (self.run.state.step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+
+    # ---- the three kinds of update -------------------------------------------------------------------------
+
+    def fake_step(self, phase: int = 0) -> dict:
+        """One optimiser step of the fake score model: the denoising loss on fresh student samples (+ its GAN head's
+        discriminator loss: real data vs them)."""
+
+        def micro_loss(draws: StepDraws, micro: int):
+            cfg = self.cfg
+            batch = self.with_fresh_noise(self.pairs.take(draws.randint(len(self.pairs)), self.device), draws)
+            with torch.no_grad():
+                x = self.generate(batch)
+            t = draws.randint(self.T, self.device)
+            noise = draws.randn(x.shape[1:], self.device)
+            x_t = add_noise(x, noise, self.ac[t])
+            embeds = batch["embeds"]
+            res = self.residuals(x_t, t, embeds, batch.get("control"))
+            if cfg.gan_weight <= 0:
+                with self.run.accelerator.autocast():
+                    pred, _ = self.fake(x_t, t, embeds, res)
+                    loss = denoising_loss(pred, noise)
+                return loss, {"fake_loss": loss.item(), "gan_d": 0.0}
+            real = self.real_batch(draws)
+            real_t = add_noise(real["latents"], draws.randn(x.shape[1:], self.device), self.ac[t])
+            res_real = self.residuals(real_t, t, real["embeds"], real.get("control"))
             both = {k: _cat(res[k], res_real[k]) for k in res}
-            with run.accelerator.autocast():
-                pred, logits = fake_ddp(
+            with self.run.accelerator.autocast():
+                pred, logits = self.fake(
                     torch.cat([x_t, real_t]), torch.cat([t, t]), torch.cat([embeds, real["embeds"]]), both, True
                 )
                 fake_logits, real_logits = logits.chunk(2)
                 d_loss = softplus_discriminator_loss(real_logits, fake_logits)
                 loss = denoising_loss(pred[: len(x)], noise) + cfg.gan_weight * d_loss
-        else:
-            with run.accelerator.autocast():
-                pred, _ = fake_ddp(x_t, t, embeds, res)
-                loss = d_loss = denoising_loss(pred, noise)
-        run.backward_step(loss, fake_ddp, opt_f)
-        return {"fake_loss": loss.item(), "gan_d": d_loss.item() if cfg.gan_weight > 0 else 0.0}
+            return loss, {"fake_loss": loss.item(), "gan_d": d_loss.item()}
 
-    def scores(x, batch, t):
-        """Fake and real x0 predictions (float64, no grad) at a copy of the student's sample re-noised to ``t``."""
-        x_t = add_noise(x.detach(), randn(x.shape, g, device), ac[t])
-        embeds, control = batch["embeds"], batch.get("control")
-        with torch.no_grad():
-            res = residuals(x_t, t, embeds, control)
-            fake_out, _ = fake_plain(x_t, t, embeds, res)
-            real_out = guided_output(
-                teacher,
-                x_t.to(wd),
-                t,
-                embeds.to(wd),
-                uncond.to(wd),
-                cfg.real_guidance,
-                teacher_cn,
-                None if control is None else control.to(wd),
-            )
-            x0_fake = predict_x0(fake_out, x_t.double(), ac[t], scheduler.config.prediction_type)
-            x0_real = predict_x0(real_out, x_t.double(), ac[t], scheduler.config.prediction_type)
-        return x0_fake, x0_real
+        return mean_logs(self.run.accumulated_step(self.fake, self.opt_f, None, phase, micro_loss))
 
-    def generator_update(warmup: bool) -> dict:
-        batch = pairs.sample(cfg.batch_size, g, device)
-        if not warmup:  # each sample's t decides its loss; score-distillation rows may take fresh noise
-            t = randint(cfg.t_max + 1, cfg.batch_size, g, device, low=cfg.t_min)
-            progress = (run.state.step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-            alpha = segment_alpha_at(cfg, progress)
-            mask = score_distillation_mask(t, alpha, T, cfg.score_on)
-            batch = with_fresh_noise(batch, mask)
-        with run.accelerator.autocast():
-            x = generate(batch)
-            distance, latent_mse = fm_loss_per_sample(x, batch, None if warmup else ~mask)
-            fm = distance + cfg.latent_weight * latent_mse
-            fm_rows = slice(None) if warmup else ~mask
-            logs = {
-                "fm": distance[fm_rows].mean().item() if len(distance[fm_rows]) else 0.0,
-                "latent_mse": latent_mse[fm_rows].mean().item() if len(latent_mse[fm_rows]) else 0.0,
-            }
-            if warmup:
-                loss = cfg.fm_weight * fm.mean()
-            else:
-                x0_fake, x0_real = scores(x, batch, t)
-                sd = score_distillation_per_sample(x, x0_fake, x0_real, cfg.normalise_score)
-                weight = decayed_weight(cfg.fm_weight, cfg.fm_weight_end, progress, cfg.fm_decay)
-                loss = segmented_loss(sd, fm, mask, weight)
-                logs.update(
-                    sd=sd.mean().item(), fm_weight=weight, alpha=alpha, score_fraction=mask.float().mean().item()
-                )
+    def warmup_step(self, phase: int = 0) -> dict:
+        """One student step of phase (a): feature matching towards the pairs' targets (Eq. 8-9)."""
+
+        def micro_loss(draws: StepDraws, micro: int):
+            batch = self.pairs.take(draws.randint(len(self.pairs)), self.device)
+            with self.run.accelerator.autocast():
+                x = self.generate(batch)
+                distance, latent = self.fm_loss_per_sample(x, batch)
+                loss = self.cfg.fm_weight * (distance + self.cfg.latent_weight * latent).mean()
+            return loss, {"fm": distance.mean().item(), "latent_mse": latent.mean().item(), "loss": loss.item()}
+
+        return mean_logs(self.run.accumulated_step(self.trained, self.opt_g, self.sched_g, phase, micro_loss))
+
+    def score_step(self, phase: int = 0) -> dict:
+        """One student step of phase (b), segmented Diff-Instruct (Eq. 10-12): each sample's t decides its loss,
+        score distillation where t is in the score segment (fresh noise there), feature matching elsewhere, weighted
+        by the decaying lambda_FM (+ the GAN generator term)."""
+        cfg = self.cfg
+        progress = self.progress()
+        alpha = segment_alpha_at(cfg, progress)
+        weight = decayed_weight(cfg.fm_weight, cfg.fm_weight_end, progress, cfg.fm_decay)
+
+        def micro_loss(draws: StepDraws, micro: int):
+            batch = self.pairs.take(draws.randint(len(self.pairs)), self.device)
+            t = draws.randint(cfg.t_max + 1, self.device, low=cfg.t_min)
+            mask = score_distillation_mask(t, alpha, self.T, cfg.score_on)
+            batch = self.with_fresh_noise(batch, draws, mask)
+            with self.run.accelerator.autocast():
+                x = self.generate(batch)
+                distance, latent = self.fm_loss_per_sample(x, batch, ~mask)
+                sd = score_distillation_per_sample(x, *self.scores(x, batch, t, draws), cfg.normalise_score)
+                loss = segmented_loss(sd, distance + cfg.latent_weight * latent, mask, weight)
+                logs = {
+                    "fm": distance[~mask].mean().item() if (~mask).any() else 0.0,
+                    "latent_mse": latent[~mask].mean().item() if (~mask).any() else 0.0,
+                    "sd": sd.mean().item(), "fm_weight": weight, "alpha": alpha,
+                    "score_fraction": mask.float().mean().item(),
+                }  # fmt: skip
                 if cfg.gan_weight > 0:
-                    fake_plain.requires_grad_(False)
-                    x_gan = add_noise(x, randn(x.shape, g, device), ac[t])
-                    res_gan = residuals(x_gan, t, batch["embeds"], batch.get("control"), grad=True)
-                    _, logits = fake_plain(x_gan, t, batch["embeds"], res_gan, True)
-                    fake_plain.requires_grad_(True)
-                    gan_g = softplus_generator_loss(logits)
+                    gan_g = self.gan_generator_loss(x, t, batch, draws)
                     loss = loss + cfg.gan_weight * gan_g
                     logs["gan_g"] = gan_g.item()
-        run.backward_step(loss, trained_ddp, opt_g, sched_g)
-        logs["loss"] = loss.item()
-        return logs
+            return loss, {**logs, "loss": loss.item()}
 
-    def step() -> dict:
+        return mean_logs(self.run.accumulated_step(self.trained, self.opt_g, self.sched_g, phase, micro_loss))
+
+    def gan_generator_loss(self, x, t, batch: dict, draws: StepDraws) -> torch.Tensor:
+        """DMD2's generator term: the fake model's GAN head on the student's re-noised sample (head frozen here)."""
+        self.fake_plain.requires_grad_(False)
+        x_gan = add_noise(x, draws.randn(x.shape[1:], self.device), self.ac[t])
+        res = self.residuals(x_gan, t, batch["embeds"], batch.get("control"), grad=True)
+        _, logits = self.fake_plain(x_gan, t, batch["embeds"], res, True)
+        self.fake_plain.requires_grad_(True)
+        return softplus_generator_loss(logits)
+
+    # ---- the loop --------------------------------------------------------------------------------------
+
+    def step(self) -> dict:
+        cfg, run = self.cfg, self.run
         warmup = run.state.step < cfg.warmup_steps
         if not warmup and cfg.diff_instruct_lr:
-            set_learning_rate(opt_g, sched_g, cfg.diff_instruct_lr)
-        if cfg.switch_teacher_at and run.state.step >= cfg.switch_teacher_at and fm_teacher["model"] is None:
-            fm_teacher["model"] = freeze(copy.deepcopy(run.unwrap(trained_ddp)))
+            set_learning_rate(self.opt_g, self.sched_g, cfg.diff_instruct_lr)
+        if cfg.switch_teacher_at and run.state.step >= cfg.switch_teacher_at and self.fm_teacher is None:
+            self.fm_teacher = freeze(copy.deepcopy(run.unwrap(self.trained)))
         start = time.perf_counter()
         logs = {}
-        if not warmup:
-            for _ in range(cfg.fake_updates):
-                logs = fake_update()
-        logs.update(generator_update(warmup))
+        if warmup:
+            logs.update(self.warmup_step())
+        else:
+            for update in range(cfg.fake_updates):
+                logs = self.fake_step(phase=update)
+            logs.update(self.score_step(phase=cfg.fake_updates))
         key = "warmup" if warmup else "diff_instruct"
         run.timing[f"{key}_seconds"] = run.timing.get(f"{key}_seconds", 0.0) + time.perf_counter() - start
         run.timing[f"{key}_steps"] = run.timing.get(f"{key}_steps", 0) + 1
         return logs
 
-    def validate() -> torch.Tensor:
-        n = min(cfg.num_validation, len(pairs))
-        batch = {k: v[:n].float().to(device) for k, v in pairs.tensors.items()}
-        module = run.unwrap(trained_ddp).eval()
-        with torch.no_grad():
-            x = generate(batch, *((None, module) if controlnet_mode else (module, None)))
+    @torch.no_grad()
+    def validate(self) -> torch.Tensor:
+        """The in-memory student's samples for the first pairs, (N, 3, H, W) in [0, 1] (stage 5: controls above)."""
+        n = min(self.cfg.num_validation, len(self.pairs))
+        batch = {k: v[:n].float().to(self.device) for k, v in self.pairs.tensors.items()}
+        module = self.run.unwrap(self.trained).eval()
+        x = self.generate(batch, module)
         module.train()
-        images = decode_unet_samples(vae, x)
-        return torch.cat([batch["control"], images]) if controlnet_mode else images
+        return self.student.validation_images(batch, decode_unet_samples(self.teachers.vae, x))
 
-    run.run(step, validate, models={name: trained_ddp})
-    return run
+    def train(self) -> Runner:
+        self.run.run(self.step, self.validate, models={self.student.name: self.trained})
+        return self.run
+
+
+def main(argv=None, controlnet_mode: bool = False, cfg_cls=OneStepConfig) -> Runner:
+    cfg = parse_args(cfg_cls, argv, __doc__)
+    check_config(cfg)
+    run = Runner(cfg, "onestep_controlnet" if controlnet_mode else "onestep")
+    return OneStepTrainer(cfg, run, controlnet_mode).train()
 
 
 def set_learning_rate(optimizer, scheduler, lr: float) -> None:
