@@ -1,12 +1,12 @@
-"""One stage under ``accelerate launch`` with two CPU processes (DDP over gloo): trains, checkpoints, saves.
+"""The one-step stage under ``accelerate launch`` with two CPU processes (DDP over gloo) equals one process.
 
 accelerate 1.x's ``--cpu`` flag always takes its single-process launcher; two CPU processes come from its torchrun
 launcher (``--multi_gpu``) with ``ACCELERATE_USE_CPU=true``, which makes the state MULTI_CPU (gloo)."""
 
 import os
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,102 +17,84 @@ TWO_CPU_PROCESSES = ["launch", "--multi_gpu", "--num_processes", "2", "--num_mac
                      "--dynamo_backend", "no"]  # fmt: skip
 
 
-@pytest.mark.timeout(600)
-def test_distill_unet_under_accelerate_launch_with_two_cpu_processes(toy, tmp_path):
-    if shutil.which("accelerate") is None and not os.path.exists(
-        os.path.join(os.path.dirname(sys.executable), "accelerate")
-    ):
-        pytest.skip("accelerate CLI not installed")
-    out = tmp_path / "ddp"
-    cfg = dict(
-        output_dir=str(out),
-        teacher=str(toy.teacher),
-        recipe=RECIPE_DICT,
-        data=toy.data_cfg(),
-        max_steps=2,
-        batch_size=2,
-        checkpoint_every=2,
-        num_validation=2,
-        validation_steps=2,
-        progress=False,
-    )
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    env = {
+def _environment() -> dict:
+    return {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "ACCELERATE_USE_CPU": "true",
         "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
-    cmd = [
-        accelerate,
-        *TWO_CPU_PROCESSES,
-        "-m",
-        "training.stages.distill_unet",
-        "--config",
-        str(tmp_path / "c.yaml"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=550)
+
+
+def _accelerate() -> str:
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    if not os.path.exists(accelerate):
+        pytest.skip("accelerate CLI not installed")
+    return accelerate
+
+
+def _onestep(toy, tmp_path, name: str, processes: int, **extra) -> subprocess.CompletedProcess:
+    """Stage 4 on the toy (both models, fake updates, EMA, SGD: a gradient difference shows) into ``tmp_path/name``,
+    under ``processes`` CPU processes; each process's batch is 2 / ``processes`` (the same global batch)."""
+    cfg = dict(
+        output_dir=str(tmp_path / name),
+        teacher=str(toy.teacher),
+        recipe=RECIPE_DICT,
+        data={**toy.data_cfg(), "cache_dir": str(tmp_path / f"cache-{name}")},
+        num_pairs=130,
+        ode_steps=2,
+        warmup_steps=1,
+        max_steps=3,
+        batch_size=2 // processes,
+        fake_updates=1,
+        optimizer="sgd",
+        lr=0.01,
+        fake_lr=0.01,
+        checkpoint_every=2,
+        num_validation=2,
+        progress=False,
+        ema_decay=0.9,
+    )
+    cfg.update(extra)
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    stage = ["-m", "training.stages.onestep", "--config", str(tmp_path / f"{name}.yaml")]
+    launcher = [_accelerate(), *TWO_CPU_PROCESSES] if processes == 2 else [sys.executable]
+    proc = subprocess.run([*launcher, *stage], env=_environment(), capture_output=True, text=True, timeout=550)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "final" / "unet" / "config.json").exists()
-    assert "MULTI_CPU" in proc.stdout + proc.stderr, "expected two processes"
-    ckpt = out / "checkpoints" / "step_0000002"
+    assert ("MULTI_CPU" in proc.stdout + proc.stderr) == (processes == 2)
+    return proc
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(next((run / "final" / "unet").glob("*.safetensors")))
+
+
+@pytest.mark.timeout(600)
+def test_onestep_under_two_processes_equals_one_process_at_the_same_global_batch(toy, tmp_path):
+    """Each rank solves half of the ODE-pair chunks (the merged file equals one process's), trains on its rows of
+    every step's global batch (``training.draws``), and the EMA weights equal one process's at batch 2."""
+    import torch
+
+    _onestep(toy, tmp_path, "two", 2)
+    _onestep(toy, tmp_path, "one", 1)
+    a, b = (torch.load(tmp_path / name / "cache" / "pairs.pt") for name in ("two", "one"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
+    assert not list((tmp_path / "two" / "cache").glob("*.shard*"))  # shards merged and removed
+    two, one = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    assert two.keys() == one.keys() and max(float((two[k] - one[k]).abs().max()) for k in one) < 1e-6
+    ckpt = tmp_path / "two" / "checkpoints" / "step_0000002"
     assert (ckpt / "random_states_0.pkl").exists() and (ckpt / "random_states_1.pkl").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_onestep_under_two_processes_solves_its_pairs_in_shards_equal_to_one_process(toy, tmp_path):
-    """The one-step stage (both models, EMA, fake-model updates) under ``accelerate launch`` with two CPU processes:
-    each rank solves half of the ODE-pair chunks and the merged file equals a single process's.  About 15 s: slow only
-    to keep the default suite within 5 minutes."""
-    import torch
-
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    if not os.path.exists(accelerate):
-        pytest.skip("accelerate CLI not installed")
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "ACCELERATE_USE_CPU": "true",
-        "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
-
-    def config(name: str):
-        cfg = dict(
-            output_dir=str(tmp_path / name),
-            teacher=str(toy.teacher),
-            recipe=RECIPE_DICT,
-            data={**toy.data_cfg(), "cache_dir": str(tmp_path / f"cache-{name}")},
-            num_pairs=130,
-            ode_steps=2,
-            warmup_steps=1,
-            max_steps=3,
-            batch_size=2,
-            fake_updates=1,
-            checkpoint_every=3,
-            num_validation=2,
-            progress=False,
-            ema_decay=0.9,
-        )
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-        return ["-m", "training.stages.onestep", "--config", str(tmp_path / f"{name}.yaml")]
-
-    two = subprocess.run(
-        [
-            accelerate,
-            *TWO_CPU_PROCESSES,
-            *config("two"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=550,
-    )
-    assert two.returncode == 0 and "MULTI_CPU" in two.stdout + two.stderr, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, *config("one")], env=env, capture_output=True, text=True, timeout=550)
-    assert one.returncode == 0, one.stderr[-3000:]
-    a, b = (torch.load(tmp_path / name / "cache" / "pairs.pt") for name in ("two", "one"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
-    assert not list((tmp_path / "two" / "cache").glob("*.shard*"))  # shards merged and removed
-    assert (tmp_path / "two" / "final" / "unet" / "config.json").exists()
+def test_onestep_under_two_processes_resumes_bit_exactly(toy, tmp_path):
+    """Interrupted after its step-2 checkpoint and resumed, a two-process run ends with the weights of one that never
+    stopped.  About 15 s: slow only to keep the default suite within 5 minutes."""
+    _onestep(toy, tmp_path, "straight", 2, checkpoint_every=1)
+    _onestep(toy, tmp_path, "resumed", 2, checkpoint_every=1, max_steps=2)
+    _onestep(toy, tmp_path, "resumed", 2, checkpoint_every=1, resume="latest")
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(straight[k].equal(resumed[k]) for k in straight)
