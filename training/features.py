@@ -84,7 +84,11 @@ class DINOv2Features(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> list[torch.Tensor]:
         dtype = next(self.vae.parameters()).dtype
-        pixels = self.vae.decode((latents / self.vae.config.scaling_factor).to(dtype)).sample.float()
+        return self.from_pixels(self.vae.decode((latents / self.vae.config.scaling_factor).to(dtype)).sample)
+
+    def from_pixels(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Pixels (B, 3, H, W) in [-1, 1] -> the maps."""
+        pixels = pixels.float()
         patch = self.model.config.patch_size
         side = max(patch, -(-max(pixels.shape[-2:]) // patch) * patch)
         pixels = torch.nn.functional.interpolate((pixels + 1) / 2, size=(side, side), mode="bilinear")
@@ -110,6 +114,28 @@ def load_dinov2(name_or_path: str):
             f"the Hub could not be reached ({type(exc).__name__}). Download them where there is a network "
             f"(hf download {name_or_path}) or set feature_model to a local folder; unet_encoder works offline."
         ) from None
+
+
+class PixelFeatures(nn.Module):
+    """A feature network on pixels (B, 3, H, W) in [-1, 1] (the decoder stage's Projected GAN): the teacher VAE
+    encoder's down-stage outputs (``vae_encoder``, offline) or DINOv2's maps (``dinov2``)."""
+
+    def __init__(self, kind: str, vae, model: str = "facebook/dinov2-small"):
+        super().__init__()
+        if kind not in ("vae_encoder", "dinov2"):
+            raise ValueError(f"unknown pixel feature network {kind!r}: expected vae_encoder or dinov2")
+        self.kind, self.vae = kind, vae.requires_grad_(False).eval()
+        if kind == "dinov2":
+            self.dinov2 = DINOv2Features(vae, load_dinov2(model))
+        else:
+            blocks = {str(i): f"encoder.down_blocks.{i}" for i in range(len(vae.encoder.down_blocks))}
+            self.recorder = FeatureRecorder(vae, blocks)
+
+    def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        if self.kind == "dinov2":
+            return self.dinov2.from_pixels(pixels)
+        self.vae.encoder(pixels.to(next(self.vae.parameters()).dtype))
+        return [f.float() for f in self.recorder.pop().values()]
 
 
 class CombinedFeatures(nn.Module):

@@ -667,3 +667,23 @@ def test_stages_one_and_two_accumulate_micro_batches_to_the_step_of_the_whole_ba
     final = Path("final") / name
     same, other = (_max_difference(tmp_path / "whole" / final, tmp_path / run / final) for run in ("parts", "half"))
     assert same < 1e-6 and other > 1e-5  # measured: 0.4e-7 to 2.4e-7 and 0.7e-4 to 5e-4
+
+
+def test_decoder_stage_with_a_projected_gan_trains_heads_over_the_frozen_teacher_encoder(runs, toy, tmp_path):
+    """``discriminator: projected`` (paper section 4): heads over the teacher VAE encoder's maps of the pixels; the
+    frozen encoder is neither trained nor checkpointed; the GAN term reaches the tiny decoder."""
+    from safetensors.torch import load_file
+
+    root, _ = runs
+    out = tmp_path / "projected"
+    _run(
+        distill_decoder, out, teacher=str(toy.teacher), data=toy.data_cfg(), max_steps=2, gan_start=0, downsample=4,
+        tiny_vae=str(root / "decoder" / "final" / "vae"), discriminator="projected", disc_hidden=8,
+        checkpoint_every=2, gan_weight=1.0,
+    )  # fmt: skip
+    rows = _losses(out)
+    assert all(row["g_loss"] != 0 and "d_loss" in row for row in rows)
+    disc = load_file(out / "checkpoints" / "step_0000002" / "model_1.safetensors")
+    assert disc and all(k.startswith("heads.") for k in disc)  # only the heads
+    with pytest.raises(ValueError, match="discriminator 'style'"):
+        _run(distill_decoder, tmp_path / "bad", teacher="/nonexistent", discriminator="style")

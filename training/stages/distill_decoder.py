@@ -5,9 +5,11 @@ decoder fine-tuned on what an exported one-step pipeline decodes, the one-step m
 with ``onestep_controlnet`` on controls extracted from the data's images; continue from stage 2's decoder through
 ``tiny_vae``).  Both the teacher decoder and the tiny decoder decode them; loss = L1 after ``downsample``x average
 pooling (8 = the latent resolution) + ``gan_weight`` * hinge GAN loss, with teacher decodes as "real" and tiny
-decodes as "fake" for a spectral-normalised PatchGAN discriminator (our choice; the paper gives none).  Only the
-decoder is trained by these losses; with ``encoder_weight > 0`` the tiny encoder is additionally regressed onto the
-teacher's latents (MSE, real images only) so the exported ``AutoencoderTiny`` also serves image-to-image.
+decodes as "fake" for a spectral-normalised PatchGAN discriminator (``discriminator: patch``, the default) or, as
+the paper's section 4 says, a Projected GAN (``projected``: heads over the frozen teacher VAE encoder's or DINOv2's
+maps).  Only the decoder is trained by these losses; with ``encoder_weight > 0`` the tiny encoder is additionally
+regressed onto the teacher's latents (MSE, real images only) so the exported ``AutoencoderTiny`` also serves
+image-to-image.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any
 import torch
 
 from sdxs.decoder import build_tiny_autoencoder
-from training.config import TrainConfig, parse_args
+from training.config import TrainConfig, check_choice, parse_args
 from training.control import extract_control
 from training.data import Bank, load_bank
+from training.features import PixelFeatures
 from training.losses import PatchDiscriminator, downsampled_l1, hinge_discriminator_loss, hinge_generator_loss
 from training.models import freeze, load_controlnet, load_part, load_text_encoder, load_tiny_vae, student_unet
+from training.projected_gan import ProjectedDiscriminator
 from training.runner import Runner
 from training.sampling import ddim_sample, onestep_sample
 from training.stages.common import alphas_cumprod, decode_unet_samples, mean_logs
@@ -37,7 +41,11 @@ class DistillDecoderConfig(TrainConfig):
     gan_weight: float = 0.1
     gan_start: int = 0  # GAN loss enters after this many steps (L1 first)
     disc_lr: float = 1e-4
-    disc_channels: Any = (64, 128, 256)
+    discriminator: str = "patch"  # patch: a PatchGAN from scratch | projected: Projected GAN (paper section 4)
+    disc_channels: Any = (64, 128, 256)  # the PatchGAN's
+    disc_features: str = "vae_encoder"  # the Projected GAN's frozen network on pixels: vae_encoder (offline) | dinov2
+    feature_model: str = "facebook/dinov2-small"  # dinov2: a Hub id or a local folder
+    disc_hidden: int = 64  # the Projected GAN heads' width
     encoder_weight: float = 1.0
     teacher_samples: int = 0  # teacher multi-step samples added to the latent pool
     sample_steps: int = 25
@@ -128,8 +136,19 @@ def _cached(run, name: str, make) -> torch.Tensor:
     return torch.load(path)
 
 
+def discriminator(cfg: DistillDecoderConfig, vae, device) -> torch.nn.Module:
+    """The PatchGAN (pixels (B, 3, H, W) in [-1, 1] -> patch logits), or the Projected GAN's heads over the frozen
+    ``disc_features`` network (-> logits (B,)); hinge losses average either."""
+    if cfg.discriminator == "patch":
+        return PatchDiscriminator(3, tuple(cfg.disc_channels)).to(device)
+    features = PixelFeatures(cfg.disc_features, vae, cfg.feature_model).to(device)
+    example = torch.zeros(1, 3, 64, 64, device=device)
+    return ProjectedDiscriminator.over(features, example, hidden=cfg.disc_hidden).to(device)
+
+
 def main(argv=None) -> Runner:
     cfg = parse_args(DistillDecoderConfig, argv, __doc__)
+    check_choice("discriminator", cfg.discriminator, ("patch", "projected"))
     if cfg.onestep_samples and not cfg.onestep_unet:
         raise ValueError("onestep_samples needs onestep_unet (a one-step UNet folder)")
     run = Runner(cfg, "distill_decoder")
@@ -138,7 +157,7 @@ def main(argv=None) -> Runner:
     # 1. models
     vae = freeze(load_part(cfg.teacher, "vae")).to(device, run.weight_dtype)
     tiny = (load_tiny_vae(cfg.tiny_vae) if cfg.tiny_vae else build_tiny_autoencoder(**cfg.tiny_overrides)).to(device)
-    disc = PatchDiscriminator(3, tuple(cfg.disc_channels)).to(device)
+    disc = discriminator(cfg, vae, device)
     text = load_text_encoder(cfg.teacher, device)
 
     # 2. data: real-image latents (+ pixels for the encoder), teacher samples and one-step samples
