@@ -48,12 +48,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _visitor(url: str, images: list[bytes], until: float, log: list) -> None:
-    """Stream with one frame in flight; on a lost connection reconnect (as the page does) and go on. `log` gets
-    (time, "frame") and (time, "reconnect")."""
+async def _visitor(url: str, images: list[bytes], until: float, log: list, stop: asyncio.Event) -> None:
+    """Stream with one frame in flight until ``until`` or ``stop``; on a lost connection reconnect (as the page does)
+    and go on. `log` gets (time, "frame") and (time, "reconnect")."""
     client = await Client.open(url, {"params": {"mode": "image"}})
     i = 0
-    while time.monotonic() < until:
+    while time.monotonic() < until and not stop.is_set():
         try:
             frame_id = await client.send_frame(images[i % 2])
             i += 1
@@ -126,14 +126,21 @@ def test_two_replicas_share_sessions_and_a_killed_replicas_visitors_come_back(tm
         logs: list[list] = [[] for _ in range(8)]
 
         async def go() -> float:
-            until = time.monotonic() + 45
+            until = time.monotonic() + 45  # at most; the streams stop 2 s after every visitor is served again
+            stop = asyncio.Event()
             url = f"ws://127.0.0.1:{port}/ws"
-            streams = [asyncio.create_task(_visitor(url, images, until, log)) for log in logs]
-            await asyncio.sleep(8)
+            streams = [asyncio.create_task(_visitor(url, images, until, log, stop)) for log in logs]
+            await asyncio.sleep(5)
             spread = [_active_sessions(f"http://127.0.0.1:{p}/metrics") for p in (metrics, metrics + 1)]
             assert sum(spread) == 8 and min(spread) >= 1, f"sessions per replica: {spread}"
             killed_at = time.monotonic()
             await asyncio.to_thread(_kill_one_replica)
+            while time.monotonic() < killed_at + 30 and not all(
+                any(kind == "frame" and t > killed_at for t, kind in log) for log in logs
+            ):
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2)
+            stop.set()
             await asyncio.gather(*streams)
             return killed_at
 
