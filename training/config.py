@@ -27,7 +27,9 @@ class DataConfig:
     """Where training images/captions come from.
 
     ``kind``: ``folder`` (image files with same-stem ``.txt`` captions), ``hf`` (a Hugging Face ``datasets`` name or
-    local path with ``image_column``/``caption_column``), ``prompts`` (data-free: a text file of prompts, one per line,
+    local path with ``image_column``/``caption_column``; ``streaming`` reads it without downloading it first),
+    ``webdataset`` (tar shards, ``path`` a glob or ``{00000..00099}`` pattern, read as streams), ``prompts`` (data-free:
+    a text file of prompts, one per line,
     whose images the teacher generates with ``prompt_steps`` DDIM steps at guidance ``prompt_guidance``), or
     ``cached`` (a ``.pt`` written by ``training.data``).
     Images are centre-cropped and resized to ``resolution``; latents and prompt embeddings are cached under
@@ -42,7 +44,8 @@ class DataConfig:
     caption_column: str = "text"
     resolution: int = 512
     cache_dir: str = ""
-    max_samples: int = 0
+    max_samples: int = 0  # the first rows only (0: all); with a stream, where reading stops
+    streaming: bool = False  # kind hf: stream the dataset instead of downloading it whole
     # the cached prompt embeddings' dtype: float16 halves the largest part of a paper-scale cache (77x768 per row)
     embeds_dtype: str = "float32"  # float32 | float16
     prompt_steps: int = 25  # kind prompts: the teacher's sampler

@@ -9,9 +9,13 @@ in the checkpointed train state, so a resumed run draws exactly the batches the 
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import io
 import json
 import os
+import re
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +39,56 @@ def iter_folder(path: str | Path) -> Iterator[tuple[Image.Image, str]]:
 
 
 def iter_hf(cfg: DataConfig) -> Iterator[tuple[Image.Image, str]]:
-    """(image, caption) from a Hugging Face dataset (name or local folder; needs the ``datasets`` package)."""
+    """(image, caption) from a Hugging Face dataset (name or local folder; needs the ``datasets`` package).  With
+    ``streaming`` the rows are read as they arrive: the raw images never land on disk, only the latent cache does."""
     import datasets  # optional dependency, imported only for this data kind
 
-    ds = datasets.load_dataset(cfg.path, split=cfg.split)
+    ds = datasets.load_dataset(cfg.path, split=cfg.split, streaming=cfg.streaming)
     for row in ds:
         yield row[cfg.image_column], str(row[cfg.caption_column])
+
+
+def shard_paths(pattern: str) -> list[Path]:
+    """The tar shards of a WebDataset pattern: ``/data/{00000..00099}.tar`` (a numeric brace range, zero padding
+    kept), a glob (``/data/*.tar``) or one file, in sorted order."""
+    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if match:
+        first, last = match.groups()
+        numbers = [str(n).zfill(len(first)) for n in range(int(first), int(last) + 1)]
+        paths = [Path(pattern[: match.start()] + n + pattern[match.end() :]) for n in numbers]
+    else:
+        paths = sorted(Path(p) for p in glob.glob(pattern))
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing:
+        detail = f" (missing: {missing[:3]})" if missing else ""
+        raise ValueError(f"data.path {pattern!r}: no tar shards there{detail}")
+    return paths
+
+
+def iter_webdataset(pattern: str) -> Iterator[tuple[Image.Image, str]]:
+    """(image, caption) from WebDataset tar shards, read as streams (one pass, no index, no unpacking to disk): the
+    members of a sample share a key (``000123.jpg`` with ``000123.txt``; png, webp and json ``caption`` too) and are
+    stored next to each other, as WebDataset writes them."""
+    for path in shard_paths(pattern):
+        with tarfile.open(path, "r|*") as tar:
+            key, image, caption = None, None, ""
+            for member in tar:
+                if not member.isfile():
+                    continue
+                stem, _, suffix = member.name.rpartition(".")
+                if stem != key:
+                    if image is not None:
+                        yield image, caption
+                    key, image, caption = stem, None, ""
+                data = tar.extractfile(member).read()
+                if "." + suffix.lower() in IMAGE_SUFFIXES:
+                    image = Image.open(io.BytesIO(data))
+                elif suffix == "txt":
+                    caption = data.decode("utf-8").strip()
+                elif suffix == "json":
+                    caption = str(json.loads(data).get("caption", caption))
+            if image is not None:
+                yield image, caption
 
 
 def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -131,7 +179,7 @@ def _cache_path(cfg: DataConfig, default_dir: Path, vae, text_encoder, teacher=N
     key = json.dumps(
         [
             cfg.kind,
-            str(Path(cfg.path).resolve()) if cfg.kind != "hf" else cfg.path,
+            str(Path(cfg.path).resolve()) if cfg.kind not in ("hf", "webdataset") else cfg.path,
             cfg.split,
             cfg.resolution,
             cfg.max_samples,
@@ -167,7 +215,10 @@ def build_rows(
     (``merge_shards`` puts the ranks' results together in row order)."""
     if cfg.kind == "prompts":
         return teacher_rows(cfg, vae, text_encoder, teacher, keep_pixels, batch_size, rank, world)
-    source = iter_hf(cfg) if cfg.kind == "hf" else iter_folder(cfg.path)
+    sources = {"hf": iter_hf, "webdataset": lambda c: iter_webdataset(c.path), "folder": lambda c: iter_folder(c.path)}
+    if cfg.kind not in sources:
+        raise ValueError(f"data.kind {cfg.kind!r}: expected folder, hf, webdataset, prompts or cached")
+    source = sources[cfg.kind](cfg)
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     rows, pending, total = _Rows(), [], 0
 

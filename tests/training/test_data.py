@@ -39,20 +39,60 @@ def test_folder_is_encoded_once_and_cached(toy, parts, tmp_path):
 
 def test_hf_datasets_rows(parts, tmp_path, monkeypatch):
     rows = [{"img": Image.fromarray(np.full((40, 48, 3), i * 30, np.uint8)), "caption": f"row {i}"} for i in range(5)]
-    fake = types.SimpleNamespace(load_dataset=lambda path, split: rows)
-    monkeypatch.setitem(sys.modules, "datasets", fake)
+    calls = []
+
+    def load_dataset(path, split, streaming):
+        calls.append(streaming)
+        return iter(rows) if streaming else rows
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     vae, text = parts
-    cfg = DataConfig(
-        kind="hf",
-        path="someone/data",
-        image_column="img",
-        caption_column="caption",
-        resolution=32,
-        cache_dir=str(tmp_path),
-        max_samples=4,
-    )
-    bank = load_bank(cfg, vae, text, Accelerator(cpu=True), tmp_path)
-    assert len(bank) == 4 and bank.extras["captions"] == ["row 0", "row 1", "row 2", "row 3"]
+    for streaming in (False, True):
+        cfg = DataConfig(
+            kind="hf",
+            path="someone/data",
+            image_column="img",
+            caption_column="caption",
+            resolution=32,
+            cache_dir=str(tmp_path / str(streaming)),
+            max_samples=4,
+            streaming=streaming,
+        )
+        bank = load_bank(cfg, vae, text, Accelerator(cpu=True), tmp_path)
+        assert len(bank) == 4 and bank.extras["captions"] == ["row 0", "row 1", "row 2", "row 3"]
+    assert calls == [False, True]  # streamed: never downloaded whole
+
+
+def _write_shards(folder, out, per_shard: int) -> str:
+    """The folder's (image, caption) files as WebDataset tar shards of ``per_shard`` samples; returns the pattern."""
+    import tarfile
+
+    images = sorted(p for p in folder.rglob("*.png"))
+    shards = [images[i : i + per_shard] for i in range(0, len(images), per_shard)]
+    for n, shard in enumerate(shards):
+        with tarfile.open(out / f"data-{n:03d}.tar", "w") as tar:
+            for k, image in enumerate(shard):
+                key = f"{n:03d}{k:04d}"
+                tar.add(image, arcname=f"{key}.png")
+                tar.add(image.with_suffix(".txt"), arcname=f"{key}.txt")
+    return str(out / f"data-{{000..{len(shards) - 1:03d}}}.tar")
+
+
+def test_webdataset_shards_stream_into_the_same_cache_as_the_folder(toy, parts, tmp_path):
+    vae, text = parts
+    pattern = _write_shards(toy.data, tmp_path, per_shard=10)  # 24 samples: shards of 10, 10 and 4
+    folder = load_bank(DataConfig(kind="folder", path=str(toy.data), resolution=32, cache_dir=str(tmp_path / "f")),
+                       vae, text, Accelerator(cpu=True), tmp_path)  # fmt: skip
+    for path in (pattern, str(tmp_path / "data-*.tar")):
+        cfg = DataConfig(kind="webdataset", path=path, resolution=32, cache_dir=str(tmp_path / "w" / path[-6:]))
+        shards = load_bank(cfg, vae, text, Accelerator(cpu=True), tmp_path)
+        assert shards.extras["captions"] == folder.extras["captions"]
+        assert all(torch.equal(shards.tensors[k], folder.tensors[k]) for k in ("latents", "embeds", "pixels"))
+    with pytest.raises(ValueError, match="missing"):
+        load_bank(DataConfig(kind="webdataset", path=str(tmp_path / "data-{000..009}.tar"), resolution=32),
+                  vae, text, Accelerator(cpu=True), tmp_path / "x")  # fmt: skip
+    with pytest.raises(ValueError, match="data.kind 'tfrecord'"):
+        load_bank(DataConfig(kind="tfrecord", path="x", resolution=32), vae, text, Accelerator(cpu=True), tmp_path)
 
 
 def test_bank_batches_follow_the_generator():
