@@ -196,3 +196,19 @@ def test_claims_aggregate_over_synthetic_seeds():
     settled = settle_claims(two_of_three, aggregate(two_of_three)["mean"])
     assert settled[beats]["holds"] and settled["one-step FD <= teacher 25-step FD"]["holds"]
     assert settled["one-step FD <= teacher 1-step FD / 4"]["mean"]["right"] == 50.0
+
+
+def test_tables_show_mean_and_sd_and_claims_every_seed():
+    from training.mini.report import _Cells, aggregate, claims_table, settle_claims
+
+    seeds = [_seed_results(28.0, 30.0), _seed_results(29.0, 30.0), _seed_results(33.0, 30.0)]
+    agg = aggregate(seeds)
+    cell = _Cells(agg, 3)
+    assert cell("generation", "rows", "one-step student, after segmented Diff-Instruct", "fd") == "30.00 ± 2.65"
+    assert _Cells(aggregate(seeds[:1]), 1)("decoder", "tiny_decoder_psnr") == "29.00"  # one seed: no ± 0
+    lines = claims_table(settle_claims(seeds, agg["mean"]), [0, 1, 2])
+    assert lines[2] == "| claim | holds | mean | seed 0 | seed 1 | seed 2 |"
+    beats = next(line for line in lines if line.startswith("| segmented Diff-Instruct beats"))
+    # 2 of 3 seeds, but not on the mean (30 < 30 fails): does not hold
+    cells = "| **no** | 30.00 < 30.00: no | 28.00 < 30.00: yes | 29.00 < 30.00: yes | 33.00 < 30.00: no |"
+    assert beats.endswith(cells)
