@@ -212,3 +212,19 @@ def test_tables_show_mean_and_sd_and_claims_every_seed():
     # 2 of 3 seeds, but not on the mean (30 < 30 fails): does not hold
     cells = "| **no** | 30.00 < 30.00: no | 28.00 < 30.00: yes | 29.00 < 30.00: yes | 33.00 < 30.00: no |"
     assert beats.endswith(cells)
+
+
+def test_cpu_is_kept_for_the_stages_on_a_gpu_machine_and_the_environment_restored(monkeypatch):
+    import os
+
+    import torch
+
+    from training.mini.recipe import stage_device
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with stage_device("cpu"):
+        assert os.environ["ACCELERATE_USE_CPU"] == "true"
+    assert "ACCELERATE_USE_CPU" not in os.environ
+    with stage_device("cuda"):
+        assert "ACCELERATE_USE_CPU" not in os.environ

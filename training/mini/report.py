@@ -14,7 +14,9 @@ import numpy as np
 
 from training.mini.evaluation import ONE_STEP
 
-CLAIM_RULE = "A claim holds when it holds on the mean over seeds and in a strict majority of the seeds (2 of 3)."
+CLAIM_RULE = (
+    "A claim holds when it holds on the mean over seeds and in a strict majority of the seeds (2 of 3 seeds)."
+)
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge}
 WITH_CN, WITHOUT_CN = "one-step student + one-step ControlNet (stage 5)", "one-step student without ControlNet"
 
@@ -113,14 +115,15 @@ def markdown(r: dict) -> str:
     """``results.md`` of a run: its tables as mean ± sd over seeds, then the claims with every seed's numbers."""
     seeds, cell = r["seeds"], _Cells(r["aggregate"], len(r["seeds"]))
     first = r["per_seed"][str(seeds[0])]
+    spread = "Every number is the mean ± sd over the seeds." if len(seeds) > 1 else "One seed: no spread."
     lines = [
         "# SDXS miniature reproduction",
         "",
-        f"Training seeds {', '.join(map(str, seeds))}: stages 1-6 ran once per seed; the givens (teacher VAE, LDM,",
+        f"Training seeds: {', '.join(map(str, seeds))}. Stages 1-6 ran once per seed; the givens (teacher VAE, LDM and",
         f"ControlNet, digit classifier; seed {r['givens_seed']}) are shared. The digits are split by split seed "
-        f"{r['split_seed']} into train / validation / test ({r['split_sizes']});",
-        "every setting was chosen on the validation split; these tables score the **test** split, with its own",
-        "evaluation noise. " + ("Every number is the mean ± sd over the seeds." if len(seeds) > 1 else "One seed."),
+        f"{r['split_seed']} into train / validation / test ({r['split_sizes']}).",
+        "Every setting was chosen on the validation split; these tables score the **test** split, with its own",
+        f"evaluation noise. {spread}",
         "",
         f"Total {r['total_minutes']} min on {r['device']} (scale {r['scale']}); steps {r['steps']}.",
         "",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.mini.evaluation import Evaluator
+from training.mini.evaluation import Evaluator, tiny_decoders
 from training.mini.recipe import Givens
 
 ONE_STEP = {
@@ -67,6 +67,7 @@ def main(argv=None) -> dict:
             digits,
             split=args.split,
             eval_per_class=args.eval_per_class,
+            tiny_decoder_dirs=tiny_decoders(run),
             noise_offset=seed,
             device=args.device,
         )
