@@ -83,7 +83,7 @@ def test_a_sketched_digit_comes_back_as_that_digit(mini_server, classifier):
 
 
 def test_edges_mode_keeps_a_digit_photos_edges(mini_server):
-    digits = mdata.digits(32, seed=0)
+    digits = mdata.digits(32, split_seed=0)
     photos = ((digits.test[:40] + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     labels = digits.test_labels[:40].tolist()
     prompts = [{"prompt": mdata.PROMPT.format(k), "seed": i} for i, k in enumerate(labels)]

@@ -14,7 +14,7 @@ torch.set_num_threads(1)  # an oversubscribed 2-core box runs 2 OpenMP threads ~
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: the miniature reproduction (about 35 minutes); run with -m slow")
+    config.addinivalue_line("markers", "slow: the miniature reproduction (3 seeds, ~100 min); run with -m slow")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,5 @@
 """The miniature reproduction: every stage at toy scale on data that ships with scikit-learn / scikit-image.
 
-``python -m training.mini.run`` (about 35 minutes on 2 CPU cores) writes ``training/results/``.
+``python -m training.mini.run`` (three training seeds, about 100 minutes on 2 CPU cores; ``--seeds 0`` about 40)
+writes ``training/results/``.
 """

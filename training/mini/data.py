@@ -37,16 +37,32 @@ PHOTOS = (
 )
 
 
+SPLITS = ("train", "validation", "test")  # validation: every setting choice and sweep; test: only the claims table
+
+
 @dataclass
 class Digits:
+    """The three stratified splits; the split seed alone fixes them, so every training seed sees the same ones."""
+
     train: torch.Tensor  # (N, 3, S, S) in [-1, 1]
     train_labels: torch.Tensor  # (N,) int64
+    validation: torch.Tensor
+    validation_labels: torch.Tensor
     test: torch.Tensor
     test_labels: torch.Tensor
 
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixels, labels) of split ``name`` (one of ``SPLITS``)."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return getattr(self, name), getattr(self, f"{name}_labels")
 
-def digits(size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> Digits:
-    """sklearn's 1797 digits, upscaled to ``size``, split stratified into train / held-out test."""
+
+def digits(
+    size: int = 32, validation_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0
+) -> Digits:
+    """sklearn's 1797 digits, upscaled to ``size``, split stratified into train / validation / test (about 70 / 15 /
+    15%) by ``split_seed`` only."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -55,8 +71,20 @@ def digits(size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> Digits:
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     pixels = (images * 2 - 1).expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(data.target).long()
-    tr, te = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=data.target)
-    return Digits(pixels[tr], labels[tr], pixels[te], labels[te])
+    held_out = validation_fraction + test_fraction
+    tr, rest = train_test_split(
+        np.arange(len(labels)), test_size=held_out, random_state=split_seed, stratify=data.target
+    )
+    va, te = train_test_split(
+        rest, test_size=test_fraction / held_out, random_state=split_seed, stratify=data.target[rest]
+    )
+    return Digits(pixels[tr], labels[tr], pixels[va], labels[va], pixels[te], labels[te])
+
+
+def photo_splits(split_seed: int = 0, size: int = 32) -> dict[str, torch.Tensor]:
+    """Stage 2's photo crops (N, 3, S, S) in [-1, 1] by split: 480 to train on, 60 each to score PSNR on."""
+    photos = photo_crops(600, size, seed=split_seed)
+    return {"train": photos[:480], "validation": photos[480:540], "test": photos[540:]}
 
 
 def photo_crops(n: int, size: int = 32, seed: int = 0, names=PHOTOS) -> torch.Tensor:

@@ -1,12 +1,13 @@
 """Package a miniature run's export as the model the app serves offline: ``python -m training.mini.package``.
 
-Reads a finished ``python -m training.mini.run`` (its ``--work`` and ``--out`` folders) and writes ``models/sdxs-mini``:
+Reads a finished ``python -m training.mini.run`` (its ``--work`` and ``--out`` folders) and writes ``models/sdxs-mini``
+from the run's first training seed (``--seed`` picks another):
 
 * the export in the released layout (one-step UNet, tiny decoder, one-step ControlNet, text encoder, tokenizer),
   exactly as stage 6 wrote it;
 * ``sdxs_model.json``: what the page says about the model and the prompts it knows (``sdxs.loading.model_notes``);
-* ``digit_classifier.safetensors``: the run's digit classifier (``training.mini.metrics.DigitClassifier``, trained with
-  the run's seed), which scored the run and lets tests tell a right picture from a wrong one;
+* ``digit_classifier.safetensors``: the run's digit classifier (``training.mini.metrics.DigitClassifier``, one of the
+  givens every seed shares), which scored the run and lets tests tell a right picture from a wrong one;
 * ``training_configs/``: every stage's YAML as the run used it, and ``README.md``, the model card with the run's
   scores.
 """
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from training.mini import data as mdata
-from training.mini.metrics import cached_classifier
+from training.mini.recipe import Givens
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTES = {
@@ -35,27 +36,27 @@ NOTES = {
 }
 
 
-def classifier_weights(work: Path, seed: int) -> dict[str, torch.Tensor]:
-    """The run's digit classifier: the one it kept in ``work`` (or a deterministic retraining with its seed)."""
-    digits = mdata.digits(32, seed=seed)
-    model = cached_classifier(work, digits.train, digits.train_labels, seed=seed)
+def classifier_weights(work: Path) -> dict[str, torch.Tensor]:
+    """The run's digit classifier: the one it kept in ``work`` (or a deterministic retraining with its givens)."""
+    model = Givens.load(work).classifier()
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
-def copy_configs(work: Path, out: Path) -> list[str]:
-    """The run's stage configs with its scratch folder replaced by ``<work>``."""
+def copy_configs(run: Path, work: Path, out: Path) -> list[str]:
+    """The stage configs of one seed's ``run`` folder with the run's scratch folder replaced by ``<work>``."""
     out.mkdir()
     names = []
-    for path in sorted((work / "configs").glob("*.yaml")):
+    for path in sorted((run / "configs").glob("*.yaml")):
         (out / path.name).write_text(path.read_text().replace(str(work), "<work>"))
         names.append(path.name)
     return names
 
 
-def model_card(results: dict, results_md: str, configs: list[str], commit: str) -> str:
-    shipped = results["generation"]["rows"]["one-step student, after segmented Diff-Instruct"]
-    control = results["controlnet"]["one-step student + one-step ControlNet (stage 5)"]
-    plain = results["controlnet"]["one-step student without ControlNet"]
+def model_card(results: dict, results_md: str, configs: list[str], commit: str, seed: int) -> str:
+    own = results["per_seed"][str(seed)]
+    shipped = own["generation"]["rows"]["one-step student, after segmented Diff-Instruct"]
+    control = own["controlnet"]["one-step student + one-step ControlNet (stage 5)"]
+    plain = own["controlnet"]["one-step student without ControlNet"]
     table = results_md.split("\n", 1)[1].strip()  # without its title
     return f"""---
 library_name: diffusers
@@ -82,18 +83,21 @@ Diff-Instruct) and the one-step ControlNet, exported in the released models' lay
 It is a test bed, not an image generator: it shows that the method and the serving path work end to end, and it lets
 tests see a wrong picture (channel order, value range, latent scale, decoder mix-ups) that random weights cannot.
 
-## Scores (held-out digits; the run's own table)
+## Scores (test digits; the run's own table)
 
-Shipped model through its shipped tiny decoder: FD {shipped["fd_tiny_decoder"]:.2f}, class accuracy
-{shipped["accuracy_tiny_decoder"]:.3f}; with the one-step ControlNet on held-out digits' edges: edge F1
-{control["edge_f1"]:.3f} against {plain["edge_f1"]:.3f} without it.
+This model is training seed {seed} of the run. Shipped model through its shipped tiny decoder: FD
+{shipped["fd_tiny_decoder"]:.2f}, class accuracy {shipped["accuracy_tiny_decoder"]:.3f}; with the one-step ControlNet
+on test digits' edges: edge F1 {control["edge_f1"]:.3f} against {plain["edge_f1"]:.3f} without it.
+
+The run's table, over all its training seeds:
 
 {table}
 
 ## Training settings
 
-Step counts: `{json.dumps(results["steps"])}`; seed 0.  Each stage's full configuration is in
-`training_configs/` ({", ".join(configs)}), with the run's scratch folder written as `<work>`.  Reproduce with
+Step counts: `{json.dumps(results["steps"])}`; training seed {seed}, digit split seed {results["split_seed"]}.
+Each stage's full configuration is in `training_configs/` ({", ".join(configs)}), with the run's scratch folder
+written as `<work>`.  Reproduce with
 
 ```bash
 python -m training.mini.run --work /tmp/sdxs-mini --out training/results
@@ -107,21 +111,23 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--work", default="/tmp/sdxs-mini", help="the run's --work folder")
     parser.add_argument("--results", default="training/results", help="the run's --out folder (results.json)")
     parser.add_argument("--out", default=str(ROOT / "models" / "sdxs-mini"), help="the packaged model folder")
-    parser.add_argument("--seed", type=int, default=0, help="the run's --seed")
+    parser.add_argument("--seed", type=int, default=None, help="which training seed to ship (default: the run's first)")
     args = parser.parse_args(argv)
     work, results_dir, out = Path(args.work), Path(args.results), Path(args.out)
     results = json.loads((results_dir / "results.json").read_text())
+    seed = results["seeds"][0] if args.seed is None else args.seed
+    run = Givens.load(work).seed_dir(seed)
     if out.exists():
         if any(out.iterdir()) and not (out / "sdxs_model.json").exists():
             raise ValueError(f"{out} is not empty and holds no packaged model; nothing was changed")
         shutil.rmtree(out)
-    shutil.copytree(work / "export", out)
+    shutil.copytree(run / "export", out)
     (out / "sdxs_model.json").write_text(json.dumps(NOTES, indent=2) + "\n")
-    save_file(classifier_weights(work, args.seed), str(out / "digit_classifier.safetensors"))
-    configs = copy_configs(work, out / "training_configs")
+    save_file(classifier_weights(work), str(out / "digit_classifier.safetensors"))
+    configs = copy_configs(run, work, out / "training_configs")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "unknown"
-    card = model_card(results, (results_dir / "results.md").read_text(), configs, commit)
+    card = model_card(results, (results_dir / "results.md").read_text(), configs, commit, seed)
     (out / "README.md").write_text(card)
     print(out)
     return out

@@ -25,46 +25,52 @@ def log(msg: str) -> None:
     print(f"[mini {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def train_vae(pixels: torch.Tensor, steps: int, batch: int = 32, kl_weight: float = 1e-6, seed: int = 0):
-    """L1 reconstruction + a small KL; returns the VAE with its ``scaling_factor`` set to 1 / std(latents)."""
-    vae = models.vae(seed=seed)
+def train_vae(pixels: torch.Tensor, steps: int, batch: int = 32, kl_weight: float = 1e-6, seed: int = 0, device="cpu"):
+    """L1 reconstruction + a small KL; returns the VAE with its ``scaling_factor`` set to 1 / std(latents).  Batches
+    and posterior noise are drawn on the CPU (the same draws on every device), the VAE trains on ``device``."""
+    vae = models.vae(seed=seed).to(device)
     opt = torch.optim.AdamW(vae.parameters(), 1e-3)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
-        x = pixels[torch.randint(len(pixels), (batch,), generator=gen)]
+        x = pixels[torch.randint(len(pixels), (batch,), generator=gen)].to(device)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(gen)).sample
+        recon = vae.decode(posterior.sample(gen)).sample  # a CPU generator: diffusers draws on the CPU and moves
         loss = F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     with torch.no_grad():
-        std = torch.cat([vae.encode(c).latent_dist.mean for c in pixels[:512].split(128)]).std()
+        std = torch.cat([vae.encode(c.to(device)).latent_dist.mean for c in pixels[:512].split(128)]).std()
     vae.register_to_config(scaling_factor=float(1 / std))
     return vae.eval().requires_grad_(False), losses
 
 
 def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels (N, 3, S, S) in [-1, 1] -> UNet-space latents (posterior mean times ``scaling_factor``), on the VAE's
+    device."""
     with torch.no_grad():
-        return torch.cat([vae.encode(c).latent_dist.mean for c in pixels.split(128)]) * vae.config.scaling_factor
+        chunks = [vae.encode(c.to(vae.device)).latent_dist.mean for c in pixels.split(128)]
+        return torch.cat(chunks) * vae.config.scaling_factor
 
 
 def train_teacher(latents, embeds, uncond, steps: int, batch: int = 64, lr: float = 2e-3, seed: int = 0):
-    """Plain denoising loss on the digit latents, prompts dropped to the empty prompt 10% of the time."""
-    unet = models.teacher_unet(text_dim=embeds.shape[-1], seed=seed)
+    """Plain denoising loss on the digit latents, prompts dropped to the empty prompt 10% of the time.  Trains on
+    the latents' device; every draw is made on the CPU (the same draws on every device)."""
+    device = latents.device
+    unet = models.teacher_unet(text_dim=embeds.shape[-1], seed=seed).to(device)
     sched = models.scheduler()
-    ac = sched.alphas_cumprod
+    ac = sched.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr)
     lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
         idx = torch.randint(len(latents), (batch,), generator=gen)
-        e = torch.where((torch.rand(batch, generator=gen) < 0.1).view(-1, 1, 1), uncond, embeds[idx])
-        noise = torch.randn(latents[idx].shape, generator=gen)
-        t = torch.randint(1000, (batch,), generator=gen)
+        e = torch.where((torch.rand(batch, generator=gen) < 0.1).view(-1, 1, 1).to(device), uncond, embeds[idx])
+        noise = torch.randn(latents[idx].shape, generator=gen).to(device)
+        t = torch.randint(1000, (batch,), generator=gen).to(device)
         loss = F.mse_loss(unet(add_noise(latents[idx], noise, ac[t]), t, e).sample, noise)
         opt.zero_grad()
         loss.backward()
@@ -81,16 +87,17 @@ def train_teacher_controlnet(
     """ControlNet training (frozen teacher UNet, denoising loss), control = edges of the training digit, timesteps
     drawn mostly noisy (``cubic``: edge F1 at 25 steps 0.516 vs 0.507 ``uniform`` after 400 steps, 0.577 after 800;
     ``python -m training.mini.teacher_controlnet`` compares them)."""
-    controlnet = models.teacher_controlnet(unet).train()
-    ac = models.scheduler().alphas_cumprod
+    device = latents.device
+    controlnet = models.teacher_controlnet(unet).to(device).train()
+    ac = models.scheduler().alphas_cumprod.to(device)
     opt = torch.optim.AdamW(controlnet.parameters(), 1e-3)
     gen = torch.Generator().manual_seed(seed + 1)
     losses = []
     for _ in range(steps):
         idx = torch.randint(len(latents), (batch,), generator=gen)
-        e = torch.where((torch.rand(batch, generator=gen) < 0.1).view(-1, 1, 1), uncond, embeds[idx])
-        noise = torch.randn(latents[idx].shape, generator=gen)
-        t = sample_timesteps(1000, batch, gen, "cpu", timesteps)
+        e = torch.where((torch.rand(batch, generator=gen) < 0.1).view(-1, 1, 1).to(device), uncond, embeds[idx])
+        noise = torch.randn(latents[idx].shape, generator=gen).to(device)
+        t = sample_timesteps(1000, batch, gen, device, timesteps)
         x_t = add_noise(latents[idx], noise, ac[t])
         down, mid = controlnet(x_t, t, encoder_hidden_states=e, controlnet_cond=controls[idx], return_dict=False)
         pred = unet(x_t, t, e, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
@@ -103,38 +110,39 @@ def train_teacher_controlnet(
     return controlnet.eval().requires_grad_(False), losses
 
 
-def build_teacher(work: Path, digit_pixels, captions, vae_pixels, steps: dict, seed: int = 0) -> dict:
-    """Train VAE, teacher UNet and teacher ControlNet; write ``work/teacher`` and ``work/teacher_controlnet``."""
+def build_teacher(work: Path, digit_pixels, captions, vae_pixels, steps: dict, seed: int = 0, device="cpu") -> dict:
+    """Train VAE, teacher UNet and teacher ControlNet on ``device``; write ``work/teacher`` and
+    ``work/teacher_controlnet``."""
     tokenizer = models.write_char_tokenizer(work / "tokenizer_src")
     text_encoder = models.text_encoder(len(tokenizer.get_vocab()), seed=seed)
     log(f"VAE: {steps['vae']} steps")
-    vae, vae_losses = train_vae(vae_pixels, steps["vae"], seed=seed)
+    vae, vae_losses = train_vae(vae_pixels, steps["vae"], seed=seed, device=device)
     latents = encode(vae, digit_pixels)
     with torch.no_grad():
         ids = tokenizer(
             captions + [""], padding="max_length", max_length=models.MAX_TOKENS, truncation=True, return_tensors="pt"
         ).input_ids
         all_embeds = text_encoder(ids)[0]
-    embeds, uncond = all_embeds[:-1], all_embeds[-1:]
+    embeds, uncond = all_embeds[:-1].to(device), all_embeds[-1:].to(device)
     log(f"teacher UNet: {steps['teacher']} steps")
     unet, scheduler, unet_losses = train_teacher(latents, embeds, uncond, steps["teacher"], seed=seed)
-    controls = extract_control(digit_pixels, CONTROL_KIND)
+    controls = extract_control(digit_pixels, CONTROL_KIND).to(device)
     log(f"teacher ControlNet: {steps['teacher_controlnet']} steps")
     controlnet, cn_losses = train_teacher_controlnet(
         unet, latents, embeds, controls, uncond, steps["teacher_controlnet"], seed=seed
     )
     pipe = StableDiffusionPipeline(
-        vae=vae,
+        vae=vae.cpu(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=unet,
+        unet=unet.cpu(),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(work / "teacher")
-    controlnet.save_pretrained(work / "teacher_controlnet")
+    controlnet.cpu().save_pretrained(work / "teacher_controlnet")
     losses = {"vae": vae_losses, "teacher_unet": unet_losses, "teacher_controlnet": cn_losses}
     (work / "prepare_losses.json").write_text(json.dumps(losses))
     return losses

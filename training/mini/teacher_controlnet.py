@@ -4,8 +4,9 @@
 
 Each variant is ``STEPS:TIMESTEPS`` (``training.stages.common.sample_timesteps``).  Trains the VAE and teacher UNet
 into ``--work`` once (the miniature's settings, about 5 minutes), then one ControlNet per variant with
-``prepare.train_teacher_controlnet``; "none" rows score the teacher without a ControlNet.  Prints one JSON line per
-variant.
+``prepare.train_teacher_controlnet``; "none" rows score the teacher without a ControlNet.  Scores on the
+**validation** digits' edges (``--split``).  A ``--work`` that already holds a teacher (a miniature run's) keeps its
+digit split and givens seed; ``--seed`` still seeds the ControlNets.  Prints one JSON line per variant.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import torch
 from training.control import extract_control
 from training.mini import data as mdata
 from training.mini import prepare
-from training.mini import run as mini
-from training.mini.metrics import cached_classifier, edge_f1
-from training.models import load_part, load_text_encoder
+from training.mini.evaluation import Evaluator
+from training.mini.metrics import edge_f1
+from training.mini.recipe import Givens, scaled_steps
+from training.models import load_text_encoder
 
 
 def main(argv=None) -> list[dict]:
@@ -31,32 +33,33 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--work", default="/tmp/sdxs-mini-teacher")
     parser.add_argument("--per-class", type=int, default=30, help="evaluation samples per digit class")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="digit split, teacher, ControlNet, classifier, evaluation (one --work per seed)",
-    )
+    parser.add_argument("--seed", type=int, default=0, help="ControlNets; and teacher, classifier of a new --work")
+    parser.add_argument("--split-seed", type=int, default=0, help="the digit split of a new --work")
+    parser.add_argument("--split", choices=["validation", "test"], default="validation", help="the digits scored")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the VAE and UNet step counts (tests)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    digits = mdata.digits(32, seed=args.seed)
+    if (work / "teacher").exists():
+        givens = Givens.load(work)
+    else:
+        givens = Givens(work, args.split_seed, args.seed)
+        build_teacher(givens, args.scale, args.device)
+    digits = givens.digits()
     captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
-    if not (work / "teacher").exists():
-        steps = mini.scaled_steps(args.scale) | {"teacher_controlnet": 0}
-        photos_train, _ = mini.decoder_photos(args.seed)
-        mixed = torch.cat([digits.train, photos_train])
-        prepare.build_teacher(work, digits.train, captions, mixed, steps, seed=args.seed)
-
-    unet, vae = load_part(work / "teacher", "unet"), load_part(work / "teacher", "vae")
-    text = load_text_encoder(work / "teacher", torch.device("cpu"))
-    latents, embeds, uncond = prepare.encode(vae, digits.train), text(captions), text([""])
-    controls = extract_control(digits.train, prepare.CONTROL_KIND)
-    mini.EVAL_PER_CLASS = args.per_class
-    classifier = cached_classifier(work, digits.train, digits.train_labels, seed=args.seed)
-    evaluator = mini.Evaluator(work, classifier, digits, args.seed)
-    held_out = mini.eval_controls(digits)
+    evaluator = Evaluator(
+        givens.teacher,
+        givens.classifier(digits),
+        digits,
+        split=args.split,
+        eval_per_class=args.per_class,
+        device=args.device,
+    )
+    unet, text = evaluator.teacher, load_text_encoder(givens.teacher, evaluator.device)
+    latents, embeds, uncond = prepare.encode(evaluator.vae, digits.train), text(captions), text([""])
+    controls = extract_control(digits.train, prepare.CONTROL_KIND).to(evaluator.device)
+    held_out = evaluator.controls()
     rows = []
     for variant in args.variants:
         started, row = time.time(), {"variant": variant}
@@ -73,6 +76,16 @@ def main(argv=None) -> list[dict]:
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def build_teacher(givens: Givens, scale: float, device: str) -> None:
+    """The miniature's VAE and teacher UNet (no ControlNet) into ``givens.work``."""
+    digits, photos = givens.digits(), givens.photos()
+    captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
+    steps = scaled_steps(scale) | {"teacher_controlnet": 0}
+    mixed = torch.cat([digits.train, photos["train"]])
+    prepare.build_teacher(givens.work, digits.train, captions, mixed, steps, seed=givens.seed, device=device)
+    givens.save()
 
 
 if __name__ == "__main__":
