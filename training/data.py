@@ -302,7 +302,8 @@ def load_bank(
         path = Path(cfg.path)
     else:
         path = _cache_path(cfg, default_dir, vae, text_encoder, teacher)
-        missing = not path.exists()
+        # a cache made without pixels (by a stage that needs none) is made again, with them, for one that does
+        missing = not path.exists() or keep_pixels and "pixels" not in torch.load(path, weights_only=False, mmap=True)
         accelerator.wait_for_everyone()  # every rank has looked before any rank writes
         if missing and accelerator.num_processes == 1:
             build_cache(cfg, vae, text_encoder, path, keep_pixels=keep_pixels, teacher=teacher)
@@ -318,5 +319,7 @@ def load_bank(
                     p.unlink()
         accelerator.wait_for_everyone()
     data = torch.load(path, weights_only=False, mmap=True)  # pages are read as batches touch them
+    if keep_pixels and "pixels" not in data:
+        raise ValueError(f"data.path {path}: this stage needs the images' pixels and the cache holds none")
     tensors = {k: v for k, v in data.items() if torch.is_tensor(v)}
     return Bank(tensors, {"captions": data.get("captions", []), "path": str(path)})

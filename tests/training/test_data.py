@@ -193,3 +193,15 @@ def test_ranks_encode_their_chunks_and_the_merged_shards_equal_one_process(toy, 
     merged = merge_shards(shards)
     assert merged["captions"] == one["captions"] and len(merged["captions"]) == 11
     assert all(torch.equal(merged[k], one[k]) for k in ("latents", "embeds", "pixels"))
+
+
+def test_a_cache_made_without_pixels_is_made_again_for_a_stage_that_needs_them(toy, parts, tmp_path):
+    """Stages 4/5 cache no pixels; stage 3 (controls from the pixels) sharing that cache must not find it lacking."""
+    vae, text = parts
+    cfg = DataConfig(kind="folder", path=str(toy.data), resolution=32, cache_dir=str(tmp_path))
+    lean = load_bank(cfg, vae, text, Accelerator(cpu=True), tmp_path, keep_pixels=False)
+    assert "pixels" not in lean.tensors
+    full = load_bank(cfg, vae, text, Accelerator(cpu=True), tmp_path, keep_pixels=True)
+    assert full.tensors["pixels"].shape == (24, 3, 32, 32)
+    assert torch.equal(full.tensors["latents"], lean.tensors["latents"])
+    assert "pixels" in load_bank(cfg, vae, text, Accelerator(cpu=True), tmp_path, keep_pixels=False).tensors
