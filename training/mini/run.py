@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -61,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
+        "--jobs", type=int, default=1, help="seeds trained at once, a process each with one torch thread (CPU: cores)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -93,6 +98,15 @@ def run_seed(givens: Givens, seed: int, args, digits, photos, classifier, out: P
     return {**scores, "export": export, **trained}
 
 
+def _seed_job(work: Path, seed: int, args, out: Path) -> dict:
+    """``run_seed`` in a worker process (one torch thread): the givens are read back from ``work``."""
+    torch.set_num_threads(1)
+    givens = Givens.load(work)
+    with stage_device(args.device):
+        digits = givens.digits()
+        return run_seed(givens, seed, args, digits, givens.photos(), givens.classifier(digits), out)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     threads = args.threads or (1 if os.getloadavg()[0] > os.cpu_count() else os.cpu_count())
@@ -112,10 +126,18 @@ def main(argv=None) -> dict:
         classifier = givens.classifier(digits)
         timings["data_and_givens"] = round(time.time() - started, 1)
 
-        # 2. the students of every seed, scored on the test split
+        # 2. the students of every seed, scored on the test split (``--jobs`` seeds at once, a process each)
         per_seed = {}
+        if args.jobs > 1 and len(args.seeds) > 1:
+            givens.save()
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(args.jobs, len(args.seeds)), mp_context=context) as pool:
+                futures = {seed: pool.submit(_seed_job, work, seed, args, out) for seed in args.seeds}
+                per_seed = {str(seed): future.result() for seed, future in futures.items()}
+        else:
+            for seed in args.seeds:
+                per_seed[str(seed)] = run_seed(givens, seed, args, digits, photos, classifier, out)
         for seed in args.seeds:
-            per_seed[str(seed)] = run_seed(givens, seed, args, digits, photos, classifier, out)
             timings[f"seed-{seed}"] = round(sum(per_seed[str(seed)]["timings_s"].values()), 1)
 
     # 3. report
