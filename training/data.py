@@ -1,10 +1,11 @@
-"""Training data: image-text folders, Hugging Face ``datasets`` or prompts alone (the teacher draws the images),
-cached as latents + prompt embeddings.
+"""Training data: image-text folders, WebDataset tar shards, Hugging Face ``datasets`` (optionally streamed) or
+prompts alone (the teacher draws the images), cached as latents + prompt embeddings.
 
 The cache is one ``.pt`` file per (data, VAE, text encoder, resolution) holding ``latents`` (N, 4, h, w) float32 in the
-UNet's space (the VAE posterior mean times ``scaling_factor``), ``embeds`` (N, L, D) float32, ``captions`` (N,) and,
-when asked, ``pixels`` (N, 3, H, W) float16 in [-1, 1].  Batches are drawn with an explicit ``torch.Generator`` held
-in the checkpointed train state, so a resumed run draws exactly the batches the uninterrupted run would have.
+UNet's space (the VAE posterior mean times ``scaling_factor``), ``embeds`` (N, L, D) float32 (or float16),
+``captions`` (N,) and, when asked, ``pixels`` (N, 3, H, W) float16 in [-1, 1].  The stages draw rows from it with
+``training.draws.StepDraws`` (``Bank.take``), keyed by the step, so a resumed run draws exactly the batches the
+uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -268,7 +269,8 @@ EMBEDS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 @dataclass
 class Bank:
-    """Tensors with a common first dimension, sampled with replacement by an explicit generator."""
+    """Tensors with a common first dimension: rows taken by index (``take``) or sampled with replacement by an explicit
+    generator (``sample``)."""
 
     tensors: dict[str, torch.Tensor]
     extras: dict = field(default_factory=dict)
