@@ -1,0 +1,87 @@
+"""``OneStepTrainer``'s named steps, one at a time, on the toy teacher (stage 4's UNet student and stage 5's
+ControlNet student): each update moves its own model and only it."""
+
+import pytest
+import torch
+
+from training.config import from_dict
+from training.draws import StepDraws
+from training.mini.models import RECIPE_DICT
+from training.runner import Runner
+from training.stages.onestep import OneStepConfig, OneStepTrainer
+
+
+def _trainer(toy, tmp_path, controlnet: bool, **extra) -> OneStepTrainer:
+    values = dict(
+        output_dir=str(tmp_path), teacher=str(toy.teacher), recipe=RECIPE_DICT, data=toy.data_cfg(), num_pairs=4,
+        ode_steps=2, batch_size=2, max_steps=4, warmup_steps=2, fake_updates=1, lr=1e-3, fake_lr=1e-3, progress=False,
+        **extra,
+    )  # fmt: skip
+    if controlnet:
+        values.update(teacher_controlnet=str(toy.teacher_controlnet), embedding_channels=[16, 32, 64],
+                      control_kind="sobel")  # fmt: skip
+    cfg = from_dict(OneStepConfig, values)
+    return OneStepTrainer(cfg, Runner(cfg, "onestep"), controlnet_mode=controlnet)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["unet", "controlnet"])
+def trainer(request, toy, tmp_path_factory) -> OneStepTrainer:
+    return _trainer(toy, tmp_path_factory.mktemp("trainer"), request.param, gan_weight=0.1)
+
+
+def _snapshot(module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _moved(module, before) -> bool:
+    return any(not torch.equal(p, b) for p, b in zip(module.parameters(), before))
+
+
+def test_generate_and_validate_shapes(trainer):
+    batch = trainer.pairs.take(torch.tensor([0, 1]), trainer.device)
+    x = trainer.generate(batch)
+    assert x.shape == batch["target"].shape and x.dtype == torch.float32 and x.requires_grad
+    images = trainer.validate()
+    n = min(trainer.cfg.num_validation, len(trainer.pairs))
+    rows = 2 * n if "control" in batch else n  # stage 5: the controls above the samples
+    assert images.shape[0] == rows and images.shape[1] == 3 and 0 <= float(images.min()) <= float(images.max()) <= 1
+
+
+def test_warmup_step_moves_only_the_student(trainer):
+    student, fake = _snapshot(trainer.trained), _snapshot(trainer.fake)
+    logs = trainer.warmup_step()
+    assert _moved(trainer.trained, student) and not _moved(trainer.fake, fake)
+    assert logs["loss"] > 0 and "sd" not in logs
+
+
+def test_fake_step_moves_only_the_fake_score_and_its_gan_head(trainer):
+    student, fake = _snapshot(trainer.trained), _snapshot(trainer.fake)
+    logs = trainer.fake_step()
+    assert _moved(trainer.fake, fake) and not _moved(trainer.trained, student)
+    assert logs["fake_loss"] > 0 and logs["gan_d"] > 0
+
+
+def test_score_step_routes_samples_by_their_timestep_and_moves_only_the_student(trainer):
+    trainer.run.state.step = trainer.cfg.warmup_steps  # phase (b)
+    student, fake = _snapshot(trainer.trained), _snapshot(trainer.fake)
+    logs = trainer.score_step()
+    assert _moved(trainer.trained, student) and not _moved(trainer.fake, fake)
+    assert {"sd", "fm", "gan_g", "alpha", "fm_weight", "score_fraction"} <= set(logs)
+    assert logs["alpha"] == trainer.cfg.segment_alpha and 0 <= logs["score_fraction"] <= 1
+
+
+def test_fresh_noise_replaces_only_the_chosen_rows(trainer):
+    batch = trainer.pairs.take(torch.tensor([0, 1]), trainer.device)
+    draws = StepDraws(0, 2).start(0)
+    mixed = trainer.with_fresh_noise(batch, draws, torch.tensor([True, False]))
+    assert not torch.equal(mixed["noise"][0], batch["noise"][0]) and torch.equal(mixed["noise"][1], batch["noise"][1])
+    assert torch.equal(mixed["target"], batch["target"])  # the targets stay the pairs'
+
+
+def test_a_step_switches_the_feature_matching_teacher_when_asked(toy, tmp_path):
+    trainer = _trainer(toy, tmp_path, False, switch_teacher_at=1)
+    trainer.step()
+    assert trainer.fm_teacher is None
+    trainer.run.state.step = 1
+    trainer.step()
+    assert trainer.fm_teacher is not None and not any(p.requires_grad for p in trainer.fm_teacher.parameters())
