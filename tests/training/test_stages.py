@@ -687,3 +687,37 @@ def test_decoder_stage_with_a_projected_gan_trains_heads_over_the_frozen_teacher
     assert disc and all(k.startswith("heads.") for k in disc)  # only the heads
     with pytest.raises(ValueError, match="discriminator 'style'"):
         _run(distill_decoder, tmp_path / "bad", teacher="/nonexistent", discriminator="style")
+
+
+def test_decoder_samples_made_in_shards_by_several_ranks_equal_one_process(runs, toy):
+    """The teacher's and the one-step model's samples for the decoder's latent pool: each rank makes every world-th
+    chunk of 64 (drawing every chunk's random numbers), and the merged chunks are one process's samples."""
+    from types import SimpleNamespace
+
+    from training.config import from_dict
+    from training.data import Bank
+    from training.models import load_text_encoder
+    from training.stages.distill_decoder import DistillDecoderConfig, merge_chunks, onestep_latents, teacher_latents
+
+    root, _ = runs
+    text = load_text_encoder(toy.teacher, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    bank = Bank({"latents": torch.randn(6, 4, 8, 8, generator=g), "embeds": text([str(k) for k in range(6)]),
+                 "pixels": torch.rand(6, 3, 32, 32, generator=g) * 2 - 1})  # fmt: skip
+    cfg = from_dict(DistillDecoderConfig, dict(
+        teacher=str(toy.teacher), teacher_samples=130, sample_steps=2, onestep_samples=130, control_kind="sobel",
+        onestep_unet=str(root / "onestep" / "final" / "unet"), onestep_control_share=0.6,
+        onestep_controlnet=str(root / "onestep_cn" / "final" / "controlnet"),
+    ))  # fmt: skip
+    run = SimpleNamespace(device=torch.device("cpu"))
+    def teacher(rank, world):
+        return teacher_latents(cfg, run, bank, text, rank, world)
+
+    def one_step(rank, world):
+        return onestep_latents(cfg, run, bank, rank, world)
+
+    for make in (teacher, one_step):
+        one = merge_chunks([make(0, 1)])
+        shards = [make(r, 2) for r in range(2)]
+        assert [c for c, _ in shards[0]] == [0, 2] and [c for c, _ in shards[1]] == [1]
+        assert one.shape == (130, 4, 8, 8) and torch.equal(merge_chunks(shards), one)

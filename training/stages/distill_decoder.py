@@ -76,28 +76,31 @@ class TinyVAETrainable(torch.nn.Module):
 
 
 @torch.no_grad()
-def teacher_latents(cfg, run, bank: Bank, text) -> torch.Tensor:
-    """``teacher_samples`` latents sampled by the teacher UNet (DDIM) from prompts of the data, on the main process."""
+def teacher_latents(cfg, run, bank: Bank, text, rank: int = 0, world: int = 1) -> list[tuple[int, torch.Tensor]]:
+    """``teacher_samples`` latents sampled by the teacher UNet (DDIM) from prompts of the data, in chunks of 64:
+    ``rank`` of ``world`` samples chunks ``rank``, ``rank + world``, ... (drawing every chunk's random numbers, so the
+    ranks' chunks put together equal one process's, ``merge_chunks``).  Returns (chunk, latents (n, 4, h, w))."""
     unet = freeze(load_part(cfg.teacher, "unet")).to(run.device)
     scheduler = load_part(cfg.teacher, "scheduler")
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     out, uncond = [], text([""])
-    for i in range(0, cfg.teacher_samples, 64):
+    for chunk, i in enumerate(range(0, cfg.teacher_samples, 64)):
         n = min(64, cfg.teacher_samples - i)
         index = torch.randint(len(bank), (n,), generator=gen)
         noise = torch.randn((n, *bank.tensors["latents"].shape[1:]), generator=gen).to(run.device)
+        if chunk % world != rank:
+            continue
         embeds = bank.tensors["embeds"][index].to(run.device).float()
-        out.append(
-            ddim_sample(unet, scheduler.config, noise, embeds, uncond, cfg.sample_steps, cfg.sample_guidance).cpu()
-        )
-    return torch.cat(out)
+        sample = ddim_sample(unet, scheduler.config, noise, embeds, uncond, cfg.sample_steps, cfg.sample_guidance)
+        out.append((chunk, sample.cpu()))
+    return out
 
 
 @torch.no_grad()
-def onestep_latents(cfg, run, bank: Bank) -> torch.Tensor:
-    """``onestep_samples`` latents (N, 4, h, w, UNet space) from the one-step UNet for prompts of the data, from fresh
-    noise, on the main process: the first ``onestep_control_share`` of them with the ControlNet, on controls of the
-    data's images [-1, 1], the rest without."""
+def onestep_latents(cfg, run, bank: Bank, rank: int = 0, world: int = 1) -> list[tuple[int, torch.Tensor]]:
+    """``onestep_samples`` latents (UNet space) from the one-step UNet for prompts of the data, from fresh noise, in
+    chunks of 64 shared out like ``teacher_latents``: the first ``onestep_control_share`` of them with the ControlNet,
+    on controls of the data's images [-1, 1], the rest without."""
     if cfg.onestep_controlnet and "pixels" not in bank.tensors:
         raise ValueError("onestep_controlnet needs the data's images for its controls: use data with pixels")
     unet = freeze(student_unet(None, cfg.onestep_unet, None)).to(run.device)
@@ -112,27 +115,50 @@ def onestep_latents(cfg, run, bank: Bank) -> torch.Tensor:
 
     with_control = round(cfg.onestep_control_share * cfg.onestep_samples) if controlnet is not None else 0
     out = []
-    for i in range(0, cfg.onestep_samples, 64):
+    for chunk, i in enumerate(range(0, cfg.onestep_samples, 64)):
         n = min(64, cfg.onestep_samples - i)
         index = torch.randint(len(bank), (n,), generator=gen)
         noise = torch.randn((n, *bank.tensors["latents"].shape[1:]), generator=gen).to(run.device)
+        if chunk % world != rank:
+            continue
         embeds = bank.tensors["embeds"][index].to(run.device).float()
         k = max(0, min(n, with_control - i))  # this chunk's first k rows take the ControlNet
+        parts = []
         if k:
             control = extract_control(bank.tensors["pixels"][index[:k]].float().to(run.device), cfg.control_kind)
-            out.append(draw(noise[:k], embeds[:k], controlnet, control))
+            parts.append(draw(noise[:k], embeds[:k], controlnet, control))
         if k < n:
-            out.append(draw(noise[k:], embeds[k:]))
-    return torch.cat(out)
+            parts.append(draw(noise[k:], embeds[k:]))
+        out.append((chunk, torch.cat(parts)))
+    return out
+
+
+def merge_chunks(shards: list[list[tuple[int, torch.Tensor]]]) -> torch.Tensor:
+    """The ranks' (chunk, tensor) lists as one tensor in chunk order."""
+    return torch.cat([t for _, t in sorted((pair for shard in shards for pair in shard), key=lambda p: p[0])])
 
 
 def _cached(run, name: str, make) -> torch.Tensor:
-    """``make()`` saved under the run's cache on the main process once (resume reuses it), loaded everywhere."""
-    path = run.out / "cache" / name
-    if run.accelerator.is_main_process and not path.exists():
+    """The samples ``make(rank, world)`` makes, made once per run (resume reuses them): every process makes its
+    chunks into a shard, the main process merges them (``merge_chunks``); loaded everywhere."""
+    acc, path = run.accelerator, run.out / "cache" / name
+    missing = not path.exists()
+    acc.wait_for_everyone()  # every rank has looked before any rank writes
+    if missing:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(make(), path)
-    run.accelerator.wait_for_everyone()
+        shard = make(acc.process_index, acc.num_processes)
+        if acc.num_processes == 1:
+            torch.save(merge_chunks([shard]), path)
+        else:
+            shard_path = path.with_name(f"{path.stem}.shard{acc.process_index}.pt")
+            torch.save(shard, shard_path)
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                paths = [path.with_name(f"{path.stem}.shard{r}.pt") for r in range(acc.num_processes)]
+                torch.save(merge_chunks([torch.load(p) for p in paths]), path)
+                for p in paths:
+                    p.unlink()
+    acc.wait_for_everyone()
     return torch.load(path)
 
 
@@ -164,9 +190,9 @@ def main(argv=None) -> Runner:
     bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache")
     pool = [bank.tensors["latents"]]
     if cfg.teacher_samples:
-        pool.append(_cached(run, "teacher_latents.pt", lambda: teacher_latents(cfg, run, bank, text)))
+        pool.append(_cached(run, "teacher_latents.pt", lambda r, w: teacher_latents(cfg, run, bank, text, r, w)))
     if cfg.onestep_samples:
-        pool.append(_cached(run, "onestep_latents.pt", lambda: onestep_latents(cfg, run, bank)))
+        pool.append(_cached(run, "onestep_latents.pt", lambda r, w: onestep_latents(cfg, run, bank, r, w)))
     pool = torch.cat([p.float() for p in pool])
     latent_bank = Bank({"latents": pool})
     if cfg.cache_teacher_decodes:  # the teacher decoder is frozen: decode the fixed pool once, not every step
