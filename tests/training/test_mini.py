@@ -77,7 +77,7 @@ def test_package_ships_the_first_seeds_export(toy_run, tmp_path):
     assert "training seed 0" in (out / "README.md").read_text()
 
 
-def test_ablations_of_stages_2_4_and_5_rerun_from_the_toy_run(toy_run):
+def test_ablations_of_stages_1_2_4_4c_and_5_rerun_from_the_toy_run(toy_run):
     import json
 
     from training.mini import ablate
@@ -88,12 +88,16 @@ def test_ablations_of_stages_2_4_and_5_rerun_from_the_toy_run(toy_run):
     five = ablate.main(["cn", "{}", "--stage", "5", *common])
     ema = ablate.main(["ema", json.dumps({"from_warmup_weights": True, "ema_decay": 0.9}), "--seed", "3", *common])
     decoder = ablate.main(["dec", json.dumps({"lr": 1e-3}), "--stage", "2", *common])
+    kd = ablate.main(["kd", json.dumps({"denoise_weight": 0.0}), "--stage", "1", *common])
+    lora = ablate.main(["lora", json.dumps({"max_steps": 2, "lora_rank": 2}), "--stage", "4c", *common])
+    assert kd["student_25_steps"]["fd"] >= 0 and lora["onestep"]["fd"] >= 0
+    assert (out / "lora" / "final" / "lora" / "adapter_model.safetensors").exists()
     assert 0 <= five["with_controlnet"]["edge_f1"] <= 1 and ema["onestep"]["fd"] >= 0
     assert ema["seed"] == 3 and five["seed"] == 0  # the ablation's own training seed, else the run's
     assert {five["split"], ema["split"], decoder["split"]} == {"validation"}  # settings are chosen on validation
     assert 0 <= decoder["with_controlnet"]["edge_f1_tiny_decoder"] <= 1 and decoder["psnr"] > 0
     assert decoder["without"]["fd_tiny_decoder"] >= 0
-    assert len((out / "results.jsonl").read_text().splitlines()) == 3
+    assert len((out / "results.jsonl").read_text().splitlines()) == 5
 
 
 def test_spread_scores_the_toy_runs_students_over_evaluation_seeds(toy_run):

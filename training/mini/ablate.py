@@ -1,6 +1,8 @@
-"""One ablation of stage 4, 5 or the decoder fine-tune (stage 2 again) on a finished miniature run, scored like the
-full run.
+"""One ablation of stage 1, 4, 4c (the LoRA + Projected-GAN fine-tune), 5 or the decoder fine-tune (stage 2 again)
+on a finished miniature run, scored like the full run.
 
+    python -m training.mini.ablate NAME '{"denoise_weight": 0.0}' --stage 1   # the KD student, scored at 25 steps
+    python -m training.mini.ablate NAME '{"lora_rank": 4, "max_steps": 100}' --stage 4c   # on the run's one-step UNet
     python -m training.mini.ablate NAME '{"fm_weight": 4.0, "fm_decay": "constant"}'           # stage 4
     python -m training.mini.ablate NAME '{"from_scratch": true, "warmup_steps": 600}'         # stage 4, new warm-up
     python -m training.mini.ablate NAME '{"from_warmup_weights": true, "ema_decay": 0.99}'     # stage 4, phase (b)
@@ -38,17 +40,20 @@ from training.mini.metrics import psnr
 from training.mini.prepare import encode
 from training.mini.recipe import Givens, stage_device
 from training.models import load_tiny_vae
-from training.stages import distill_decoder, onestep, onestep_controlnet
+from training.stages import distill_decoder, distill_unet, lora_gan, onestep, onestep_controlnet
 
-CONFIGS = {2: "decoder_onestep.yaml", 4: "onestep.yaml", 5: "onestep_controlnet.yaml"}
-STAGES = {2: distill_decoder, 4: onestep, 5: onestep_controlnet}
+CONFIGS = {"1": "unet_kd.yaml", "2": "decoder_onestep.yaml", "4": "onestep.yaml", "5": "onestep_controlnet.yaml"}
+STAGES = {"1": distill_unet, "2": distill_decoder, "4": onestep, "4c": lora_gan, "5": onestep_controlnet}
+# stage 4c's defaults on the miniature (the paper gives none): a short fine-tune from the run's one-step UNet, the
+# dataset's digits as the real rows, stage 4's feature matching kept at its end weight
+LORA_DEFAULTS = dict(max_steps=100, lora_rank=4, lr=1e-3, disc_lr=1e-3, gan_weight=0.1, disc_hidden=32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name")
     parser.add_argument("overrides", help="JSON object of stage-config overrides")
-    parser.add_argument("--stage", type=int, choices=[2, 4, 5], default=4)
+    parser.add_argument("--stage", choices=sorted(STAGES), default="4")
     parser.add_argument("--work", default="/tmp/sdxs-mini")
     parser.add_argument("--out", default="/tmp/sdxs-ablations")
     parser.add_argument("--threads", type=int, default=1)
@@ -96,19 +101,22 @@ def main(argv=None) -> dict:
 def configure(args, work: Path, out: Path, overrides: dict, from_scratch: bool, from_weights: bool) -> dict:
     """The run seed's stage config with ``overrides``, its starting point copied into ``out``; writes
     ``out/config.yaml``."""
-    cfg = yaml.safe_load((work / "configs" / CONFIGS[args.stage]).read_text())
-    if args.stage == 2:  # the same teacher samples as the run's decoders
+    cfg = yaml.safe_load((work / "configs" / CONFIGS.get(args.stage, "onestep.yaml")).read_text())
+    if args.stage == "4c":  # from the run's one-step UNet and its pairs, stage 4's feature matching at its end weight
+        fm_weight = cfg.get("fm_weight_end", cfg.get("fm_weight", 1.0))
+        cfg.update(LORA_DEFAULTS, student=str(work / "onestep" / "final" / "unet"), fm_weight=fm_weight)
+    if args.stage == "2":  # the same teacher samples as the run's decoders
         shutil.copytree(work / "decoder" / "cache", out / "cache")
-    if args.stage == 4 and not (from_scratch or from_weights):
+    if args.stage == "4" and not (from_scratch or from_weights):
         name = f"step_{cfg['warmup_steps']:07d}"
         shutil.copytree(work / "onestep" / "checkpoints" / name, out / "checkpoints" / name)
     run_seed = int(cfg.get("seed", 0))
     cfg.update(overrides, output_dir=str(out), seed=run_seed)
-    if args.seed is not None and args.seed != run_seed and args.stage != 2:
+    if args.seed is not None and args.seed != run_seed and args.stage in ("4", "4c", "5"):
         cfg.update(seed=args.seed, pairs_path=str(out / "cache" / "pairs.pt"))  # the teacher's pairs depend on it
     elif args.seed is not None:
         cfg["seed"] = args.seed
-    if args.stage == 4 and from_weights:  # phase (b) only, from the warm-up's weights (fresh optimiser, EMA, GAN head)
+    if args.stage == "4" and from_weights:  # phase (b) only, from the warm-up's weights (fresh optimiser, EMA, GAN)
         cfg.update(
             student=str(work / "onestep_warmup_final" / "unet"),
             max_steps=cfg["max_steps"] - cfg["warmup_steps"],
@@ -132,9 +140,11 @@ def score(args, givens: Givens, work: Path, out: Path, cfg: dict) -> dict:
         tiny_decoder_dirs=tiny_decoders(work),
         device=args.device,
     )
-    if args.stage == 4:
+    if args.stage == "1":
+        return {"student_25_steps": ev.score("kd_25", ev.multistep(ev.load_unet(out / "final" / "unet")))}
+    if args.stage in ("4", "4c"):
         return {"onestep": ev.score("onestep", ev.onestep(ev.load_unet(out / "final")))}
-    if args.stage == 2:
+    if args.stage == "2":
         tiny = load_tiny_vae(str(out / "final" / "vae")).to(ev.device)
         return score_decoder(ev, work, tiny, givens.photos()[args.split])
     unet = ev.load_unet(Path(cfg["student"]).parent)
