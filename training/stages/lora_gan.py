@@ -21,7 +21,6 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from training.config import check_choice, parse_args
-from training.data import load_bank
 from training.draws import StepDraws
 from training.features import feature_network
 from training.lora import ATTENTION_PROJECTIONS, add_lora, merged_state_dict
@@ -32,7 +31,6 @@ from training.runner import Runner
 from training.sampling import onestep_sample
 from training.stages.common import decode_unet_samples, mean_logs
 from training.stages.onestep import LATENT_DISTANCES, OneStepConfig, Teachers, check_config
-from training.stages.onestep_pairs import load_or_solve_pairs
 
 REAL_SOURCES = ("data", "teacher")
 
@@ -61,11 +59,7 @@ class LoRAGANTrainer:
         self.features = feature_network(cfg.feature_net, t.vae, t.unet, t.uncond, cfg.feature_model)
         self.fm_distance = FEATURE_DISTANCES[cfg.feature_distance]
         # 2. data: real latents and the teacher's ODE pairs
-        self.bank = load_bank(
-            cfg.data, t.vae, t.text, run.accelerator, run.out / "cache", keep_pixels=False,
-            teacher=(t.unet, t.scheduler.config, t.uncond),
-        )  # fmt: skip
-        self.pairs = load_or_solve_pairs(cfg, run, self.bank, t.unet, None, t.scheduler, t.vae, t.uncond, False)
+        self.bank, self.pairs = t.data(cfg, run)
         with torch.no_grad():
             maps = self.features(self.pairs.tensors["target"][:1].float().to(self.device))
         disc = ProjectedDiscriminator([m.shape[1] for m in maps], t.uncond.shape[-1], cfg.disc_hidden).to(self.device)

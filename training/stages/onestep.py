@@ -34,7 +34,7 @@ from torch import nn
 from sdxs.onestep import add_noise, predict_x0
 from training.config import TrainConfig, check_choice, parse_args
 from training.control import extract_control
-from training.data import load_bank
+from training.data import Bank, load_bank
 from training.draws import StepDraws
 from training.features import feature_network
 from training.hooks import FeatureRecorder
@@ -211,6 +211,18 @@ class Teachers:
         )
 
 
+    def data(self, cfg: OneStepConfig, run: Runner) -> tuple[Bank, Bank]:
+        """The prompts' bank (latents (N, 4, h, w) + embeddings, no pixels) and the ODE pairs solved by these
+        teachers (``training.stages.onestep_pairs``)."""
+        bank = load_bank(
+            cfg.data, self.vae, self.text, run.accelerator, run.out / "cache", keep_pixels=False,
+            teacher=(self.unet, self.scheduler.config, self.uncond),
+        )  # fmt: skip
+        controlnet_mode = self.controlnet is not None
+        args = (self.unet, self.controlnet, self.scheduler, self.vae, self.uncond, controlnet_mode)
+        return bank, load_or_solve_pairs(cfg, run, bank, *args)
+
+
 class UNetStudent:
     """Stage 4: the student UNet itself is trained."""
 
@@ -272,13 +284,7 @@ class OneStepTrainer:
         self.features = feature_network(cfg.feature_net, t.vae, t.unet, t.uncond, cfg.feature_model)
         self.fm_distance = FEATURE_DISTANCES[cfg.feature_distance]
         # 2. data: prompts (+ real latents for the GAN) and the teacher's ODE pairs
-        self.bank = load_bank(
-            cfg.data, t.vae, t.text, run.accelerator, run.out / "cache", keep_pixels=False,
-            teacher=(t.unet, t.scheduler.config, t.uncond),
-        )  # fmt: skip
-        self.pairs = load_or_solve_pairs(
-            cfg, run, self.bank, t.unet, t.controlnet, t.scheduler, t.vae, t.uncond, controlnet_mode
-        )
+        self.bank, self.pairs = t.data(cfg, run)
         # 3. two optimisers (student, fake score), accelerate, EMA
         opt_g, opt_f = run.optimizer(trained.parameters()), run.optimizer(fake.parameters(), cfg.fake_lr)
         sched_g = run.lr_scheduler(opt_g)
