@@ -52,10 +52,12 @@ class Evaluator:
         tiny_decoder_dirs: dict[str, Path] | None = None,
         noise_offset: int = 0,
         device: str | torch.device = "cpu",
+        multistep_steps: int = 25,
     ):
         if split not in ("validation", "test"):
             raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
         self.split, self.eval_per_class, self.device = split, eval_per_class, torch.device(device)
+        self.multistep_steps = multistep_steps  # the "25 steps" rows' DDIM steps (fewer only in smoke runs)
         self.held_out, self.held_out_labels = digits.split(split)
         self.teacher = load_part(teacher_dir, "unet").to(self.device)
         self.vae = load_part(teacher_dir, "vae").to(self.device)
@@ -89,7 +91,8 @@ class Evaluator:
         return control[torch.cat(order)]
 
     @torch.no_grad()
-    def multistep(self, unet, steps=25, guidance=GUIDANCE, controlnet=None, control=None) -> torch.Tensor:
+    def multistep(self, unet, steps=None, guidance=GUIDANCE, controlnet=None, control=None) -> torch.Tensor:
+        steps = steps or self.multistep_steps
         return torch.cat(
             [
                 ddim_sample(unet, self.scheduler.config, n, e, self.uncond, steps, guidance, controlnet, c)

@@ -45,6 +45,12 @@ STEPS = dict(
 )
 
 
+def sampler_steps(scale: float) -> int:
+    """DDIM steps of the teacher's samplers (ODE pairs, decoder samples, the multi-step rows): 25, fewer only in smoke
+    runs (``--scale`` below 1; the rows keep their "25 steps" names)."""
+    return 25 if scale >= 1 else max(2, round(25 * scale))
+
+
 def scaled_steps(scale: float) -> dict:
     """STEPS times ``scale`` (at least 2 each: smoke runs use 0.01)."""
     return {k: max(2, int(round(v * scale))) for k, v in STEPS.items()}
@@ -207,6 +213,7 @@ class Recipe:
             "disc_channels": [32, 64],
             "teacher_samples": max(16, int(256 * self.scale)),  # teacher DDIM samples; fewer only for smoke runs
             "sample_guidance": GUIDANCE,
+            "sample_steps": sampler_steps(self.scale),
         }
 
     def stage2_decoder(self) -> None:
@@ -240,7 +247,7 @@ class Recipe:
             guidance=GUIDANCE,
             real_guidance=GUIDANCE,
             num_pairs=max(32, int(512 * self.scale)),  # teacher ODE pairs; fewer only for smoke runs
-            ode_steps=25,
+            ode_steps=sampler_steps(self.scale),
             pairs_path=str(self.dir / "cache" / "pairs.pt"),
             feature_net="vae_encoder",
             feature_distance="ssim",

@@ -27,7 +27,7 @@ from training.mini import report
 from training.mini.evaluation import Evaluator, check_export, evaluate_seed, tiny_decoders
 from training.mini.folders import fresh_folder
 from training.mini.prepare import log
-from training.mini.recipe import Givens, Recipe, prepare_givens, scaled_steps, stage_device
+from training.mini.recipe import Givens, Recipe, prepare_givens, sampler_steps, scaled_steps, stage_device
 
 # the stage runs whose loss curves are plotted (the first seed's)
 STAGE_RUNS = (
@@ -91,6 +91,7 @@ def run_seed(givens: Givens, seed: int, args, digits, photos, classifier, out: P
         eval_per_class=args.eval_per_class,
         tiny_decoder_dirs=tiny_decoders(seed_dir),
         device=args.device,
+        multistep_steps=sampler_steps(args.scale),
     )
     grids = out / "grids" / f"seed-{seed}"
     scores = evaluate_seed(ev, seed_dir, givens.teacher_controlnet, digits, photos["test"], grids)
