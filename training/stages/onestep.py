@@ -19,6 +19,11 @@ paper's ``score_on=low``) take the feature-matching loss instead, weighted by a 
 ``fm_weight_end``; alpha itself may be lowered during the phase (``segment_alpha`` -> ``segment_alpha_end``), as the
 paper does.  Options: a GAN head on the fake model's bottleneck (DMD2, ``gan_weight``), switching the
 feature-matching teacher to a frozen copy of the one-step student at ``switch_teacher_at``.
+
+Code: ``OneStepTrainer`` holds the frozen ``Teachers``, a ``UNetStudent`` (stage 4) or ``ControlNetStudent`` (stage 5)
+and the fake score; a step is ``warmup_step`` in phase (a), else ``fake_updates`` x ``fake_step`` then ``score_step``.
+Each is one optimiser step over ``grad_accum`` micro-batches (``Runner.accumulated_step``) whose draws are rows of the
+step's global batch (``training.draws``).  The pairs live in ``training.stages.onestep_pairs``.
 """
 
 from __future__ import annotations
