@@ -92,7 +92,10 @@ class OneStepConfig(TrainConfig):
     pairs_teacher: str = ""
     # (a) feature matching
     warmup_steps: int = 0
-    feature_net: str = "vae_encoder"  # latent | vae_decoder | vae_encoder | unet_encoder | dinov2, joined by +
+    # latent | vae_decoder | vae_encoder | unet_encoder | dinov2, joined by +.  The paper names VGG, DINOv2 or the
+    # diffusion UNet's encoder; the default is the last (offline, nothing beyond the teacher).  The miniature's
+    # vae_encoder is a named deviation (training/README.md)
+    feature_net: str = "unet_encoder"
     feature_model: str = "facebook/dinov2-small"  # dinov2: a Hub id or a local folder
     feature_distance: str = "ssim"  # ssim | mse | lpips
     feature_weights: Any = None
