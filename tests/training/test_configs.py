@@ -11,6 +11,7 @@ from training.stages.distill_controlnet import DistillControlNetConfig
 from training.stages.distill_decoder import DistillDecoderConfig
 from training.stages.distill_unet import DistillUNetConfig
 from training.stages.export import ExportConfig
+from training.stages.lora_gan import LoRAGANConfig
 from training.stages.onestep import OneStepConfig
 
 CONFIGS = Path(__file__).parents[2] / "training" / "configs"
@@ -21,6 +22,7 @@ STAGE_CONFIGS = {
     "distill_controlnet": DistillControlNetConfig,
     "onestep": OneStepConfig,
     "onestep_controlnet": OneStepConfig,
+    "lora_gan": LoRAGANConfig,
     "export": ExportConfig,
 }
 
