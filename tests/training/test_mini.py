@@ -85,13 +85,14 @@ def test_ablations_of_stages_1_2_4_4c_and_5_rerun_from_the_toy_run(toy_run):
     root, _ = toy_run
     work, out = root / "work", root / "abl"
     common = ["--work", str(work), "--out", str(out), "--eval-per-class", "2", "--threads", "1"]
-    five = ablate.main(["cn", "{}", "--stage", "5", *common])
+    five = ablate.main(["cn", json.dumps({"control_source": "teacher"}), "--stage", "5", *common])  # its own pairs
     ema = ablate.main(["ema", json.dumps({"from_warmup_weights": True, "ema_decay": 0.9}), "--seed", "3", *common])
     decoder = ablate.main(["dec", json.dumps({"lr": 1e-3}), "--stage", "2", *common])
     kd = ablate.main(["kd", json.dumps({"denoise_weight": 0.0}), "--stage", "1", *common])
     lora = ablate.main(["lora", json.dumps({"max_steps": 2, "lora_rank": 2}), "--stage", "4c", *common])
     assert kd["student_25_steps"]["fd"] >= 0 and lora["onestep"]["fd"] >= 0
     assert (out / "lora" / "final" / "lora" / "adapter_model.safetensors").exists()
+    assert (out / "cn" / "cache" / "pairs.pt").exists()  # other pair settings: new pairs, the run's left alone
     assert 0 <= five["with_controlnet"]["edge_f1"] <= 1 and ema["onestep"]["fd"] >= 0
     assert ema["seed"] == 3 and five["seed"] == 0  # the ablation's own training seed, else the run's
     assert {five["split"], ema["split"], decoder["split"]} == {"validation"}  # settings are chosen on validation

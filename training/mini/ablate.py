@@ -41,6 +41,7 @@ from training.mini.prepare import encode
 from training.mini.recipe import Givens, stage_device
 from training.models import load_tiny_vae
 from training.stages import distill_decoder, distill_unet, lora_gan, onestep, onestep_controlnet
+from training.stages.onestep_pairs import CONTROL_PAIR_SETTINGS, PAIR_SETTINGS
 
 CONFIGS = {"1": "unet_kd.yaml", "2": "decoder_onestep.yaml", "4": "onestep.yaml", "5": "onestep_controlnet.yaml"}
 STAGES = {"1": distill_unet, "2": distill_decoder, "4": onestep, "4c": lora_gan, "5": onestep_controlnet}
@@ -112,6 +113,8 @@ def configure(args, work: Path, out: Path, overrides: dict, from_scratch: bool, 
         shutil.copytree(work / "onestep" / "checkpoints" / name, out / "checkpoints" / name)
     run_seed = int(cfg.get("seed", 0))
     cfg.update(overrides, output_dir=str(out), seed=run_seed)
+    if set(overrides) & {*PAIR_SETTINGS, *CONTROL_PAIR_SETTINGS, "pairs_teacher"}:  # other pairs: made anew, here
+        cfg["pairs_path"] = str(out / "cache" / "pairs.pt")
     if args.seed is not None and args.seed != run_seed and args.stage in ("4", "4c", "5"):
         cfg.update(seed=args.seed, pairs_path=str(out / "cache" / "pairs.pt"))  # the teacher's pairs depend on it
     elif args.seed is not None:

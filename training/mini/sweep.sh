@@ -21,7 +21,7 @@ mkdir -p "$out"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 while IFS='|' read -r stage name json; do
   case $stage in ''|\#*) continue;; esac
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done  # a failed ablation: see its log
   python -m training.mini.ablate "$name" "$json" --stage "$stage" --threads 1 --work "$work" --out "$out" \
     --run-seed "$run_seed" --split validation > "$out/$name.log" 2>&1 &
 done < <(cat "$configs")
