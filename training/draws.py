@@ -32,10 +32,6 @@ class StepDraws:
         self.seed, self.batch_size, self.rank, self.world, self.accum = seed, batch_size, rank, world, accum
         self.start(0)
 
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.world * self.accum
-
     def start(self, step: int, phase: int = 0, micro: int = 0) -> StepDraws:
         """Draw the rows of micro-batch ``micro`` (of ``accum``) of ``phase`` of ``step`` from now on."""
         if not 0 <= micro < self.accum:
