@@ -14,7 +14,6 @@ import glob
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from PIL import Image, ImageOps
 
 from training.config import DataConfig
 from training.sampling import ddim_sample
+from training.shards import make_once
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -113,7 +113,7 @@ def teacher_rows(
     """Data-free rows: ``teacher`` = (unet, scheduler config, empty-prompt embeddings (1, L, D)) samples one image per
     prompt (``prompt_steps`` DDIM steps, guidance ``prompt_guidance``, noise from ``prompt_seed``); latents are its
     x0 in UNet space, pixels (when kept) their decodes.  ``rank`` of ``world`` samples only its chunks (see
-    ``build_cache``) but draws every chunk's noise, so the merged shards equal one process's rows."""
+    ``build_rows``) but draws every chunk's noise, so the merged shards equal one process's rows."""
     unet, scheduler_config, uncond = teacher
     prompts = read_prompts(cfg.path)[: cfg.max_samples or None]
     side = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -248,22 +248,6 @@ def build_rows(
     return rows.result(cfg)
 
 
-def build_cache(
-    cfg: DataConfig, vae, text_encoder, path: Path, batch_size: int = 32, keep_pixels: bool = True, teacher=None
-) -> None:
-    """``build_rows`` of every row, written to ``path`` (one process)."""
-    out = build_rows(cfg, vae, text_encoder, batch_size, keep_pixels, teacher)
-    out.pop("row")
-    _save(out, path)
-
-
-def _save(out: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # one per process: concurrent builders do not collide
-    torch.save(out, tmp)
-    os.replace(tmp, path)
-
-
 EMBEDS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -306,20 +290,11 @@ def load_bank(
         path = _cache_path(cfg, default_dir, vae, text_encoder, teacher)
         # a cache made without pixels (by a stage that needs none) is made again, with them, for one that does
         missing = not path.exists() or keep_pixels and "pixels" not in torch.load(path, weights_only=False, mmap=True)
-        accelerator.wait_for_everyone()  # every rank has looked before any rank writes
-        if missing and accelerator.num_processes == 1:
-            build_cache(cfg, vae, text_encoder, path, keep_pixels=keep_pixels, teacher=teacher)
-        elif missing:  # each rank encodes its chunks into a shard; the main process merges them
-            rank, world = accelerator.process_index, accelerator.num_processes
-            shard = build_rows(cfg, vae, text_encoder, keep_pixels=keep_pixels, teacher=teacher, rank=rank, world=world)
-            shards = [path.with_name(f"{path.stem}.shard{r}.pt") for r in range(world)]
-            _save(shard, shards[rank])
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                _save(merge_shards([torch.load(p, weights_only=False) for p in shards]), path)
-                for p in shards:
-                    p.unlink()
-        accelerator.wait_for_everyone()
+
+        def rows(rank: int, world: int) -> dict:  # each process encodes (or samples) its chunks of rows
+            return build_rows(cfg, vae, text_encoder, keep_pixels=keep_pixels, teacher=teacher, rank=rank, world=world)
+
+        make_once(accelerator, path, rows, merge_shards, missing)
     data = torch.load(path, weights_only=False, mmap=True)  # pages are read as batches touch them
     if keep_pixels and "pixels" not in data:
         raise ValueError(f"data.path {path}: this stage needs the images' pixels and the cache holds none")

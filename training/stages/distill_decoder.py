@@ -29,6 +29,7 @@ from training.models import freeze, load_controlnet, load_part, load_text_encode
 from training.projected_gan import ProjectedDiscriminator
 from training.runner import Runner
 from training.sampling import ddim_sample, onestep_sample
+from training.shards import make_once
 from training.stages.common import alphas_cumprod, decode_unet_samples, mean_logs
 
 
@@ -139,26 +140,10 @@ def merge_chunks(shards: list[list[tuple[int, torch.Tensor]]]) -> torch.Tensor:
 
 
 def _cached(run, name: str, make) -> torch.Tensor:
-    """The samples ``make(rank, world)`` makes, made once per run (resume reuses them): every process makes its
-    chunks into a shard, the main process merges them (``merge_chunks``); loaded everywhere."""
-    acc, path = run.accelerator, run.out / "cache" / name
-    missing = not path.exists()
-    acc.wait_for_everyone()  # every rank has looked before any rank writes
-    if missing:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shard = make(acc.process_index, acc.num_processes)
-        if acc.num_processes == 1:
-            torch.save(merge_chunks([shard]), path)
-        else:
-            shard_path = path.with_name(f"{path.stem}.shard{acc.process_index}.pt")
-            torch.save(shard, shard_path)
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                paths = [path.with_name(f"{path.stem}.shard{r}.pt") for r in range(acc.num_processes)]
-                torch.save(merge_chunks([torch.load(p) for p in paths]), path)
-                for p in paths:
-                    p.unlink()
-    acc.wait_for_everyone()
+    """The samples ``make(rank, world)`` makes, made once per run (resume reuses them), shared out over the processes
+    (``training.shards.make_once``, ``merge_chunks``); loaded everywhere."""
+    path = run.out / "cache" / name
+    make_once(run.accelerator, path, make, merge_chunks)
     return torch.load(path)
 
 

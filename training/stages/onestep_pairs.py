@@ -13,6 +13,7 @@ from training.control import extract_control
 from training.data import Bank
 from training.models import freeze, load_part
 from training.sampling import ddim_sample
+from training.shards import make_once
 from training.stages.common import decode_unet_samples
 
 
@@ -67,14 +68,13 @@ def make_pairs(
 
 
 def merge_pair_shards(shards: list[dict]) -> dict:
-    """The ranks' ``make_pairs`` results as one process's: rows in chunk order, without the ``chunk`` column."""
+    """The ranks' ``make_pairs`` results as one process's: rows in chunk order, without the ``chunk`` column (one
+    process's pairs, which have none, as they are)."""
+    if len(shards) == 1 and "chunk" not in shards[0]:
+        return shards[0]
     merged = {k: torch.cat([shard[k] for shard in shards if k in shard]) for k in shards[0]}
     order = torch.sort(merged.pop("chunk"), stable=True).indices
     return {k: v[order] for k, v in merged.items()}
-
-
-def _shard_path(pairs_path: Path, rank: int) -> Path:
-    return pairs_path.with_name(f"{pairs_path.stem}.shard{rank}.pt")
 
 
 PAIR_SETTINGS = ("teacher", "seed", "num_pairs", "ode_steps", "guidance")
@@ -121,28 +121,16 @@ def load_or_solve_pairs(cfg, run, bank: Bank, teacher, teacher_cn, scheduler, va
     pairs_path = Path(cfg.pairs_path or run.out / "cache" / "pairs.pt")
     settings = pair_settings(cfg, controlnet_mode)
     check_pair_settings(pairs_path, settings)
-    need_pairs = not pairs_path.exists()
-    acc.wait_for_everyone()  # every rank has looked before any rank writes
-    if need_pairs:
-        pairs_path.parent.mkdir(parents=True, exist_ok=True)
+    recorded = pairs_path.exists()
+
+    def solve(rank: int, world: int) -> dict:  # each process solves its chunks of 64 pairs
         solver = teacher
         if cfg.pairs_teacher:
             solver = freeze(load_part(cfg.pairs_teacher, "unet")).to(device, run.weight_dtype)
-        shard = make_pairs(
-            cfg, bank, solver, teacher_cn, scheduler, vae, uncond, device, acc.process_index, acc.num_processes
-        )
-        del solver
-        if acc.num_processes == 1:
-            torch.save(shard, pairs_path)
-        else:
-            torch.save(shard, _shard_path(pairs_path, acc.process_index))
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                paths = [_shard_path(pairs_path, r) for r in range(acc.num_processes)]
-                torch.save(merge_pair_shards([torch.load(p) for p in paths]), pairs_path)
-                for path in paths:
-                    path.unlink()
-        if acc.is_main_process:
-            _settings_path(pairs_path).write_text(json.dumps(settings, indent=2))
+        return make_pairs(cfg, bank, solver, teacher_cn, scheduler, vae, uncond, device, rank, world)
+
+    make_once(acc, pairs_path, solve, merge_pair_shards)
+    if not recorded and acc.is_main_process:
+        _settings_path(pairs_path).write_text(json.dumps(settings, indent=2))
     acc.wait_for_everyone()
     return Bank(torch.load(pairs_path, mmap=True))
