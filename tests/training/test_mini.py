@@ -42,7 +42,10 @@ def toy_run(tmp_path_factory):
 
 def test_miniature_pipeline_runs_end_to_end_at_toy_scale(toy_run):
     import torch
+    import yaml
     from safetensors.torch import load_file
+
+    from training.mini.evaluation import FINAL
 
     root, results = toy_run
     work = root / "work"
@@ -63,9 +66,24 @@ def test_miniature_pipeline_runs_end_to_end_at_toy_scale(toy_run):
     assert results["aggregate"]["sd"]["decoder"]["tiny_decoder_psnr"] == 0
     run = work / "seed-0"  # the seed's students; the givens sit beside it, shared
     assert (work / "teacher").is_dir() and (work / "givens.json").exists() and not (run / "teacher").exists()
-    vaes = (run / "export" / "vae", run / "decoder_onestep" / "final" / "vae")  # the export ships the fine-tune
-    shipped, fine_tuned = (load_file(next(p.glob("*.safetensors"))) for p in vaes)
-    assert shipped.keys() == fine_tuned.keys() and all(torch.equal(shipped[k], fine_tuned[k]) for k in shipped)
+    # the export ships the decoder's fine-tune and stage 4c's UNet (the LoRA merged), on which stage 5 trained
+    for shipped_dir, trained_dir in (
+        (run / "export" / "vae", run / "decoder_onestep" / "final" / "vae"),
+        (run / "export" / "unet", run / "lora_gan" / "final" / "unet"),
+    ):
+        shipped, trained = (load_file(next(p.glob("*.safetensors"))) for p in (shipped_dir, trained_dir))
+        assert shipped.keys() == trained.keys() and all(torch.equal(shipped[k], trained[k]) for k in shipped)
+    stage5 = yaml.safe_load((run / "configs" / "onestep_controlnet.yaml").read_text())
+    assert stage5["student"] == str(run / "lora_gan" / "final" / "unet")
+    # the paper's choices are the recipe's: no denoising loss in KD, a Projected-GAN decoder, alpha lowered from
+    # near 1, the UNet encoder's features, teacher-sample controls with part of the noise re-initialised
+    names = ("unet_kd", "decoder", "onestep")
+    configs = {n: yaml.safe_load((run / "configs" / f"{n}.yaml").read_text()) for n in names}
+    assert configs["unet_kd"]["denoise_weight"] == 0 and configs["decoder"]["discriminator"] == "projected"
+    assert configs["onestep"]["segment_alpha"] == 0.95 and configs["onestep"]["segment_alpha_end"] == 0.5
+    assert configs["onestep"]["feature_net"] == "unet_encoder"
+    assert stage5["control_source"] == "teacher" and stage5["fresh_noise_fraction"] == 0.5
+    assert FINAL in seed["generation"]["rows"]
 
 
 def test_package_ships_the_first_seeds_export(toy_run, tmp_path):
@@ -85,10 +103,10 @@ def test_ablations_of_stages_1_2_4_4c_and_5_rerun_from_the_toy_run(toy_run):
     root, _ = toy_run
     work, out = root / "work", root / "abl"
     common = ["--work", str(work), "--out", str(out), "--eval-per-class", "2", "--threads", "1"]
-    five = ablate.main(["cn", json.dumps({"control_source": "teacher"}), "--stage", "5", *common])  # its own pairs
+    five = ablate.main(["cn", json.dumps({"control_source": "data"}), "--stage", "5", *common])  # its own pairs
     ema = ablate.main(["ema", json.dumps({"from_warmup_weights": True, "ema_decay": 0.9}), "--seed", "3", *common])
     decoder = ablate.main(["dec", json.dumps({"lr": 1e-3}), "--stage", "2", *common])
-    kd = ablate.main(["kd", json.dumps({"denoise_weight": 0.0}), "--stage", "1", *common])
+    kd = ablate.main(["kd", json.dumps({"denoise_weight": 1.0}), "--stage", "1", *common])
     lora = ablate.main(["lora", json.dumps({"max_steps": 2, "lora_rank": 2}), "--stage", "4c", *common])
     assert kd["student_25_steps"]["fd"] >= 0 and lora["onestep"]["fd"] >= 0
     assert (out / "lora" / "final" / "lora" / "adapter_model.safetensors").exists()
@@ -108,7 +126,7 @@ def test_spread_scores_the_toy_runs_students_over_evaluation_seeds(toy_run):
     spread = mini_spread.main(
         ["--work", str(root / "work"), "--seeds", "1", "2", "--eval-per-class", "2", "--threads", "1"]
     )
-    assert {row["fd_std"] >= 0 for row in spread.values()} == {True} and len(spread) == 4
+    assert {row["fd_std"] >= 0 for row in spread.values()} == {True} and len(spread) == 5
 
 
 def test_a_foreign_work_folder_is_refused_and_kept(tmp_path):
@@ -119,6 +137,22 @@ def test_a_foreign_work_folder_is_refused_and_kept(tmp_path):
     with pytest.raises(ValueError, match="not made by a previous miniature run"):
         main(["--out", str(tmp_path / "results"), "--work", str(tmp_path), "--scale", "0.01"])
     assert mine.read_text() == "keep me"
+
+
+def test_givens_are_reused_only_where_they_match(toy_run, tmp_path):
+    from training.mini.recipe import Givens
+    from training.mini.run import main
+
+    root, _ = toy_run
+    work = root / "work"
+    with pytest.raises(ValueError, match="holds no finished givens"):
+        main(["--out", str(tmp_path / "r"), "--work", str(tmp_path / "empty"), "--reuse-givens"])
+    with pytest.raises(ValueError, match="scale 0.01; this run asks for 0, 0, 1.0"):
+        main(["--out", str(tmp_path / "r"), "--work", str(work), "--reuse-givens", "--seeds", "7"])
+    assert (work / "seed-0").is_dir() and (work / "teacher").is_dir()  # a refused reuse deletes nothing
+    (work / "seed-7").mkdir()
+    losses = Givens(work, 0, 0, 0.01).reuse([7])
+    assert set(losses) >= {"vae", "teacher_unet"} and not (work / "seed-7").exists() and (work / "seed-0").is_dir()
 
 
 def test_teacher_controlnet_tool_scores_each_variant(toy_run):
@@ -165,7 +199,9 @@ def test_a_claim_holds_on_the_mean_and_in_a_strict_majority_of_seeds():
 
 
 def _seed_results(one_step_fd: float, control_fd: float) -> dict:
-    """A seed's results with the numbers every claim reads."""
+    """A seed's results with the numbers every claim reads (the final model as good as stage 4's)."""
+    from training.mini.evaluation import FINAL
+
     rows = {
         "teacher, 25 steps": {"fd": 30.0, "accuracy": 0.95},
         "teacher, 1 step": {"fd": 200.0, "accuracy": 0.9},
@@ -173,6 +209,7 @@ def _seed_results(one_step_fd: float, control_fd: float) -> dict:
         "student no KD, 25 steps": {"fd": 60.0, "accuracy": 0.8},
         "one-step student, after segmented Diff-Instruct": {"fd": one_step_fd, "accuracy": 0.96},
         "one-step student, warm-up only (equal compute)": {"fd": control_fd, "accuracy": 0.96},
+        FINAL: {"fd": one_step_fd, "accuracy": 0.96},
     }
     controlnet = {
         "one-step student + one-step ControlNet (stage 5)": {"edge_f1": 0.5},

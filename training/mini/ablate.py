@@ -1,8 +1,8 @@
 """One ablation of stage 1, 4, 4c (the LoRA + Projected-GAN fine-tune), 5 or the decoder fine-tune (stage 2 again)
 on a finished miniature run, scored like the full run.
 
-    python -m training.mini.ablate NAME '{"denoise_weight": 0.0}' --stage 1   # the KD student, scored at 25 steps
-    python -m training.mini.ablate NAME '{"lora_rank": 4, "max_steps": 100}' --stage 4c   # on the run's one-step UNet
+    python -m training.mini.ablate NAME '{"denoise_weight": 1.0}' --stage 1   # the KD student, scored at 25 steps
+    python -m training.mini.ablate NAME '{"lora_rank": 8}' --stage 4c   # the run's stage 4c, another rank
     python -m training.mini.ablate NAME '{"fm_weight": 4.0, "fm_decay": "constant"}'           # stage 4
     python -m training.mini.ablate NAME '{"from_scratch": true, "warmup_steps": 600}'         # stage 4, new warm-up
     python -m training.mini.ablate NAME '{"from_warmup_weights": true, "ema_decay": 0.99}'     # stage 4, phase (b)
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from training.mini.evaluation import Evaluator, tiny_decoders, with_and_without_controlnet
+from training.mini.evaluation import Evaluator, final_unet_dir, tiny_decoders, with_and_without_controlnet
 from training.mini.folders import fresh_folder
 from training.mini.metrics import psnr
 from training.mini.prepare import encode
@@ -43,11 +43,14 @@ from training.models import load_tiny_vae
 from training.stages import distill_decoder, distill_unet, lora_gan, onestep, onestep_controlnet
 from training.stages.onestep_pairs import CONTROL_PAIR_SETTINGS, PAIR_SETTINGS
 
-CONFIGS = {"1": "unet_kd.yaml", "2": "decoder_onestep.yaml", "4": "onestep.yaml", "5": "onestep_controlnet.yaml"}
+CONFIGS = {
+    "1": "unet_kd.yaml",
+    "2": "decoder_onestep.yaml",
+    "4": "onestep.yaml",
+    "4c": "lora_gan.yaml",
+    "5": "onestep_controlnet.yaml",
+}
 STAGES = {"1": distill_unet, "2": distill_decoder, "4": onestep, "4c": lora_gan, "5": onestep_controlnet}
-# stage 4c's defaults on the miniature (the paper gives none): a short fine-tune from the run's one-step UNet, the
-# dataset's digits as the real rows, stage 4's feature matching kept at its end weight
-LORA_DEFAULTS = dict(max_steps=100, lora_rank=4, lr=1e-3, disc_lr=1e-3, gan_weight=0.1, disc_hidden=32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,10 +105,7 @@ def main(argv=None) -> dict:
 def configure(args, work: Path, out: Path, overrides: dict, from_scratch: bool, from_weights: bool) -> dict:
     """The run seed's stage config with ``overrides``, its starting point copied into ``out``; writes
     ``out/config.yaml``."""
-    cfg = yaml.safe_load((work / "configs" / CONFIGS.get(args.stage, "onestep.yaml")).read_text())
-    if args.stage == "4c":  # from the run's one-step UNet and its pairs, stage 4's feature matching at its end weight
-        fm_weight = cfg.get("fm_weight_end", cfg.get("fm_weight", 1.0))
-        cfg.update(LORA_DEFAULTS, student=str(work / "onestep" / "final" / "unet"), fm_weight=fm_weight)
+    cfg = yaml.safe_load((work / "configs" / CONFIGS[args.stage]).read_text())
     if args.stage == "2":  # the same teacher samples as the run's decoders
         shutil.copytree(work / "decoder" / "cache", out / "cache")
     if args.stage == "4" and not (from_scratch or from_weights):
@@ -158,7 +158,7 @@ def score_decoder(ev: Evaluator, seed_dir: Path, tiny, photos: torch.Tensor) -> 
     """The run seed's one-step student with and without its ControlNet through ``tiny`` (FD, accuracy, edge F1 of the
     tiny decodes) and ``tiny``'s PSNR against the teacher decoder on the split's digits and ``photos``."""
     ev.tiny_vaes = {"tiny_decoder": tiny}
-    unet = ev.load_unet(seed_dir / "onestep" / "final")
+    unet = ev.load_unet(final_unet_dir(seed_dir))
     controlnet = ev.load_controlnet(seed_dir / "onestep_controlnet" / "final" / "controlnet")
     result = with_and_without_controlnet(ev, unet, controlnet, tiny)
     latents = encode(ev.vae, torch.cat([ev.held_out, photos]))

@@ -27,6 +27,12 @@ GUIDANCE = 2.0
 NOISE_SEEDS = {"validation": 22_345, "test": 12_345}  # evaluation noise; spread.py adds 1, 2, 3 ... to draw more
 CHUNK = 250  # samples per generator call
 ONE_STEP = "one-step student, after segmented Diff-Instruct"
+FINAL = "one-step student, final (after the LoRA + Projected-GAN fine-tune)"
+
+
+def final_unet_dir(seed_dir: Path) -> Path:
+    """The seed's final one-step UNet (stage 4c's, LoRA merged): what stage 5 trains on and the export ships."""
+    return seed_dir / "lora_gan" / "final"
 
 
 def tiny_decoders(seed_dir: Path) -> dict[str, Path]:
@@ -165,7 +171,8 @@ def with_and_without_controlnet(ev: Evaluator, unet, controlnet, tiny=None) -> d
 
 
 def generation_rows(ev: Evaluator, seed_dir: Path) -> dict:
-    """Text-to-image rows: the teacher, the stage-1 students at 25 steps and the stage-4 one-step students."""
+    """Text-to-image rows: the teacher, the stage-1 students at 25 steps, the stage-4 one-step students and the final
+    one (stage 4c)."""
     unet = ev.load_unet
     return {
         "teacher, 25 steps": ev.score("teacher_25", ev.multistep(ev.teacher)),
@@ -177,6 +184,7 @@ def generation_rows(ev: Evaluator, seed_dir: Path) -> dict:
         "one-step student, warm-up only (equal compute)": ev.score(
             "fm_only_1", ev.onestep(unet(seed_dir / "onestep_fm_only" / "final"))
         ),
+        FINAL: ev.score("final_1", ev.onestep(unet(final_unet_dir(seed_dir)))),
     }
 
 
@@ -199,7 +207,7 @@ def decoder_scores(ev: Evaluator, train_digits: torch.Tensor, photos: torch.Tens
 def controlnet_rows(ev: Evaluator, seed_dir: Path, teacher_controlnet: Path) -> dict:
     """ControlNet rows on the split's controls: edge F1 besides FD and accuracy."""
     control = ev.controls()
-    one_unet, kd_unet = ev.load_unet(seed_dir / "onestep" / "final"), ev.load_unet(seed_dir / "unet_kd" / "final")
+    one_unet, kd_unet = ev.load_unet(final_unet_dir(seed_dir)), ev.load_unet(seed_dir / "unet_kd" / "final")
     student_cn = ev.load_controlnet(seed_dir / "onestep_controlnet" / "final" / "controlnet")
     distilled_cn = ev.load_controlnet(seed_dir / "controlnet" / "final" / "controlnet")
     teacher_cn = ev.load_controlnet(teacher_controlnet)

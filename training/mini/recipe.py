@@ -26,7 +26,15 @@ from training.mini import models
 from training.mini.evaluation import GUIDANCE
 from training.mini.metrics import cached_classifier
 from training.mini.prepare import CONTROL_KIND, build_teacher, log
-from training.stages import distill_controlnet, distill_decoder, distill_unet, export, onestep, onestep_controlnet
+from training.stages import (
+    distill_controlnet,
+    distill_decoder,
+    distill_unet,
+    export,
+    lora_gan,
+    onestep,
+    onestep_controlnet,
+)
 
 STEPS = dict(
     vae=400,
@@ -41,8 +49,12 @@ STEPS = dict(
     # Diff-Instruct pulls the one-step ControlNet's inflated latents back towards the teacher's scale at no cost in
     # edge F1: tiny-decoder FD 172 / 114 / 86 after 40 / 160 / 400 steps (training/README.md, "Fifth sweep")
     cn_diff_instruct=400,
+    lora_gan=100,
     decoder_onestep=200,
 )
+# stage 4c on the miniature (the paper gives no settings): a short fine-tune of the one-step UNet with a rank-4 LoRA,
+# the dataset's digits as the Projected GAN's real rows, stage 4's feature matching kept at its end weight
+LORA_GAN = dict(lora_rank=4, lr=1e-3, disc_lr=1e-3, gan_weight=0.1, disc_hidden=32)
 
 
 def sampler_steps(scale: float) -> int:
@@ -76,11 +88,13 @@ def stage_device(device: str):
 @dataclass(frozen=True)
 class Givens:
     """What every training seed shares, under ``work``: the digit split, the data folders written from its train
-    split, the teacher VAE + LDM + ControlNet and the digit classifier (all trained with ``seed``)."""
+    split, the teacher VAE + LDM + ControlNet and the digit classifier (all trained with ``seed``, their steps
+    ``STEPS`` times ``scale``)."""
 
     work: Path
     split_seed: int = 0
     seed: int = 0
+    scale: float = 1.0
 
     @property
     def teacher(self) -> Path:
@@ -104,13 +118,31 @@ class Givens:
         return cached_classifier(self.work, digits.train, digits.train_labels, seed=self.seed)
 
     def save(self) -> None:
-        (self.work / "givens.json").write_text(json.dumps({"split_seed": self.split_seed, "seed": self.seed}))
+        record = {"split_seed": self.split_seed, "seed": self.seed, "scale": self.scale}
+        (self.work / "givens.json").write_text(json.dumps(record))
 
     @classmethod
     def load(cls, work: Path) -> Givens:
-        """The givens of a finished run's ``--work`` (split seed 0, givens seed 0 for runs that predate the file)."""
+        """The givens of a finished run's ``--work`` (split seed 0, givens seed 0, scale 1 where the record predates
+        them)."""
         path = Path(work) / "givens.json"
         return cls(Path(work), **(json.loads(path.read_text()) if path.exists() else {}))
+
+    def reuse(self, seeds) -> dict:
+        """Keep the givens already in ``work`` (made by an earlier run with the same split seed, givens seed and
+        scale) and remove ``seeds``' earlier students; returns the givens' training losses.  Raises ValueError, and
+        deletes nothing, when ``work`` holds no givens or other ones."""
+        if not (self.work / "givens.json").exists() or not (self.work / "prepare_losses.json").exists():
+            raise ValueError(f"--reuse-givens: {self.work} holds no finished givens; run once without it")
+        found = Givens.load(self.work)
+        if found != self:
+            raise ValueError(
+                f"--reuse-givens: {self.work} holds givens with split seed {found.split_seed}, givens seed "
+                f"{found.seed}, scale {found.scale}; this run asks for {self.split_seed}, {self.seed}, {self.scale}"
+            )
+        for seed in seeds:
+            shutil.rmtree(self.seed_dir(seed), ignore_errors=True)
+        return json.loads((self.work / "prepare_losses.json").read_text())
 
 
 def prepare_givens(givens: Givens, steps: dict, device: str = "cpu") -> dict:
@@ -154,6 +186,11 @@ class Recipe:
     def student(self) -> str:
         return str(self.dir / "unet_kd" / "final" / "unet")
 
+    @property
+    def onestep_unet(self) -> str:
+        """The final one-step UNet: stage 4's, fine-tuned by stage 4c (what stages 5, 2 again and 6 build on)."""
+        return str(self.dir / "lora_gan" / "final" / "unet")
+
     def run(self) -> dict:
         started = time.time()
         for name, step in (
@@ -161,6 +198,7 @@ class Recipe:
             ("stage2_decoder", self.stage2_decoder),
             ("stage3_controlnet", self.stage3_controlnet),
             ("stage4_onestep", self.stage4_onestep),
+            ("stage4c_lora_gan", self.stage4c_lora_gan),
             ("stage5_onestep_controlnet", self.stage5_onestep_controlnet),
             ("stage2_decoder_onestep_fine_tune", self.stage2_decoder_onestep),
             ("stage6_export", self.stage6_export),
@@ -192,14 +230,18 @@ class Recipe:
         return dict(teacher=str(self.givens.teacher), recipe=models.RECIPE_DICT, data=self.data())
 
     def stage1_unet(self) -> None:
-        """KD student and the same architecture without KD."""
-        # a deviation kept as a named option: the miniature adds the denoising loss the paper excludes (BK-SDM's
-        # recipe); every committed table was made with it, and the no-KD control needs it
-        kd = dict(
-            batch_size=64, lr=5e-4, uncond_prob=0.1, validation_guidance=GUIDANCE, denoise_weight=1.0, **self.base()
-        )
-        stage(distill_unet, self.dir, "unet_kd", {**self.common("unet_kd", self.steps["kd"]), **kd})
-        no_kd = {**self.common("unet_nokd", self.steps["kd"]), **kd, "out_kd_weight": 0.0, "feat_kd_weight": 0.0}
+        """KD student (output + feature KD only: the paper excludes the denoising loss) and the same architecture
+        without KD (the denoising loss alone)."""
+        kd = dict(batch_size=64, lr=5e-4, uncond_prob=0.1, validation_guidance=GUIDANCE, **self.base())
+        kd_only = {**self.common("unet_kd", self.steps["kd"]), **kd, "denoise_weight": 0.0}
+        stage(distill_unet, self.dir, "unet_kd", kd_only)
+        no_kd = {
+            **self.common("unet_nokd", self.steps["kd"]),
+            **kd,
+            "denoise_weight": 1.0,
+            "out_kd_weight": 0.0,
+            "feat_kd_weight": 0.0,
+        }
         stage(distill_unet, self.dir, "unet_nokd", no_kd)
 
     def decoder_config(self) -> dict:
@@ -219,7 +261,9 @@ class Recipe:
     def stage2_decoder(self) -> None:
         steps = self.steps["decoder"]
         config = {**self.common("decoder", steps), **self.decoder_config(), "tiny_overrides": models.TINY_DECODER}
-        stage(distill_decoder, self.dir, "decoder", {**config, "gan_start": steps // 3})
+        # the paper's section 4: the decoder's GAN is a Projected GAN (heads over the frozen teacher VAE encoder)
+        config.update(gan_start=steps // 3, discriminator="projected", disc_hidden=32)
+        stage(distill_decoder, self.dir, "decoder", config)
 
     def stage3_controlnet(self) -> None:
         """Student ControlNet by KD."""
@@ -249,13 +293,17 @@ class Recipe:
             num_pairs=max(32, int(512 * self.scale)),  # teacher ODE pairs; fewer only for smoke runs
             ode_steps=sampler_steps(self.scale),
             pairs_path=str(self.dir / "cache" / "pairs.pt"),
-            feature_net="vae_encoder",
+            feature_net="unet_encoder",  # one of the paper's three (VGG, DINOv2, the diffusion UNet's encoder)
             feature_distance="ssim",
             # the feature-matching segment keeps a high weight through phase (b), and phase (b) runs long enough to
             # get through its transient: with the weight decayed to 0 over 120 steps FD rose from 38 to 92; with
             # 8 -> 4 over 400 steps it fell to 35 (training/README.md, "Ablations")
             fm_weight=8.0,
             fm_weight_end=4.0,
+            # the paper starts score distillation on nearly the whole range (alpha near 1) and lowers alpha with
+            # lambda_FM (section 3.2, after Eq. 12)
+            segment_alpha=0.95,
+            segment_alpha_end=0.5,
             # + 0.3 * the latents' MSE to the ODE targets: decoded features alone let the one-step latents grow to
             # 2-3x the teacher's scale, which the teacher decoder saturates away but the shipped tiny decoder renders
             # blown out (tiny-decoder FD 34.1 -> 28.1; training/README.md, "Fifth sweep")
@@ -299,23 +347,36 @@ class Recipe:
         first = json.loads((self.dir / "onestep_warmup_timing.json").read_text())
         return first["warmup_seconds"] / first["warmup_steps"]
 
+    def stage4c_lora_gan(self) -> None:
+        """The paper's section-4 fine-tune: a very-low-rank LoRA on stage 4's one-step UNet with a Projected-GAN loss
+        (and stage 4's feature matching at its end weight), merged back into plain weights."""
+        one = self.onestep_config()
+        config = {
+            **self.common("lora_gan", self.steps["lora_gan"]),
+            **one,
+            **LORA_GAN,
+            "student": str(self.dir / "onestep" / "final" / "unet"),
+            "fm_weight": one["fm_weight_end"],
+        }
+        stage(lora_gan, self.dir, "lora_gan", config)
+
     def stage5_onestep_controlnet(self) -> None:
         steps = self.steps["cn_warmup"] + self.steps["cn_diff_instruct"]
         config = {
             **self.common("onestep_controlnet", steps),
             **self.onestep_config(),
-            "student": str(self.dir / "onestep" / "final" / "unet"),
+            "student": self.onestep_unet,
             "warmup_steps": self.steps["cn_warmup"],
             "student_controlnet": str(self.dir / "controlnet" / "final" / "controlnet"),
             "embedding_channels": [16, 32, 64],
             "teacher_controlnet": str(self.givens.teacher_controlnet),
             "control_kind": CONTROL_KIND,
-            # feature matching pulls towards the image each control was extracted from (a real digit's VAE
-            # reconstruction), not towards the teacher ControlNet's ODE sample from the pair's noise: edge F1 0.44 ->
-            # 0.50 (training/README.md, "Fourth sweep")
-            "control_source": "data",
+            # the paper: controls extracted from the teacher's samples, feature matching towards the very sample each
+            # control came from, and a portion of the noise re-initialised
+            "control_source": "teacher",
             "control_target": "source",
-            "num_pairs": max(32, int(1024 * self.scale)),  # no ODE solve per pair now, and more digits' layouts
+            "fresh_noise_fraction": 0.5,
+            "num_pairs": max(32, int(1024 * self.scale)),  # one ODE solve per pair (the control's source): more layouts
             "pairs_path": str(self.dir / "cache" / "pairs_controlnet.pt"),
             # the paper's feature matching alone: a latent MSE towards the source image (not determined by the noise)
             # pulls towards its mean, which costs edge F1 (0.510 -> 0.473 at weight 0.3) for a better tiny-decoder
@@ -338,7 +399,7 @@ class Recipe:
             "lr": 3e-4,
             "gan_weight": 0.0,
             "onestep_samples": max(16, int(1024 * self.scale)),
-            "onestep_unet": str(work / "onestep" / "final" / "unet"),
+            "onestep_unet": self.onestep_unet,
             "onestep_controlnet": str(work / "onestep_controlnet" / "final" / "controlnet"),
             "onestep_control_share": 0.5,
             "control_kind": CONTROL_KIND,
@@ -349,7 +410,7 @@ class Recipe:
         config = dict(
             output_dir=str(self.dir / "export"),
             teacher=str(self.givens.teacher),
-            unet=str(self.dir / "onestep" / "final" / "unet"),
+            unet=self.onestep_unet,
             tiny_vae=str(self.dir / "decoder_onestep" / "final" / "vae"),
             controlnet=str(self.dir / "onestep_controlnet" / "final" / "controlnet"),
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.mini.evaluation import ONE_STEP
+from training.mini.evaluation import FINAL, ONE_STEP
 
 CLAIM_RULE = (
     "A claim holds when it holds on the mean over seeds and in a strict majority of the seeds (2 of 3 seeds)."
@@ -24,7 +24,8 @@ WITH_CN, WITHOUT_CN = "one-step student + one-step ControlNet (stage 5)", "one-s
 def claim_sides(r: dict) -> dict[str, tuple[float, str, float]]:
     """Each claim of one results dict (a seed's, or the mean over seeds) as (left, comparison, right)."""
     rows, cn, d = r["generation"]["rows"], r["controlnet"], r["decoder"]
-    one, t25 = rows[ONE_STEP], rows["teacher, 25 steps"]
+    # the product claims are the final model's (stage 4c); what stage 4b adds is judged on stage 4's own output
+    one, segmented, t25 = rows[FINAL], rows[ONE_STEP], rows["teacher, 25 steps"]
     return {
         "one-step FD <= teacher 25-step FD": (one["fd"], "<=", t25["fd"]),
         "one-step FD <= teacher 1-step FD / 4": (one["fd"], "<=", rows["teacher, 1 step"]["fd"] / 4),
@@ -35,7 +36,7 @@ def claim_sides(r: dict) -> dict[str, tuple[float, str, float]]:
             rows["student no KD, 25 steps"]["fd"],
         ),
         "segmented Diff-Instruct beats the equal-compute warm-up-only control (FD)": (
-            one["fd"],
+            segmented["fd"],
             "<",
             rows["one-step student, warm-up only (equal compute)"]["fd"],
         ),

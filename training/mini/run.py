@@ -37,6 +37,7 @@ STAGE_RUNS = (
     "controlnet",
     "onestep",
     "onestep_fm_only",
+    "lora_gan",
     "onestep_controlnet",
     "decoder_onestep",
 )
@@ -60,6 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--givens-seed", type=int, default=0, help="teacher VAE, LDM, ControlNet and classifier")
     parser.add_argument(
         "--eval-per-class", type=int, default=100, help="samples per digit class (FD, accuracy, edge F1)"
+    )
+    parser.add_argument(
+        "--reuse-givens",
+        action="store_true",
+        help="keep --work's teacher, ControlNet, classifier and data from an earlier run with the same split seed, "
+        "givens seed and scale (they do not depend on the student stages); every seed's stages run anew",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -114,15 +121,19 @@ def main(argv=None) -> dict:
     torch.set_num_threads(threads)
     steps = scaled_steps(args.scale)
     out, work = Path(args.out), Path(args.work)
-    fresh_folder(work, "--work")
+    givens = Givens(work, args.split_seed, args.givens_seed, args.scale)
+    if not args.reuse_givens:
+        fresh_folder(work, "--work")
     out.mkdir(parents=True, exist_ok=True)
     started, timings = time.time(), {}
-    givens = Givens(work, args.split_seed, args.givens_seed)
 
     with stage_device(args.device):
         # 1. givens, shared by every seed
         torch.manual_seed(args.givens_seed)
-        prepare_losses = prepare_givens(givens, steps, args.device)
+        if args.reuse_givens:
+            prepare_losses = givens.reuse(args.seeds)
+        else:
+            prepare_losses = prepare_givens(givens, steps, args.device)
         digits, photos = givens.digits(), givens.photos()
         classifier = givens.classifier(digits)
         timings["data_and_givens"] = round(time.time() - started, 1)
@@ -148,6 +159,7 @@ def main(argv=None) -> dict:
         "seeds": args.seeds,
         "split_seed": args.split_seed,
         "givens_seed": args.givens_seed,
+        "givens_reused": args.reuse_givens,
         "split_sizes": " / ".join(str(len(digits.split(s)[1])) for s in ("train", "validation", "test")),
         "eval_split": "test",
         "claim_rule": report.CLAIM_RULE,

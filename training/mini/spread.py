@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.mini.evaluation import Evaluator, tiny_decoders
+from training.mini.evaluation import FINAL, Evaluator, tiny_decoders
 from training.mini.recipe import Givens
 
 ONE_STEP = {
     "one-step student, after warm-up": "onestep_warmup_final",
     "one-step student, after segmented Diff-Instruct": "onestep/final",
     "one-step student, warm-up only (equal compute)": "onestep_fm_only/final",
+    FINAL: "lora_gan/final",
 }
 
 
