@@ -132,10 +132,13 @@ def app_factory(app_cache, tmp_path_factory):
         app.stop()
 
 
-@pytest.fixture(scope="module")
-def app(app_factory) -> AppProcess:
-    """The default server, shared by the tests that need no special limits."""
-    return app_factory()
+@pytest.fixture(scope="session")
+def app(app_cache, tmp_path_factory) -> AppProcess:
+    """The default server, shared by every module's tests that need no special limits: started once (its start-up
+    is several seconds of the suite), stopped when the session ends."""
+    default = AppProcess(app_cache, tmp_path_factory.mktemp("app-logs")).start()
+    yield default
+    default.stop()
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,10 @@ def test_package_ships_the_first_seeds_export(toy_run, tmp_path):
     assert "training seed 0" in (out / "README.md").read_text()
 
 
-def test_ablations_of_stages_1_2_4_4c_and_5_rerun_from_the_toy_run(toy_run):
+def test_ablations_of_stages_1_2_2s_4_4c_and_5_rerun_from_the_toy_run(toy_run):
     import json
+
+    import yaml
 
     from training.mini import ablate
 
@@ -106,6 +108,7 @@ def test_ablations_of_stages_1_2_4_4c_and_5_rerun_from_the_toy_run(toy_run):
     five = ablate.main(["cn", json.dumps({"control_source": "data"}), "--stage", "5", *common])  # its own pairs
     ema = ablate.main(["ema", json.dumps({"from_warmup_weights": True, "ema_decay": 0.9}), "--seed", "3", *common])
     decoder = ablate.main(["dec", json.dumps({"lr": 1e-3}), "--stage", "2", *common])
+    own_decoder = ablate.main(["dec2s", json.dumps({"discriminator": "patch"}), "--stage", "2s", *common])
     kd = ablate.main(["kd", json.dumps({"denoise_weight": 1.0}), "--stage", "1", *common])
     lora = ablate.main(["lora", json.dumps({"max_steps": 2, "lora_rank": 2}), "--stage", "4c", *common])
     assert kd["student_25_steps"]["fd"] >= 0 and lora["onestep"]["fd"] >= 0
@@ -116,7 +119,8 @@ def test_ablations_of_stages_1_2_4_4c_and_5_rerun_from_the_toy_run(toy_run):
     assert {five["split"], ema["split"], decoder["split"]} == {"validation"}  # settings are chosen on validation
     assert 0 <= decoder["with_controlnet"]["edge_f1_tiny_decoder"] <= 1 and decoder["psnr"] > 0
     assert decoder["without"]["fd_tiny_decoder"] >= 0
-    assert len((out / "results.jsonl").read_text().splitlines()) == 5
+    assert own_decoder["psnr"] > 0 and not yaml.safe_load((out / "dec2s" / "config.yaml").read_text()).get("tiny_vae")
+    assert len((out / "results.jsonl").read_text().splitlines()) == 6
 
 
 def test_spread_scores_the_toy_runs_students_over_evaluation_seeds(toy_run):

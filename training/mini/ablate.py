@@ -8,14 +8,16 @@ on a finished miniature run, scored like the full run.
     python -m training.mini.ablate NAME '{"from_warmup_weights": true, "ema_decay": 0.99}'     # stage 4, phase (b)
     python -m training.mini.ablate NAME '{"fm_weight": 4.0}' --stage 5
     python -m training.mini.ablate NAME '{"lr": 0.001, "gan_weight": 0.05}' --stage 2   # the decoder fine-tune
+    python -m training.mini.ablate NAME '{"discriminator": "patch"}' --stage 2s   # stage 2's own decoder, anew
 
 Reads the stage config of the run's training seed ``--run-seed`` from ``--work`` (``python -m training.mini.run``
 leaves it in ``/tmp/sdxs-mini/seed-<k>``), applies the JSON overrides and trains into ``--out/NAME``.  Stage 4
 resumes the run's warm-up checkpoint (so only the Diff-Instruct phase changes) unless ``from_scratch`` is true;
 ``from_warmup_weights`` starts phase (b) from the warm-up's weights instead of its checkpoint (for settings that add
 state the checkpoint lacks: an EMA, a GAN head).
-Stage 2 fine-tunes the run's stage-2 decoder with the run's fine-tune config (``decoder_onestep``) and scores the run's
-one-step student with and without its ControlNet through it, and its PSNR on held-out real latents.  Prints one JSON
+Stage 2 fine-tunes the run's stage-2 decoder with the run's fine-tune config (``decoder_onestep``); stage 2s trains
+stage 2's own decoder anew with the run's stage-2 config (``decoder``).  Both score the run's final one-step student
+with and without its ControlNet through the decoder, and its PSNR on held-out real latents.  Prints one JSON
 line (FD, accuracy and, for stages 5 and 2, edge F1 with and without the ControlNet) and appends it to
 ``--out/results.jsonl``.  ``--seed`` gives the ablation's training another seed (trajectory noise; default: the run
 seed's).  Scores are on the **validation** split (``--split``; the test split is for the run's claims table only),
@@ -46,11 +48,19 @@ from training.stages.onestep_pairs import CONTROL_PAIR_SETTINGS, PAIR_SETTINGS
 CONFIGS = {
     "1": "unet_kd.yaml",
     "2": "decoder_onestep.yaml",
+    "2s": "decoder.yaml",
     "4": "onestep.yaml",
     "4c": "lora_gan.yaml",
     "5": "onestep_controlnet.yaml",
 }
-STAGES = {"1": distill_unet, "2": distill_decoder, "4": onestep, "4c": lora_gan, "5": onestep_controlnet}
+STAGES = {
+    "1": distill_unet,
+    "2": distill_decoder,
+    "2s": distill_decoder,
+    "4": onestep,
+    "4c": lora_gan,
+    "5": onestep_controlnet,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -106,7 +116,7 @@ def configure(args, work: Path, out: Path, overrides: dict, from_scratch: bool, 
     """The run seed's stage config with ``overrides``, its starting point copied into ``out``; writes
     ``out/config.yaml``."""
     cfg = yaml.safe_load((work / "configs" / CONFIGS[args.stage]).read_text())
-    if args.stage == "2":  # the same teacher samples as the run's decoders
+    if args.stage in ("2", "2s"):  # the same teacher samples as the run's decoders
         shutil.copytree(work / "decoder" / "cache", out / "cache")
     if args.stage == "4" and not (from_scratch or from_weights):
         name = f"step_{cfg['warmup_steps']:07d}"
@@ -147,7 +157,7 @@ def score(args, givens: Givens, work: Path, out: Path, cfg: dict) -> dict:
         return {"student_25_steps": ev.score("kd_25", ev.multistep(ev.load_unet(out / "final" / "unet")))}
     if args.stage in ("4", "4c"):
         return {"onestep": ev.score("onestep", ev.onestep(ev.load_unet(out / "final")))}
-    if args.stage == "2":
+    if args.stage in ("2", "2s"):
         tiny = load_tiny_vae(str(out / "final" / "vae")).to(ev.device)
         return score_decoder(ev, work, tiny, givens.photos()[args.split])
     unet = ev.load_unet(Path(cfg["student"]).parent)

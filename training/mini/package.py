@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from training.mini import data as mdata
+from training.mini.evaluation import FINAL
 from training.mini.recipe import Givens
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,10 +55,13 @@ def copy_configs(run: Path, work: Path, out: Path) -> list[str]:
 
 def model_card(results: dict, results_md: str, configs: list[str], commit: str, seed: int) -> str:
     own = results["per_seed"][str(seed)]
-    shipped = own["generation"]["rows"]["one-step student, after segmented Diff-Instruct"]
+    shipped = own["generation"]["rows"][FINAL]
     control = own["controlnet"]["one-step student + one-step ControlNet (stage 5)"]
     plain = own["controlnet"]["one-step student without ControlNet"]
     table = results_md.split("\n", 1)[1].strip()  # without its title
+    minutes = f"about {results['total_minutes']:.0f} minutes"
+    if results.get("givens_reused"):
+        minutes += " after the givens (teacher, teacher ControlNet, classifier), which an earlier run built"
     return f"""---
 library_name: diffusers
 license: apache-2.0
@@ -67,11 +71,12 @@ tags: [sdxs, one-step, controlnet, miniature, digits]
 # sdxs-mini: a one-step SDXS model in miniature
 
 The model `python app.py` serves when the Hugging Face Hub cannot be reached (`--model mini`). It was trained from
-scratch on a 2-core CPU by this repository's own code (`python -m training.mini.run`, commit `{commit}`, about
-{results["total_minutes"]:.0f} minutes): a teacher latent diffusion model on scikit-learn's handwritten digits
+scratch on a 2-core CPU by this repository's own code (`python -m training.mini.run`, commit `{commit}`, {minutes}):
+a teacher latent diffusion model on scikit-learn's handwritten digits
 (upscaled to 32x32) and small photo crops, then the SDXS paper's stages on it: block-removal distillation of the
 UNet, a tiny image decoder, ControlNet distillation, the one-step stage (feature-matching warm-up, then segmented
-Diff-Instruct) and the one-step ControlNet, exported in the released models' layout by stage 6.
+Diff-Instruct), a very-low-rank LoRA fine-tune with a Projected GAN and the one-step ControlNet, exported in the
+released models' layout by stage 6.
 
 * Pictures are 32x32; the page shows them upscaled.  Prompts name a digit: `7: a photo of the digit 7`.
 * One step at t=999, guidance 0, like the released SDXS models.  `vae/` is the tiny decoder (fine-tuned on the
@@ -101,7 +106,7 @@ written as `<work>`.  Reproduce with
 
 ```bash
 python -m training.mini.run --work /tmp/sdxs-mini --out training/results
-python -m training.mini.package --work /tmp/sdxs-mini --results training/results
+python -m training.mini.package --work /tmp/sdxs-mini --results training/results --seed {seed}
 ```
 """
 
