@@ -132,13 +132,20 @@ def app_factory(app_cache, tmp_path_factory):
         app.stop()
 
 
-@pytest.fixture(scope="session")
-def app(app_cache, tmp_path_factory) -> AppProcess:
-    """The default server, shared by every module's tests that need no special limits: started once (its start-up
-    is several seconds of the suite), stopped when the session ends."""
-    default = AppProcess(app_cache, tmp_path_factory.mktemp("app-logs")).start()
+@pytest.fixture(scope="session", autouse=True)
+def default_app_process(app_cache, tmp_path_factory):
+    """The default server's process, launched (without waiting) when the first browser test starts, so that its
+    start-up (several seconds, mostly imports) overlaps with the first module's own server; stopped at the end."""
+    default = AppProcess(app_cache, tmp_path_factory.mktemp("app-logs")).start(wait=False)
     yield default
     default.stop()
+
+
+@pytest.fixture(scope="session")
+def app(default_app_process) -> AppProcess:
+    """The default server, shared by every module's tests that need no special limits."""
+    default_app_process.wait_ready()
+    return default_app_process
 
 
 @pytest.fixture(scope="module")

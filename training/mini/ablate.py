@@ -171,7 +171,7 @@ def score_decoder(ev: Evaluator, seed_dir: Path, tiny, photos: torch.Tensor) -> 
     unet = ev.load_unet(final_unet_dir(seed_dir))
     controlnet = ev.load_controlnet(seed_dir / "onestep_controlnet" / "final" / "controlnet")
     result = with_and_without_controlnet(ev, unet, controlnet, tiny)
-    latents = encode(ev.vae, torch.cat([ev.held_out, photos]))
+    latents = encode(ev.vae, ev.psnr_images(photos).to(ev.device))
     result["psnr"] = psnr(ev.decode(tiny, latents), ev.decode(ev.vae, latents))
     return result
 

@@ -86,6 +86,12 @@ class Evaluator:
         """FD between the train digits and the split's: what a perfect generator would score."""
         return frechet_distance(self.train_features, self.real_features)
 
+    def psnr_images(self, photos: torch.Tensor) -> torch.Tensor:
+        """The images decoder PSNR is measured on, (N, 3, 32, 32) in [-1, 1]: the split's digits and ``photos``, at
+        most ``10 * eval_per_class`` of each (all of them at the default 100 per class; fewer only in smoke runs)."""
+        n = 10 * self.eval_per_class
+        return torch.cat([self.held_out[:n], photos[:n]])
+
     def controls(self) -> torch.Tensor:
         """ControlNet evaluation controls: edges of the split's digits, ``eval_per_class`` per class in the prompts'
         order (the samples get fresh noise and a prompt of the same class), (N, 3, 32, 32) in [0, 1]."""
@@ -191,10 +197,11 @@ def generation_rows(ev: Evaluator, seed_dir: Path) -> dict:
 def decoder_scores(ev: Evaluator, train_digits: torch.Tensor, photos: torch.Tensor) -> tuple[dict, dict]:
     """PSNR of every tiny decoder and of the bilinear baseline against the teacher decoder on the split's digits and
     ``photos``; also returns the decodes {"reference", "bilinear", <tiny key>} for the grids."""
-    latents = encode(ev.vae, torch.cat([ev.held_out, photos]).to(ev.device))
+    latents = encode(ev.vae, ev.psnr_images(photos).to(ev.device))
     reference = ev.decode(ev.vae, latents)
     decodes = {key: ev.decode(vae, latents) for key, vae in ev.tiny_vaes.items()}
-    bilinear = bilinear_baseline(ev.vae, encode(ev.vae, train_digits[:600].to(ev.device)), latents).cpu()
+    fit = train_digits[: min(600, 30 * ev.eval_per_class)]  # 600 train digits; fewer only in smoke runs
+    bilinear = bilinear_baseline(ev.vae, encode(ev.vae, fit.to(ev.device)), latents).cpu()
     scores = {
         **{f"{key}_psnr": psnr(px, reference) for key, px in decodes.items()},
         "bilinear_psnr": psnr(bilinear, reference),

@@ -57,7 +57,9 @@ def train_classifier(pixels: torch.Tensor, labels: torch.Tensor, epochs: int = 1
     return model.eval()
 
 
-def cached_classifier(work: str | Path, pixels: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> DigitClassifier:
+def cached_classifier(
+    work: str | Path, pixels: torch.Tensor, labels: torch.Tensor, seed: int = 0, epochs: int = 15
+) -> DigitClassifier:
     """``train_classifier``'s model for ``seed``, trained once per work folder and kept there.
 
     The run, its ablations, the spread and the packaging all score with the same classifier; training is
@@ -69,7 +71,7 @@ def cached_classifier(work: str | Path, pixels: torch.Tensor, labels: torch.Tens
         model = DigitClassifier()
         model.load_state_dict(load_file(path))
         return model.eval()
-    model = train_classifier(pixels, labels, seed=seed)
+    model = train_classifier(pixels, labels, epochs=epochs, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     return model

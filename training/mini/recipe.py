@@ -115,7 +115,8 @@ class Givens:
 
     def classifier(self, digits: mdata.Digits | None = None):
         digits = digits or self.digits()
-        return cached_classifier(self.work, digits.train, digits.train_labels, seed=self.seed)
+        epochs = max(1, round(15 * self.scale))  # 15 epochs; fewer only in smoke runs
+        return cached_classifier(self.work, digits.train, digits.train_labels, seed=self.seed, epochs=epochs)
 
     def save(self) -> None:
         record = {"split_seed": self.split_seed, "seed": self.seed, "scale": self.scale}

@@ -44,8 +44,8 @@ def main(argv=None) -> list[dict]:
     if (work / "teacher").exists():
         givens = Givens.load(work)
     else:
-        givens = Givens(work, args.split_seed, args.seed)
-        build_teacher(givens, args.scale, args.device)
+        givens = Givens(work, args.split_seed, args.seed, args.scale)
+        build_teacher(givens, args.device)
     digits = givens.digits()
     captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
     evaluator = Evaluator(
@@ -78,11 +78,11 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
-def build_teacher(givens: Givens, scale: float, device: str) -> None:
+def build_teacher(givens: Givens, device: str) -> None:
     """The miniature's VAE and teacher UNet (no ControlNet) into ``givens.work``."""
     digits, photos = givens.digits(), givens.photos()
     captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
-    steps = scaled_steps(scale) | {"teacher_controlnet": 0}
+    steps = scaled_steps(givens.scale) | {"teacher_controlnet": 0}
     mixed = torch.cat([digits.train, photos["train"]])
     prepare.build_teacher(givens.work, digits.train, captions, mixed, steps, seed=givens.seed, device=device)
     givens.save()
