@@ -33,9 +33,10 @@ def _accelerate() -> str:
     return accelerate
 
 
-def _onestep(toy, tmp_path, name: str, processes: int, **extra) -> subprocess.CompletedProcess:
+def _onestep(toy, tmp_path, name: str, processes: int, **extra) -> subprocess.CompletedProcess | None:
     """Stage 4 on the toy (both models, fake updates, EMA, SGD: a gradient difference shows) into ``tmp_path/name``,
-    under ``processes`` CPU processes; each process's batch is 2 / ``processes`` (the same global batch)."""
+    under ``processes`` CPU processes (one: in this process, with one torch thread like each launched process);
+    each process's batch is 2 / ``processes`` (the same global batch)."""
     cfg = dict(
         output_dir=str(tmp_path / name),
         teacher=str(toy.teacher),
@@ -57,12 +58,27 @@ def _onestep(toy, tmp_path, name: str, processes: int, **extra) -> subprocess.Co
     )
     cfg.update(extra)
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    if processes == 1:  # in process: no second interpreter start-up (several seconds of imports)
+        return _in_process(tmp_path / f"{name}.yaml")
     stage = ["-m", "training.stages.onestep", "--config", str(tmp_path / f"{name}.yaml")]
-    launcher = [_accelerate(), *TWO_CPU_PROCESSES] if processes == 2 else [sys.executable]
-    proc = subprocess.run([*launcher, *stage], env=_environment(), capture_output=True, text=True, timeout=550)
+    proc = subprocess.run([_accelerate(), *TWO_CPU_PROCESSES, *stage], env=_environment(), capture_output=True,
+                          text=True, timeout=550)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("MULTI_CPU" in proc.stdout + proc.stderr) == (processes == 2)
+    assert "MULTI_CPU" in proc.stdout + proc.stderr
     return proc
+
+
+def _in_process(config: Path) -> None:
+    import torch
+
+    from training.stages import onestep  # its Runner resets accelerate's process state first
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        onestep.main(["--config", str(config)])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _weights(run: Path) -> dict:
