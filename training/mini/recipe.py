@@ -23,7 +23,7 @@ import yaml
 
 from training.mini import data as mdata
 from training.mini import models
-from training.mini.evaluation import GUIDANCE
+from training.mini.evaluation import GUIDANCE, final_unet_dir
 from training.mini.metrics import cached_classifier
 from training.mini.prepare import CONTROL_KIND, build_teacher, log
 from training.stages import (
@@ -190,7 +190,7 @@ class Recipe:
     @property
     def onestep_unet(self) -> str:
         """The final one-step UNet: stage 4's, fine-tuned by stage 4c (what stages 5, 2 again and 6 build on)."""
-        return str(self.dir / "lora_gan" / "final" / "unet")
+        return str(final_unet_dir(self.dir) / "unet")
 
     def run(self) -> dict:
         started = time.time()
