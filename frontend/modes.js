@@ -14,6 +14,7 @@ export class Modes {
     this.pump = pump;
     this.model = null; // the modes the model has loaded (null: unknown yet)
     this.server = null; // the mode in force on the server (its latest params)
+    this.held = null; // changes waiting for the frames in flight to be answered (a mode change and all after it)
   }
 
   /** The mode the controls show: what the visitor (or the source) asked for. */
@@ -38,10 +39,21 @@ export class Modes {
     this.pump.touch();
   }
 
-  /** The controls' onChange: a mode change goes out once no frame is in flight (the pump holds new ones). */
+  /** The controls' onChange: a mode change goes out once no frame is in flight (the pump holds new ones). Changes
+   * made while one waits join it, later values winning, and go out with it in one message: two quick mode changes
+   * (Webcam -> Sketch -> Text only) must not reach the server in the wrong order. */
   send(changed) {
-    if (!("mode" in changed) || !this.session.inFlight.size) return this.session.sendParams(changed);
-    setTimeout(() => this.send(changed), DRAIN_POLL_MS);
+    if (!this.held && !("mode" in changed)) return this.session.sendParams(changed);
+    const waiting = this.held !== null;
+    this.held = { ...this.held, ...changed };
+    if (!waiting) this.#drain();
+  }
+
+  #drain() {
+    if (this.session.inFlight.size) return setTimeout(() => this.#drain(), DRAIN_POLL_MS);
+    const changed = this.held;
+    this.held = null;
+    this.session.sendParams(changed);
   }
 
   /** Parameters in force (welcome or params_ok). The mode control is left alone: a params_ok for an earlier mode

@@ -159,6 +159,42 @@ def test_text_only_mode_generates_while_typing_and_sources_work_by_keyboard(app,
     assert not page.errors
 
 
+# Record the parameter messages the page sends, and report a frame in flight while window.__hold is true.
+HOLD_FRAMES_AND_RECORD_PARAMS = """() => {
+  const s = window.sdxs.session, send = s.sendParams.bind(s);
+  window.__sent = []; window.__hold = true;
+  s.sendParams = (p) => { window.__sent.push(p); return send(p); };
+  const size = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(s.inFlight), "size").get;
+  Object.defineProperty(s.inFlight, "size", { configurable: true,
+    get() { return window.__hold ? Math.max(1, size.call(this)) : size.call(this); } });
+}"""
+
+
+def test_two_mode_changes_while_frames_are_in_flight_go_out_as_one_and_the_last_wins(app, open_page):
+    """Webcam -> Sketch -> Text only, quicker than the frames in flight are answered: the page waits, then sends one
+    parameter message with the last mode (two would race, and an image mode landing last would stall the page)."""
+    page = open_page(app.url)
+    start(page)
+    wait_status(page, "Live")
+    wait_frames(page, 0)
+    page.evaluate(HOLD_FRAMES_AND_RECORD_PARAMS)
+    page.click("text=Sketch")
+    page.wait_for_selector("#sketch", state="visible")
+    page.wait_for_timeout(60)  # a few polls of the drain loop
+    page.click("text=Text only")
+    page.wait_for_function("() => document.getElementById('p-mode').value === 'text'")
+    page.fill("#p-prompt", "a lighthouse at noon")
+    page.wait_for_timeout(300)  # past the controls' debounce: the prompt change joins the waiting mode change
+    assert page.evaluate("() => window.__sent.length") == 0  # nothing goes out while a frame is in flight
+    page.evaluate("() => { window.__hold = false; }")
+    page.wait_for_function("() => window.sdxs.modes.server === 'text'")
+    before = frames_drawn(page)
+    assert page.evaluate("() => window.__sent") == [{"mode": "text", "prompt": "a lighthouse at noon"}]
+    settled_output(page, before)  # frames flow again, in text mode
+    assert page.evaluate("() => window.sdxs.output.params.prompt") == "a lighthouse at noon"
+    assert not page.errors
+
+
 def test_traced_sketch_guide_can_be_removed_and_the_page_has_a_favicon(app, open_page, tmp_path):
     from PIL import Image
 
