@@ -59,6 +59,12 @@ def model_card(results: dict, results_md: str, configs: list[str], commit: str, 
     control = own["controlnet"]["one-step student + one-step ControlNet (stage 5)"]
     plain = own["controlnet"]["one-step student without ControlNet"]
     table = results_md.split("\n", 1)[1].strip()  # without its title
+    picked = ""
+    if seed != results["seeds"][0]:
+        picked = (
+            ", picked among its seeds as the one whose export passes the product checks (training/README.md), so "
+            "its own scores below are not an estimate of the recipe's: the run's table is"
+        )
     minutes = f"about {results['total_minutes']:.0f} minutes"
     if results.get("givens_reused"):
         minutes += " after the givens (teacher, teacher ControlNet, classifier), which an earlier run built"
@@ -90,7 +96,7 @@ tests see a wrong picture (channel order, value range, latent scale, decoder mix
 
 ## Scores (test digits; the run's own table)
 
-This model is training seed {seed} of the run. Shipped model through its shipped tiny decoder: FD
+This model is training seed {seed} of the run{picked}. Shipped model through its shipped tiny decoder: FD
 {shipped["fd_tiny_decoder"]:.2f}, class accuracy {shipped["accuracy_tiny_decoder"]:.3f}; with the one-step ControlNet
 on test digits' edges: edge F1 {control["edge_f1"]:.3f} against {plain["edge_f1"]:.3f} without it.
 
