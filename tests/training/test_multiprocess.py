@@ -33,7 +33,7 @@ def _accelerate() -> str:
     return accelerate
 
 
-def _onestep(toy, tmp_path, name: str, processes: int, **extra) -> subprocess.CompletedProcess | None:
+def _onestep(toy, tmp_path, name: str, processes: int, **extra) -> None:
     """Stage 4 on the toy (both models, fake updates, EMA, SGD: a gradient difference shows) into ``tmp_path/name``,
     under ``processes`` CPU processes (one: in this process, with one torch thread like each launched process);
     each process's batch is 2 / ``processes`` (the same global batch)."""
@@ -59,13 +59,13 @@ def _onestep(toy, tmp_path, name: str, processes: int, **extra) -> subprocess.Co
     cfg.update(extra)
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     if processes == 1:  # in process: no second interpreter start-up (several seconds of imports)
-        return _in_process(tmp_path / f"{name}.yaml")
+        _in_process(tmp_path / f"{name}.yaml")
+        return
     stage = ["-m", "training.stages.onestep", "--config", str(tmp_path / f"{name}.yaml")]
     proc = subprocess.run([_accelerate(), *TWO_CPU_PROCESSES, *stage], env=_environment(), capture_output=True,
                           text=True, timeout=550)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MULTI_CPU" in proc.stdout + proc.stderr
-    return proc
 
 
 def _in_process(config: Path) -> None:
