@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.load import wait_ready, webcam_frames  # noqa: E402
 from server.client import Client  # noqa: E402
-from server.protocol import ImageFormat, OutputFrame  # noqa: E402
+from server.protocol import ImageFormat, OutputFlag, OutputFrame  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -88,7 +88,8 @@ def serve(port: int, folder: Path, app_args: list[str]) -> None:
 class Trace:
     """What one session saw: output times, error times, and the time and device of a move."""
 
-    outputs: list[float] = field(default_factory=list)
+    outputs: list[float] = field(default_factory=list)  # generated frames only
+    reused: int = 0  # outputs answered from the server's cache (flag REUSED): counted apart, never as frames
     errors: list[float] = field(default_factory=list)
     moved: tuple[float, str] | None = None
 
@@ -107,7 +108,10 @@ async def session(url: str, frames: list[bytes], until: float, in_flight: int, t
         message = await client.recv(timeout=60)
         now = time.monotonic()
         if isinstance(message, OutputFrame):
-            trace.outputs.append(now)
+            if message.flags & OutputFlag.REUSED:
+                trace.reused += 1
+            else:
+                trace.outputs.append(now)
             frame_id = message.frame_id
         elif message["type"] == "state" and message.get("device"):
             trace.moved = (now, message["device"])
@@ -159,6 +163,8 @@ def summarize(traces: list[Trace], start: float, fault_at: float, end: float) ->
         "move_s_max": round(max(move_s), 3) if move_s else None,
         "healthy_fps_ratio": round(healthy_ratio, 3),
         "errors_during_fault": sum(len(t.errors) for t in traces),
+        "reused": sum(t.reused for t in traces),
+        "valid": not any(t.reused for t in traces),  # frames answered from the cache would inflate the rates
     }
 
 
@@ -179,6 +185,8 @@ def print_table(result: dict) -> None:
         f"sessions moved: {result['moved_sessions']} to {result['moved_to']}, slowest move "
         f"{result['move_s_max']} s   target <= 5 s; failed frames: {result['errors_during_fault']}"
     )
+    if not result["valid"]:
+        print(f"INVALID: {result['reused']} outputs were answered from the cache")
 
 
 def free_port() -> int:

@@ -23,10 +23,18 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.timing import ModuleTimer, count_gflops, matmul_peak_gflops, print_table, wall, write_results  # noqa: E402
-from sdxs import GenerationParams, GenerationRequest, SDXSPipeline  # noqa: E402
+from bench.timing import (  # noqa: E402
+    RESULTS,
+    ModuleTimer,
+    count_gflops,
+    matmul_peak_gflops,
+    print_table,
+    results_path,
+    wall,
+    write_results,
+)
+from sdxs import GenerationParams, GenerationRequest, SDXSPipeline, control, frames  # noqa: E402  # noqa: E402
 from sdxs.device import DTYPES, cpu_bf16_speedup, resolve_device  # noqa: E402
-from sdxs.preprocess import edge_control, sketch_control  # noqa: E402
 
 PROMPT = "a portrait photo of an astronaut, studio light"
 MODELS = Path(__file__).parent / "models"
@@ -64,9 +72,15 @@ def run_stock(pipes: dict, mode: str, batch: int, size: int, frame: Image.Image)
         return pipes["text"](num_inference_steps=1, height=size, width=size, **common)
     if mode == "image":  # strength 0.5 with 2 steps = one step at t=499, as ours
         return pipes["image"](image=[frame] * batch, strength=0.5, num_inference_steps=2, **common)
-    control = sketch_control(frame) if mode == "sketch" else edge_control(frame)  # the user's own preprocessing
-    return pipes["control"](image=[control] * batch, num_inference_steps=1, height=size, width=size,
+    return pipes["control"](image=[control_image(frame, mode)] * batch, num_inference_steps=1, height=size, width=size,
                             controlnet_conditioning_scale=0.8, **common)
+
+
+def control_image(frame: Image.Image, mode: str) -> Image.Image:
+    """The control image a stock-pipeline user makes themselves (the same as ours: sdxs.control), as PIL."""
+    rgb = frames.square([frame], frame.size[0])
+    unit = control.control_images(rgb, [mode])[0]
+    return frames.to_pil((unit * 255).round().to(torch.uint8))
 
 
 def run_ours(pipe: SDXSPipeline, mode: str, batch: int, frame: Image.Image):
@@ -117,6 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-stock", action="store_true", help="skip diffusers' stock pipelines")
     parser.add_argument("--compile", default=None, help="torch.compile mode for ours (e.g. reduce-overhead)")
     parser.add_argument("--name", default=None, help="label for the JSON file name")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON file (rewritten after every row)")
     args = parser.parse_args(argv)
 
     device = resolve_device("auto")
@@ -129,6 +144,7 @@ def main(argv=None) -> int:
         write_random_variant(folder, "sdxs-512-dreamshaper")
 
     rows, peaks = [], {}
+    path = results_path(f"pipeline-{args.name}" if args.name else "pipeline", args.out)
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
         peaks[dtype_name] = matmul_peak_gflops(dtype, device)
@@ -136,6 +152,10 @@ def main(argv=None) -> int:
         for size in args.sizes:
             ours = SDXSPipeline.from_pretrained(str(folder), device=str(device), dtype=dtype_name, size=size,
                                                 compile=args.compile or False)
+            if ours.compiled:  # as the server does: every batch size a bucket, every path warmed until it records
+                ours.buckets = tuple(sorted(set(args.batches)))  # nothing (sdxs.graphs)
+                warmup = ours.warmup(ours.buckets)
+                print(f"warm-up {size} {dtype_name}: {warmup.as_dict()}", flush=True)
             ours.profile = True
             frame = test_frame(size)
             for mode in args.modes:
@@ -159,6 +179,7 @@ def main(argv=None) -> int:
                         rows.append(row)
                         print_table([row], COLUMNS)
                         sys.stdout.flush()
+                        write_results("pipeline", {"rows": rows, "matmul_peak_gflops": peaks}, path=path)
             ours = None
             gc.collect()
         stock = None
@@ -170,9 +191,9 @@ def main(argv=None) -> int:
     print("\nratios from this run")
     for key, value in summary.items():
         print(f"  {key}: {value}")
-    label = f"pipeline-{args.name}" if args.name else "pipeline"
-    path = write_results(label, {"rows": rows, "matmul_peak_gflops": peaks, "summary": summary,
-                                      "cpu_bf16_speedup_probe": cpu_bf16_speedup() if device.type == "cpu" else None})
+    write_results("pipeline", {"rows": rows, "matmul_peak_gflops": peaks, "summary": summary,
+                               "cpu_bf16_speedup_probe": cpu_bf16_speedup() if device.type == "cpu" else None},
+                  path=path)
     print(f"\nwrote {path}")
     return 0
 

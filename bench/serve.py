@@ -39,20 +39,22 @@ sys.path.insert(0, str(ROOT))
 from bench.devices import free_port  # noqa: E402
 from bench.load import wait_ready, webcam_frames  # noqa: E402
 from server.client import Client  # noqa: E402
-from server.protocol import ImageFormat, OutputFrame, pack_input  # noqa: E402
+from server.protocol import ImageFormat, OutputFlag, OutputFrame, pack_input  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
 
 async def latency(url: str, frames: list[bytes], count: int) -> dict:
     client = await Client.open(url, {"params": {"mode": "image"}, "output_format": "jpeg"})
-    total, transport = [], []
+    total, transport, reused = [], [], 0
     for i in range(count + 5):
         sent = time.perf_counter()
         frame_id = await client.send_frame(frames[i % 2], ImageFormat.JPEG)
         out = await client.expect_output(frame_id, timeout=60)
         ms = (time.perf_counter() - sent) * 1000.0
-        if i >= 5:  # the first few warm the path
+        if out.flags & OutputFlag.REUSED:  # answered from the cache: not a frame the model made
+            reused += 1
+        elif i >= 5:  # the first few warm the path
             total.append(ms)
             transport.append(ms - out.timings.server_ms)
     await client.close()
@@ -62,6 +64,8 @@ async def latency(url: str, frames: list[bytes], count: int) -> dict:
         "p95_ms": pct(total, 95),
         "transport_p50_ms": pct(transport, 50),
         "transport_p95_ms": pct(transport, 95),
+        "reused": reused,
+        "valid": reused == 0,
     }
 
 
@@ -71,7 +75,7 @@ async def routed_session(url: str, index: int, frames: list[bytes], start: float
     await asyncio.sleep(delay)
     client = await Client.open(url, {"params": {"mode": "image"}, "output_format": "jpeg"})
     sent: dict[int, float] = {}
-    outputs = misrouted = 0
+    outputs = misrouted = reused = 0
     frame_id, answered = 0, 0
     while time.monotonic() < until or frame_id > answered:
         while frame_id - answered < 2 and time.monotonic() < until:
@@ -79,14 +83,17 @@ async def routed_session(url: str, index: int, frames: list[bytes], start: float
             sent[frame_id] = index * 1e9 + frame_id
             await client.ws.send(pack_input(frame_id, sent[frame_id], ImageFormat.JPEG, frames[frame_id % 2]))
         message = await client.recv(timeout=60)
-        if isinstance(message, OutputFrame):
+        if isinstance(message, OutputFrame) and message.flags & OutputFlag.REUSED:
+            reused += 1
+            answered = max(answered, message.frame_id)
+        elif isinstance(message, OutputFrame):
             outputs += time.monotonic() >= start
             misrouted += sent.get(message.frame_id) != message.client_ts
             answered = max(answered, message.frame_id)
         elif message.get("frame_id") is not None:
             answered = max(answered, message["frame_id"])
     await client.close()
-    return {"sent": frame_id, "outputs": outputs, "misrouted": misrouted, "lost": frame_id - answered}
+    return {"sent": frame_id, "outputs": outputs, "reused": reused, "misrouted": misrouted, "lost": frame_id - answered}
 
 
 async def routing(url: str, frames: list[bytes], sessions: int, duration: float, stagger: float) -> dict:
@@ -102,6 +109,8 @@ async def routing(url: str, frames: list[bytes], sessions: int, duration: float,
         "outputs": sum(r["outputs"] for r in results),
         "misrouted": sum(r["misrouted"] for r in results),
         "lost": sum(r["lost"] for r in results),
+        "reused": sum(r["reused"] for r in results),
+        "valid": not any(r["reused"] for r in results),
         "aggregate_fps": round(sum(fps), 2),
         "fairness": round(min(fps) / max(fps), 3) if max(fps) else 0.0,
         "session_fps": [round(f, 2) for f in fps],

@@ -91,12 +91,20 @@ def machine() -> dict:
     return info
 
 
-def write_results(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def results_path(name: str, out: Path = RESULTS) -> Path:
+    """Where a benchmark's JSON goes: OUT/NAME-{cuda,cpu}-STAMP.json (the folder is made)."""
+    out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     kind = "cuda" if torch.cuda.is_available() else "cpu"
-    path = RESULTS / f"{name}-{kind}-{stamp}.json"
-    path.write_text(json.dumps({"machine": machine(), "created": stamp, **payload}, indent=2))
+    return out / f"{name}-{kind}-{stamp}.json"
+
+
+def write_results(name: str, payload: dict, out: Path = RESULTS, path: Path | None = None) -> Path:
+    """Write `payload` (with the machine) to `path`, or a new `results_path(name, out)`; returns the path.  Call it
+    after every measurement with the same path, so a run cut short keeps what it measured."""
+    path = path or results_path(name, out)
+    created = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path.write_text(json.dumps({"machine": machine(), "created": created, **payload}, indent=2))
     return path
 
 

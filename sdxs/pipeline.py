@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdxs import control, frames, preprocess
+from sdxs import control, frames
 from sdxs.buckets import bucket, pad_rows
 from sdxs.caches import LRUCache
 from sdxs.device import resolve_device, resolve_dtype
 from sdxs.errors import InvalidRequest, WeightsUnavailable
+from sdxs.graphs import Activity, GraphActivity
 from sdxs.loading import AUTO, DEFAULT_MODEL, DEFAULT_SKETCH_CONTROLNET, MINI, model_notes, resolve_folder
 from sdxs.onestep import add_noise
 from sdxs.params import GenerationParams, Mode
@@ -97,9 +98,9 @@ class SDXSPipeline:
         self.memory_format = torch.contiguous_format
         self.last_timings: dict[str, float] = {}
         self.profile = False  # True: synchronise CUDA around each stage so last_timings are exact (benchmarks)
-        self.legacy = False  # True: the former PIL preprocessing (kept to measure against; bench/server.py)
         self.buckets: tuple[int, ...] | None = None  # batch sizes padded up to (CUDA graphs: one capture each)
         self.graphs = False  # compiled with CUDA graphs (torch.compile mode "reduce-overhead")
+        self._compiled = False  # torch.compile'd modules (with or without graphs)
         self._stream = None  # the CUDA staging stream, made on first use
         self._prompts = LRUCache(256)
         self._noise = LRUCache(64)
@@ -172,6 +173,7 @@ class SDXSPipeline:
                 net.to(memory_format=torch.channels_last)
         if compile:
             mode = compile if isinstance(compile, str) else None
+            self._compiled = True
             self.graphs = mode == "reduce-overhead" and self.device.type == "cuda"
             self.unet = torch.compile(self.unet, mode=mode)
             if self.controlnet is not None:
@@ -190,8 +192,11 @@ class SDXSPipeline:
                 "modes": [m.value for m in self.modes], "styles": list(self.adapters), "random_weights": self.is_random}
 
     def batch_key(self, request: GenerationRequest) -> Hashable:
-        """Requests with equal keys run in one UNet forward (text and image mix; sketch and edges mix)."""
-        return (request.params.uses_controlnet, request.params.style)
+        """Requests with equal keys run in one UNet forward: one key per path through the models (text: UNet and
+        decoder; image: tiny encoder too; sketch and edges: ControlNet too) and style.  Text and image requests do
+        not mix: a mixed batch would run the encoder at another batch size than the UNet, a path of its own for
+        CUDA graphs that no warm-up covers."""
+        return (path_of(request.params), request.params.style)
 
     def check(self, request: GenerationRequest) -> None:
         """Raise ``InvalidRequest`` naming the field when the request cannot run on this pipeline."""
@@ -211,19 +216,56 @@ class SDXSPipeline:
     def control_image(self, request: GenerationRequest) -> Image.Image:
         """The control image the ControlNet sees: sketch inverted, or Canny edges (white on black, size x size)."""
         p = request.params
-        if self.legacy:
-            image = preprocess.to_rgb_square(request.image, self.size)
-            return self._control_from(p, image)
-        unit = control.control_images(self.square([request.image]), [p.mode.value], p.edge_low, p.edge_high)
-        return frames.to_pil((unit[0] * 255).round().to(torch.uint8))
+        with self._staging_stream():  # decoded frames on CUDA are handed over to the staging stream (server/nvjpeg.py)
+            unit = control.control_images(self.square([request.image]), [p.mode.value], p.edge_low, p.edge_high)
+            return frames.to_pil((unit[0] * 255).round().to(torch.uint8))
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Run every mode once per batch size so kernels are picked (and compiled, CUDA graphs captured) before the
-        first visitor.  With ``buckets``, pass them all: each is a graph of its own."""
+    def warmup(self, batch_sizes: Sequence[int] = (1,), max_passes: int = 4) -> WarmupReport:
+        """Run every path (text, image, ControlNet, each style) at every batch size, in passes, until a pass compiles
+        and records nothing, so kernels are picked, modules compiled and CUDA graphs recorded before the first
+        visitor (cudagraph trees record on a later call than the first: ``sdxs.graphs``).  With ``buckets``, pass
+        them all: each is a graph of its own.  An uncompiled pipeline needs one pass.
+
+        Raises ``GraphsNotSettled`` (with the report) when the last of ``max_passes`` still compiled or recorded:
+        live traffic would pay for captures; ``use_eager`` is the safe way on."""
+        compiled = self.compiled
+        report = WarmupReport()
+        start = time.perf_counter()
+        for _ in range(max_passes if compiled else 1):
+            with GraphActivity() as activity:
+                for requests in self.warmup_batches(batch_sizes):
+                    self(requests)
+            report.passes.append(activity.result)
+            if activity.result.quiet:
+                break
+        report.seconds = time.perf_counter() - start
+        if compiled and not report.passes[-1].quiet:
+            raise GraphsNotSettled(report)
+        return report
+
+    def warmup_batches(self, batch_sizes: Sequence[int]) -> list[list[GenerationRequest]]:
+        """One batch per path (``batch_key``) and batch size: text, image, sketch (edges runs the same modules) for
+        every style, with a still grey frame."""
         still = np.full((self.size, self.size, 3), 200, np.uint8)
-        for n in batch_sizes:
-            for mode in self.modes:
-                self([GenerationRequest(GenerationParams(mode=mode), None if mode is Mode.text else still)] * n)
+        modes = [m for m in (Mode.text, Mode.image, Mode.sketch) if m in self.modes]
+        return [[GenerationRequest(GenerationParams(mode=mode, style=style), None if mode is Mode.text else still)] * n
+                for style in (None, *self.adapters) for mode in modes for n in batch_sizes]
+
+    @property
+    def compiled(self) -> bool:
+        """Its modules are ``torch.compile``'d (with CUDA graphs or not): warm-ups take passes, and can fail."""
+        return self.graphs or self._compiled
+
+    def use_eager(self) -> None:
+        """Step aside from ``torch.compile`` (and CUDA graphs) for the plain modules: the safe path when a warm-up or
+        capture failed.  Batches are no longer padded to buckets."""
+        def plain(module: Any) -> Any:
+            return getattr(module, "_orig_mod", module)
+
+        self.unet, self.controlnet = plain(self.unet), plain(self.controlnet)
+        self.encoder_vae.encoder = plain(self.encoder_vae.encoder)
+        self.decoder_vae.decoder = plain(self.decoder_vae.decoder)
+        self.graphs, self._compiled, self.buckets = False, False, None
 
     # ---- the call ----------------------------------------------------------------------------------------------
 
@@ -266,7 +308,7 @@ class SDXSPipeline:
         staged = StagedBatch(params)
         with self._staging_stream() as stream:
             with self._timed("preprocess", staged.timings):
-                (self._stage_legacy if self.legacy else self._stage_frames)(requests, staged)
+                self._stage_frames(requests, staged)
             # per-request values as tensors: strength -> timestep and alpha, seed -> noise, control scale
             timesteps = torch.tensor([self.schedule.timestep(p.strength if p.mode is Mode.image else None)
                                       for p in params])
@@ -296,19 +338,6 @@ class SDXSPipeline:
             cond = control.control_images(square, [p.mode.value for p in params], [p.edge_low for p in params],
                                           [p.edge_high for p in params])
             staged.control = cond.to(self.dtype).contiguous(memory_format=self.memory_format)
-
-    def _stage_legacy(self, requests: Sequence[GenerationRequest], staged: StagedBatch) -> None:
-        """The PIL path this replaced (``legacy = True``), kept to measure against (bench/server.py)."""
-        params = staged.params
-        squares = [preprocess.to_rgb_square(r.image, self.size) if r.params.uses_image else None for r in requests]
-        staged.image_rows = [i for i, p in enumerate(params) if p.mode is Mode.image]
-        if staged.image_rows:
-            pixels = torch.cat([preprocess.to_pixels(squares[i]) for i in staged.image_rows])
-            staged.pixels = pixels.to(self.device, self.encoder_vae.dtype).contiguous(memory_format=self.memory_format)
-        if params[0].uses_controlnet:
-            controls = [self._control_from(p, f) for p, f in zip(params, squares)]
-            cond = torch.cat([preprocess.pil_to_unit_tensor(c) for c in controls]).to(self.device, self.dtype)
-            staged.control = cond.contiguous(memory_format=self.memory_format)
 
     @torch.inference_mode()
     def run(self, staged: StagedBatch) -> torch.Tensor:
@@ -398,18 +427,14 @@ class SDXSPipeline:
                                         conditioning_scale=scale.view(-1, 1, 1, 1), return_dict=False)
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
-    @staticmethod
-    def _control_from(params: GenerationParams, frame: Image.Image) -> Image.Image:
-        if params.mode is Mode.sketch:
-            return preprocess.sketch_control(frame)
-        return preprocess.edge_control(frame, params.edge_low, params.edge_high)
-
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (UNet scale) -> uint8 (B, S, S, 3) pixels, rounded as diffusers' ``numpy_to_pil``."""
         with self._timed("decode"):
             scaled = latents.to(self.decoder_dtype) / self.decoder_vae.config.scaling_factor
             pixels = self.decoder_vae.decode(scaled, return_dict=False)[0]
-            unit = pixels.float().div(2).add_(0.5).clamp_(0, 1).mul_(255).round_()  # one new tensor, then in place
+            # diffusers' (x / 2 + 0.5).clamp(0, 1) * 255, rounded, as x * 127.5 + 127.5: one new float32 tensor (the
+            # decoder's output may be a CUDA graph's static buffer, never written), then arithmetic in place
+            unit = pixels.float().mul(127.5).add_(127.5).clamp_(0, 255).round_()
             return frames.to_uint8_hwc(unit)
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
@@ -435,17 +460,54 @@ class SDXSPipeline:
             timings = self.last_timings if into is None else into
             timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
 
-    @contextmanager
-    def _staging_stream(self):
-        """On CUDA: a side stream of this pipeline's own (yielded), so that staging overlaps the models' work on the
-        default stream; elsewhere nothing (None)."""
+    @property
+    def staging_stream(self) -> Any:
+        """On CUDA: the side stream of this pipeline's own on which ``stage`` and ``control_image`` run (so staging
+        overlaps the models' work on the default stream), made on first use; None elsewhere.  Frames decoded on the
+        GPU are handed over to this stream (server/nvjpeg.py)."""
         if self.device.type != "cuda":
-            yield None
-            return
+            return None
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(self._stream):
-            yield self._stream
+        return self._stream
+
+    @contextmanager
+    def _staging_stream(self):
+        """``staging_stream`` as the current stream (yielded); on other devices nothing (None)."""
+        stream = self.staging_stream
+        if stream is None:
+            yield None
+            return
+        with torch.cuda.stream(stream):
+            yield stream
+
+
+def path_of(params: GenerationParams) -> str:
+    """Which modules a request runs through: ``text`` (UNet, decoder), ``image`` (tiny encoder too) or ``control``
+    (ControlNet too: sketch and edges)."""
+    if params.uses_controlnet:
+        return "control"
+    return "image" if params.mode is Mode.image else "text"
+
+
+@dataclass
+class WarmupReport:
+    """What ``warmup`` did: one ``sdxs.graphs.Activity`` per pass (the last one quiet when settled), seconds."""
+
+    passes: list[Activity] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 2), "passes": [p.as_dict() for p in self.passes]}
+
+
+class GraphsNotSettled(RuntimeError):
+    """The warm-up's last pass still compiled or recorded CUDA graphs."""
+
+    def __init__(self, report: WarmupReport):
+        super().__init__(f"the warm-up's pass {len(report.passes)} still compiled or recorded: "
+                         f"{report.passes[-1].as_dict()}")
+        self.report = report
 
 
 def _hub_repos(model: str, controlnet: str | None, adapters: dict[str, str] | None) -> tuple[str, ...]:
@@ -466,4 +528,4 @@ def _controlnet_folder(model: str, folder: Path, controlnet: str | None) -> Path
     return local if (local / "config.json").exists() else None
 
 
-__all__ = ["SDXSPipeline", "GenerationRequest"]
+__all__ = ["SDXSPipeline", "GenerationRequest", "GraphsNotSettled", "WarmupReport", "path_of"]

@@ -2,13 +2,13 @@
 
 Frames stay encoded bytes until the worker.  On the event loop `probe` reads only the header and applies the size
 checks and the decompression-bomb guard (bad_image / image_too_small / image_too_large at once); the worker's staging
-thread then decodes a whole batch with `decode_frames`: JPEG with libjpeg-turbo (simplejpeg) at the smallest DCT scale
-that still covers the served size, or nvJPEG on CUDA where a matching torchvision is installed; PNG and WebP with PIL
-(transparent pixels composited on white).  The pipeline squares the frames (sdxs.frames).  `encode` writes JPEG with
-libjpeg-turbo, WebP and PNG with PIL.
+thread then decodes a whole batch with `decode_frames`: JPEG with nvJPEG on CUDA where torchvision's decoder is
+usable and right (server/nvjpeg.py: a stream of its own, a self-test, the CPU whenever it is not), else libjpeg-turbo
+(simplejpeg) at the smallest DCT scale that still covers the served size; PNG and WebP with PIL (transparent pixels
+composited on white).  The pipeline squares the frames (sdxs.frames).  `encode` writes JPEG with libjpeg-turbo, WebP
+and PNG with PIL.
 
-Pixel convention at this boundary: uint8 RGB, shape (H, W, 3), values 0-255.  `decode` (PIL, squared here) is the
-former path, kept for `--frame-path legacy`.
+Pixel convention at this boundary: uint8 RGB, shape (H, W, 3), values 0-255.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile
 
 from server.protocol import ErrorCode, ImageFormat, ProtocolError
+
+if TYPE_CHECKING:
+    from server.nvjpeg import NvJpeg
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, never a half-grey frame
 log = logging.getLogger("sdxs.codec")
@@ -61,20 +64,23 @@ def probe(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_id: int |
     return Encoded(payload, fmt, width, height)
 
 
-def decode_frames(images: Sequence[Any], size: int, device: Any = None) -> list[Any]:
-    """Decode the `Encoded` among `images` (others pass through): uint8 RGB (H, W, 3) arrays (CUDA tensors when
-    nvJPEG decoded them), at least `size` on the short side where the source is, or a ProtocolError (BAD_IMAGE) in
-    place of a frame that does not decode.  One bad frame never fails the others."""
+def decode_frames(images: Sequence[Any], size: int, gpu: NvJpeg | None = None) -> list[Any]:
+    """Decode the `Encoded` among `images` (others pass through): uint8 RGB (H, W, 3) arrays, or CUDA tensors where
+    `gpu` (nvJPEG) decoded them, at least `size` on the short side where the source is, or a ProtocolError
+    (BAD_IMAGE) in place of a frame that does not decode.  One bad frame never fails the others."""
     out = list(images)
     todo = [i for i, im in enumerate(images) if isinstance(im, Encoded) and im.decoded is None]
-    if getattr(device, "type", None) == "cuda":
-        _decode_on_gpu([images[i] for i in todo if images[i].fmt is ImageFormat.JPEG], device)
+    failure = None
+    if gpu is not None:
+        failure = gpu.decode([images[i] for i in todo if images[i].fmt is ImageFormat.JPEG])
     for i in todo:
         if images[i].decoded is None:
             try:
                 images[i].decoded = _decode_one(images[i], size)
             except ProtocolError as err:
                 out[i] = err
+    if gpu is not None:
+        gpu.judge(failure)
     return [im.decoded if isinstance(im, Encoded) and im.decoded is not None else im for im in out]
 
 
@@ -90,58 +96,11 @@ def _decode_one(image: Encoded, size: int) -> np.ndarray:
         pil = Image.open(io.BytesIO(image.payload), formats=[image.fmt.pil_name])
         pil.load()
         return np.asarray(_to_rgb(pil))
-    except Exception as exc:  # noqa: BLE001 - every decoder error on client bytes is bad_image (see decode)
-        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{image.fmt.pil_name} data could not be decoded: "
-                            f"{type(exc).__name__}: {exc}") from exc
-
-
-_nvjpeg: Any = None  # torchvision.io.decode_jpeg once found usable; False when not
-
-
-def _decode_on_gpu(images: list[Encoded], device: Any) -> None:
-    """nvJPEG, one batched call (torchvision, imported only here); frames it cannot take stay for the CPU path."""
-    global _nvjpeg
-    if not images or _nvjpeg is False:
-        return
-    if _nvjpeg is None:
-        try:
-            from torchvision.io import decode_jpeg
-        except Exception as exc:  # noqa: BLE001 - no (matching) torchvision: the CPU decoder serves
-            log.info("nvJPEG unavailable (%s: %s); decoding JPEG on the CPU", type(exc).__name__, exc)
-            _nvjpeg = False
-            return
-        _nvjpeg = decode_jpeg
-    import torch
-    from torchvision.io import ImageReadMode
-
-    data = [torch.frombuffer(bytearray(im.payload), dtype=torch.uint8) for im in images]
-    try:
-        decoded = _nvjpeg(data, mode=ImageReadMode.RGB, device=device)
-    except Exception:  # noqa: BLE001 - a bad frame fails the batched call: each is then decoded (or refused) alone
-        return
-    torch.cuda.current_stream(device).synchronize()  # (the staging thread's own wait) frames ready for any stream
-    for image, chw in zip(images, decoded):
-        image.decoded = chw.permute(1, 2, 0)
-
-
-def decode(payload: bytes, fmt: ImageFormat, size: int, limits: ImageLimits, frame_id: int | None = None) -> np.ndarray:
-    """Former path (`--frame-path legacy`): decode with PIL to uint8 RGB (size, size, 3), squared here.
-
-    Checks the header's dimensions before decoding pixels; raises ProtocolError with BAD_IMAGE, IMAGE_TOO_SMALL or
-    IMAGE_TOO_LARGE. Transparent pixels are composited on white (an empty sketch canvas is white paper).
-    """
-    image = _open_checked(payload, fmt, limits, frame_id)
-    try:
-        if fmt is ImageFormat.JPEG:  # let libjpeg decode at a reduced DCT scale that still covers `size`
-            side = min(image.size)
-            image.draft("RGB", (image.size[0] * size // side, image.size[1] * size // side))
-        image.load()
-        return np.asarray(_square(_to_rgb(image), size))
     # PIL's decoders raise OSError and ValueError mostly, but also EOFError, struct.error, IndexError... on corrupt
     # bytes: every one means "not a valid image", the client's bad_image, never a server error
     except Exception as exc:  # noqa: BLE001
-        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{fmt.pil_name} data could not be decoded: "
-                            f"{type(exc).__name__}: {exc}", frame_id=frame_id) from exc
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{image.fmt.pil_name} data could not be decoded: "
+                            f"{type(exc).__name__}: {exc}") from exc
 
 
 def _open_checked(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_id: int | None) -> Image.Image:
@@ -177,27 +136,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _square(image: Image.Image, size: int) -> Image.Image:
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    if side != width or side != height:
-        image = image.crop((left, top, left + side, top + side))
-    if side != size:
-        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return image
-
-
-def encode(image: np.ndarray, fmt: ImageFormat, quality: int = 80, pil: bool = False) -> bytes:
+def encode(image: np.ndarray, fmt: ImageFormat, quality: int = 80) -> bytes:
     """Encode uint8 RGB (H, W, 3) as JPEG/WebP (`quality` 1-100) or PNG (fast, lossless).  JPEG goes through
-    libjpeg-turbo directly (4:2:0, as PIL's default at these qualities); `pil` forces PIL (the former path)."""
-    if fmt is ImageFormat.JPEG and not pil:
+    libjpeg-turbo directly (4:2:0, as PIL's default at these qualities)."""
+    if fmt is ImageFormat.JPEG:
         return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality, "RGB", "420", fastdct=False)
     buffer = io.BytesIO()
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
-    if fmt is ImageFormat.JPEG:
-        pil.save(buffer, "JPEG", quality=quality)
-    elif fmt is ImageFormat.WEBP:
+    if fmt is ImageFormat.WEBP:
         pil.save(buffer, "WEBP", quality=quality, method=0)
     elif fmt is ImageFormat.PNG:
         pil.save(buffer, "PNG", compress_level=1)

@@ -64,9 +64,6 @@ class ServerConfig(BaseModel):
     cuda_graphs: Literal["auto", "on", "off"] = Field("auto", description="CUDA graphs (torch.compile "
                                                       "'reduce-overhead') with batch-size buckets up to --max-batch, "
                                                       "all captured during warm-up; 'auto': on for a CUDA device.")
-    frame_path: Literal["batched", "legacy"] = Field("batched", description="'batched': frames stay encoded until the "
-                                                     "worker decodes a batch, tensor preprocessing on the model "
-                                                     "device; 'legacy': the former PIL path (to measure against).")
     torch_threads: int = Field(0, ge=0, le=256, description="PyTorch CPU threads; 0 = auto: for CPU inference one "
                                "per core but one (left to codecs and the event loop), else PyTorch's default.")
     safety_checker: str | None = Field(None, description="Safety checker folder or hub id; off by default.")

@@ -118,6 +118,7 @@ class DeviceSlot:
         self.spec = spec
         self.pipe: Any = None
         self.worker: Any = None  # server.worker.Worker, once started
+        self.features: Any = None  # server.warmup.DeviceFeatures, once loaded
         self.in_rotation = True
         self.error: str | None = None  # why it serves nothing: a load or warm-up failure, repeated faults
         self.failures = 0  # failed batches in a row
@@ -146,6 +147,7 @@ class DeviceSlot:
             "fps": round(self.rate.rate(), 2),
             "failures": self.failures,
             "error": self.error,
+            "features": None if self.features is None else self.features.as_dict(),
         }
 
 
@@ -169,6 +171,9 @@ class DevicePool:
         self.metrics.device_sessions.labels(label).set_function(lambda: len(slot.sources))
         self.metrics.device_fps.labels(label).set_function(slot.rate.rate)
         self.metrics.device_in_rotation.labels(label).set_function(lambda: float(slot.serving))
+        for feature in ("cuda_graphs", "nvjpeg"):
+            self.metrics.device_feature.labels(label, feature).set_function(
+                lambda feature=feature: float(slot.features is not None and slot.features.enabled(feature)))
 
     # --- the worker interface -------------------------------------------------------------------------------------
     @property

@@ -51,6 +51,9 @@ class Metrics:
                                 f"the last {FPS_WINDOW_S:g} s.", ["device"], registry=r)
         self.device_in_rotation = Gauge("sdxs_device_in_rotation", "1 while the device takes sessions; 0 after a "
                                         "load failure or repeated faults.", ["device"], registry=r)
+        self.device_feature = Gauge("sdxs_device_feature_enabled", "1 while a GPU feature serves on the device "
+                                    "(cuda_graphs, nvjpeg); 0 when off or stepped aside after a failed self-test or "
+                                    "warm-up (see /readyz).", ["device", "feature"], registry=r)
         self.device_batches = Counter("sdxs_device_batches_total", "Pipeline calls per device, by result (ok, "
                                       "failed).", ["device", "result"], registry=r)
         self._sent_lock = threading.Lock()

@@ -27,14 +27,14 @@ from server.protocol import (
 @dataclass(frozen=True, slots=True)
 class PendingFrame:
     """An input frame waiting for the worker. `image`: the frame still encoded (server.codec.Encoded, header checked;
-    the worker decodes it), uint8 RGB (size, size, 3) on the former path (--frame-path legacy), or None (format 0)."""
+    the worker decodes it), or None (format 0)."""
 
     frame_id: int
     client_ts: float
     received_at: float  # time.perf_counter() when the message arrived
     image: Any
     digest: bytes  # hash of (format, encoded bytes): equal digests mean an unchanged input
-    decode_ms: float  # header check (or the legacy decode) on the loop side
+    decode_ms: float  # the header check on the loop side
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdxs.errors import WeightsUnavailable
 from server import zerogpu
@@ -27,7 +27,11 @@ from server.codec import ImageLimits
 from server.config import ServerConfig
 from server.devices import DevicePool, DeviceSlot, DeviceSpec, parse_devices
 from server.metrics import Metrics
+from server.warmup import DeviceFeatures, warm_up
 from server.worker import Worker
+
+if TYPE_CHECKING:
+    from server.nvjpeg import NvJpeg
 
 log = logging.getLogger("sdxs.server")
 WORKER_STOP_S = 1.0  # at shutdown, the batch in progress gets this long; the process exits within 5 s regardless
@@ -187,12 +191,14 @@ class AppState:
             if self._stopping.is_set():
                 return
             for slot in loaded:
-                slot.worker = make_worker(slot.pipe, self.config, self.metrics, safety)
+                slot.features = device_features(slot.pipe)
+                slot.worker = make_worker(slot.pipe, self.config, self.metrics, safety, slot.features.gpu)
             pool = DevicePool(slots, self.metrics, self.config.device_max_failures)
             self.load_status.set("warming_up", 0.8)
             for slot in loaded:  # on each worker's own thread: CUDA graphs are replayed by the capturing thread
                 # ZeroGPU: no GPU outside a @spaces.GPU call, so no warm-up (the first request pays it)
-                warmup = None if self.zero_gpu else functools.partial(slot.pipe.warmup, slot.pipe.buckets or (1,))
+                warmup = None if self.zero_gpu else functools.partial(warm_up, slot.pipe, slot.features,
+                                                                      self.config.max_batch)
                 slot.worker.start(warmup=warmup)
             self._warming, self.pool = pool, pool
         while not all(slot.worker.warm.is_set() or slot.worker.failed is not None for slot in loaded):
@@ -309,7 +315,6 @@ def load_pipeline(config: ServerConfig, status: LoadingStatus) -> Any:
                                         size=config.resolution, adapters=config.style_adapters(),
                                         compile="reduce-overhead" if graphs else False)
     pipe.buckets = batch_buckets(config, graphs)
-    pipe.legacy = config.frame_path == "legacy"
     return pipe
 
 
@@ -340,15 +345,23 @@ def batch_buckets(config: ServerConfig, graphs: bool) -> tuple[int, ...] | None:
     return default_buckets(config.max_batch) if graphs else None
 
 
-def make_worker(pipe: Any, config: ServerConfig, metrics: Metrics, safety: Callable | None = None) -> Worker:
-    """The worker for `pipe`: batched decode on its staging thread (the batched frame path), or the former path."""
+def device_features(pipe: Any) -> DeviceFeatures:
+    """The GPU features of `pipe`'s device: on CUDA, nvJPEG handing frames to the pipeline's staging stream."""
+    device = getattr(pipe, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        return DeviceFeatures()
+    from server.nvjpeg import NvJpeg
+
+    return DeviceFeatures(gpu=NvJpeg.create(device, pipe.staging_stream))
+
+
+def make_worker(pipe: Any, config: ServerConfig, metrics: Metrics, safety: Callable | None = None,
+                gpu: NvJpeg | None = None) -> Worker:
+    """The worker for `pipe`: frames decoded in batches on its staging thread (nvJPEG on `gpu` where it is on)."""
     from server import codec
 
-    legacy = config.frame_path == "legacy"
-    decode = None if legacy else functools.partial(codec.decode_frames, size=int(pipe.size),
-                                                   device=getattr(pipe, "device", None))
-    return Worker(pipe, metrics, config.max_batch, config.batch_wait_ms, safety=safety, decode=decode,
-                  overlap=not legacy)
+    decode = functools.partial(codec.decode_frames, size=int(pipe.size), gpu=gpu)
+    return Worker(pipe, metrics, config.max_batch, config.batch_wait_ms, safety=safety, decode=decode)
 
 
 def torch_threads(config: ServerConfig) -> int:

@@ -4,8 +4,7 @@
 loop; `prepare` checks the image header (size limits, bomb guard: errors go out at once) and keeps the frame encoded
 (server.codec.Encoded): the worker's staging thread decodes it with the rest of its batch.  `take_job`, `return_job`
 and the job callback run on the worker's threads; outputs are encoded on the codec pool and return to the loop with
-`call_soon_threadsafe`. Nothing here is shared with another session.  With `--frame-path legacy` (the former path,
-kept to measure against) `prepare` decodes and squares with PIL on the codec pool and outputs are encoded with PIL.
+`call_soon_threadsafe`. Nothing here is shared with another session.
 """
 
 from __future__ import annotations
@@ -71,7 +70,6 @@ class FrameStream:
         self.deliver, self.report, self.fail, self.on_moved = deliver, report, fail, on_moved
         self.output_format = ImageFormat.from_name(app.config.output_format)
         self.quality = app.config.output_quality
-        self.legacy = app.config.frame_path == "legacy"
         self.last_served = 0.0  # worker fairness
         self.last_input: PendingFrame | None = None  # event loop only
 
@@ -100,16 +98,12 @@ class FrameStream:
             self.app.metrics.frames.labels("dropped").inc()
         self.app.worker.notify(self)
 
-    async def _check(self, frame: InputFrame) -> codec.Encoded | np.ndarray:
-        """The header check (a JPEG's on the loop: microseconds), or the former PIL decode on the codec pool."""
+    async def _check(self, frame: InputFrame) -> codec.Encoded:
+        """The header check: a JPEG's on the loop (microseconds), a PNG's or WebP's (PIL) on the codec pool."""
         limits = self.app.image_limits
-        if self.legacy:
-            work = functools.partial(codec.decode, frame.payload, frame.fmt, int(self.app.pipe.size), limits,
-                                     frame.frame_id)
-        elif frame.fmt is ImageFormat.JPEG:
+        if frame.fmt is ImageFormat.JPEG:
             return codec.probe(frame.payload, frame.fmt, limits, frame.frame_id)
-        else:
-            work = functools.partial(codec.probe, frame.payload, frame.fmt, limits, frame.frame_id)
+        work = functools.partial(codec.probe, frame.payload, frame.fmt, limits, frame.frame_id)
         return await self.loop.run_in_executor(self.app.codec_pool, work)
 
     async def control_frame(self) -> OutgoingFrame:
@@ -130,7 +124,7 @@ class FrameStream:
         if isinstance(image, ProtocolError):
             raise ProtocolError(image.code, image.message, frame_id=frame.frame_id)
         control = self.app.pipe.control_image(make_request(params, image))
-        return codec.encode(np.asarray(control.convert("RGB")), self.output_format, self.quality, pil=self.legacy)
+        return codec.encode(np.asarray(control.convert("RGB")), self.output_format, self.quality)
 
     # --- worker thread: the Source protocol ---------------------------------------------------------------------
     @property
@@ -172,7 +166,7 @@ class FrameStream:
     def _encode(self, frame: PendingFrame, params: GenerationParams, result: JobResult) -> None:
         """Encode, remember for reuse, hand to the loop."""
         start = time.perf_counter()
-        payload = codec.encode(result.image, self.output_format, self.quality, pil=self.legacy)
+        payload = codec.encode(result.image, self.output_format, self.quality)
         encode_ms = (time.perf_counter() - start) * 1000.0
         if not result.flagged:
             self.session.remember_output(CachedOutput(frame.digest, params, self.output_format, payload))

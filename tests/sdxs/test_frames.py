@@ -1,5 +1,5 @@
-"""Frames squared once as tensor ops (sdxs.frames), batch-size buckets (sdxs.buckets), and the tensor path against
-the PIL path it replaced (``pipe.legacy``) on the tiny model."""
+"""Frames squared once as tensor ops (sdxs.frames), mixed host/device batches, batch-size buckets (sdxs.buckets) and
+the batch keys on the tiny model."""
 
 from __future__ import annotations
 
@@ -87,44 +87,46 @@ def test_padding_to_a_bucket_leaves_the_real_rows_unchanged(pipe, at_size):
     pipe.unet.forward = lambda *a, **k: calls.append(a[0].shape[0]) or original(*a, **k)
     pipe.buckets = (1, 4, 8)
     try:
-        padded = pipe(reqs, output_type="np")  # 3 text/image rows and 3 control rows: both run as 4
+        padded = pipe(reqs, output_type="np")
     finally:
         pipe.buckets = None
         del pipe.unet.forward
-    assert calls == [4, 4]
+    assert calls == [1, 4, 4]  # one text row, two image rows, three control rows: each padded to its bucket
     for a, b in zip(plain, padded):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
-def test_tensor_path_equals_the_pil_path_it_replaced(pipe, at_size):
-    reqs = requests(*at_size)
-    new = pipe(reqs, output_type="np")
-    pipe.legacy = True
-    try:
-        old = pipe(reqs, output_type="np")
-        old_controls = [np.asarray(pipe.control_image(r)) for r in reqs[3:]]
-    finally:
-        pipe.legacy = False
-    for request, a, b in zip(reqs, new, old):
-        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, request.params.mode
-    for request, expected in zip(reqs[3:], old_controls):  # edges identical; sketch grey: PIL's vs OpenCV's luma
-        got = np.asarray(pipe.control_image(request)).astype(int)
-        assert np.abs(got - expected).max() <= (0 if request.params.mode == "edges" else 1)
+def test_batch_keys_follow_the_paths_through_the_models(pipe, at_size):
+    """Text, image and ControlNet requests never share a forward (a mixed text/image batch would run the encoder at
+    another batch size than the UNet: a CUDA-graph path no warm-up covers); sketch and edges do."""
+    keys = [pipe.batch_key(r) for r in requests(*at_size)]
+    assert keys == [("text", None), ("image", None), ("image", None), ("control", None), ("control", None),
+                    ("control", None)]
+    batches = pipe.warmup_batches((1, 3))
+    assert [(pipe.batch_key(b[0])[0], len(b)) for b in batches] == [
+        ("text", 1), ("text", 3), ("image", 1), ("image", 3), ("control", 1), ("control", 3)]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_path_equals_the_pil_path_on_the_cpu(tiny_model_dir, pipe, at_size):
-    """The same parity on a GPU (staging on a side stream, pinned host buffer), TF32 off so both compute in fp32."""
+def test_mixed_host_and_device_frames_upload_as_one_batch():
+    """nvJPEG hands over device tensors while PNG frames and Gradio requests are host arrays: one batch of one shape
+    may hold both (a meta tensor stands in for a CUDA one on the CPU)."""
+    meta = frames.upload([torch.empty((20, 30, 3), dtype=torch.uint8, device="meta"), np.zeros((20, 30, 3), np.uint8)],
+                         torch.device("meta"))
+    assert meta.shape == (2, 3, 20, 30) and meta.device.type == "meta"
+    a, b = gradient(20, 30), gradient(20, 30)[::-1].copy()
+    out = frames.upload([a, torch.from_numpy(b), a], torch.device("cpu"))
+    assert [torch.equal(out[i].permute(1, 2, 0), torch.from_numpy(x)) for i, x in enumerate((a, b, a))] == [True] * 3
+
+
+@pytest.mark.cuda
+def test_cuda_pipeline_equals_the_cpu_pipeline(tiny_model_dir, pipe, at_size):
+    """The same requests on a GPU (staging on a side stream, pinned host buffer, buckets), TF32 off so both compute in
+    fp32: within one level of the CPU's frames."""
     from sdxs import SDXSPipeline
 
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     gpu = SDXSPipeline.from_pretrained(str(tiny_model_dir), device="cuda", dtype="float32")
     reqs = requests(*at_size)
-    pipe.legacy = True
-    try:
-        old = pipe(reqs, output_type="np")
-    finally:
-        pipe.legacy = False
     gpu.buckets = (1, 4, 8)
-    for request, a, b in zip(reqs, gpu(reqs, output_type="np"), old):
+    for request, a, b in zip(reqs, gpu(reqs, output_type="np"), pipe(reqs, output_type="np")):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, request.params.mode

@@ -90,6 +90,21 @@ class RunningServer:
         assert self.state.join(60), "the model loader or the worker thread did not end"
 
 
+def reference(server: RunningServer, requests: list) -> list[np.ndarray]:
+    """`server`'s pipeline called directly, with the torch thread count its model thread runs with (convolution sums
+    round by how they are split across threads): what the server must send, exactly."""
+    import torch
+
+    from server.state import torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads(server.state.config))
+    try:
+        return server.state.pipe(requests, output_type="np")
+    finally:
+        torch.set_num_threads(before)
+
+
 def tiny_config(model_dir, **overrides) -> ServerConfig:
     base = dict(model=str(model_dir), device="cpu", dtype="float32", host="127.0.0.1", port=0, gradio=False,
                 max_sessions=8, max_queue=4, max_sessions_per_client=64, max_message_bytes=256 * 1024,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from digit_strokes import render
 from safetensors.torch import load_file
-from server_harness import RunningServer, tiny_config
+from server_harness import RunningServer, reference, tiny_config
 
 from sdxs.loading import MINI_DIR
 from server.client import Client, decode_image, encode_image
@@ -105,7 +105,7 @@ def test_server_frames_equal_the_pipelines(mini_server):
              for mode in ("text", "image", "sketch", "edges")]
     served = asyncio.run(frames(mini_server.url, [(p, None if im is None else encode_image(im)) for p, im in cases]))
     for (params, image), got in zip(cases, served):  # the session sends one frame at a time: batches of one
-        want = mini_server.state.pipe([GenerationRequest(GenerationParams(**params), image)], output_type="np")[0]
+        want = reference(mini_server, [GenerationRequest(GenerationParams(**params), image)])[0]
         assert np.array_equal(got, want), params["mode"]
 
 

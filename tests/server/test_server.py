@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
-from server_harness import RunningServer, noise_image, tiny_config
+from server_harness import RunningServer, noise_image, reference, tiny_config
 from websockets.exceptions import ConnectionClosed
 
 from sdxs import GenerationRequest
@@ -78,7 +78,7 @@ def test_round_trip_equals_pipeline_output(main_server):
     out = run(go())
     assert out.frame_id == 1 and out.fmt is ImageFormat.PNG and out.batch_size == 1
     assert out.timings.inference_ms > 0 and out.timings.server_ms >= out.timings.inference_ms
-    expected = main_server.state.pipe([GenerationRequest(GenerationParams(**params), image)], output_type="np")[0]
+    expected = reference(main_server, [GenerationRequest(GenerationParams(**params), image)])[0]
     # the worker thread runs with the server's torch thread count (one per core but one), this thread with torch's
     # default: float sums in another order can flip a rare pixel by one level, nothing more
     diff = np.abs(decode_image(out.payload).astype(int) - expected)
@@ -97,7 +97,7 @@ def test_jpeg_round_trip_matches_up_to_codec(main_server):
 
     out = run(go())
     assert out.fmt is ImageFormat.JPEG
-    expected = main_server.state.pipe([GenerationRequest(GenerationParams(seed=3), image)], output_type="np")[0]
+    expected = reference(main_server, [GenerationRequest(GenerationParams(seed=3), image)])[0]
     assert np.abs(decode_image(out.payload).astype(int) - expected).mean() < 6
 
 
@@ -140,7 +140,7 @@ def test_submit_one_for_gradio_uses_the_same_worker(main_server):
     image = noise_image(128, 4)
     params = GenerationParams(seed=5)
     out = run(main_server.state.worker.submit_one(params, image))
-    expected = main_server.state.pipe([GenerationRequest(params, image)], output_type="np")[0]
+    expected = reference(main_server, [GenerationRequest(params, image)])[0]
     np.testing.assert_array_equal(out, expected)
 
 

@@ -55,28 +55,32 @@ def test_parse_text_codes():
         assert err.value.code is code
 
 
-def test_decode_squares_resizes_and_guards():
+def decode_one(payload: bytes, fmt: ImageFormat, limits: codec.ImageLimits, size: int = 32) -> np.ndarray:
+    """The server's one path: the header check on receipt, then the worker's batch decode."""
+    out = codec.decode_frames([codec.probe(payload, fmt, limits)], size)[0]
+    if isinstance(out, ProtocolError):
+        raise out
+    return out
+
+
+def test_decode_keeps_pixels_and_guards():
     limits = codec.ImageLimits(min_side=16, max_side=4096, max_pixels=4096 * 4096)
-    wide = noise_image(64, 0)[:32]  # 64x32 -> center square 32x32 -> 48x48
-    out = codec.decode(encode_image(wide), ImageFormat.PNG, 48, limits)
-    assert out.shape == (48, 48, 3) and out.dtype == np.uint8
-    same = noise_image(32, 1)
-    np.testing.assert_array_equal(codec.decode(encode_image(same), ImageFormat.PNG, 32, limits), same)
+    wide = noise_image(64, 0)[:32]
+    np.testing.assert_array_equal(decode_one(encode_image(wide), ImageFormat.PNG, limits), wide)  # squared later
     transparent = np.zeros((32, 32, 4), np.uint8)  # an untouched canvas -> white paper
-    assert codec.decode(encode_image(transparent), ImageFormat.PNG, 32, limits).min() == 255
+    assert decode_one(encode_image(transparent), ImageFormat.PNG, limits).min() == 255
     with pytest.raises(ProtocolError) as err:
-        codec.decode(encode_image(noise_image(64, 2)), ImageFormat.PNG, 32, codec.ImageLimits(max_side=32))
+        decode_one(encode_image(noise_image(64, 2)), ImageFormat.PNG, codec.ImageLimits(max_side=32))
     assert err.value.code is ErrorCode.IMAGE_TOO_LARGE
 
 
 def test_encode_formats_decode_back():
     image = noise_image(32, 3)
     for fmt in (ImageFormat.JPEG, ImageFormat.WEBP, ImageFormat.PNG):
-        payload = codec.encode(image, fmt, 90)
-        back = codec.decode(payload, fmt, 32, codec.ImageLimits())
+        back = decode_one(codec.encode(image, fmt, 90), fmt, codec.ImageLimits())
         assert back.shape == image.shape
-    np.testing.assert_array_equal(codec.decode(codec.encode(image, ImageFormat.PNG), ImageFormat.PNG, 32,
-                                               codec.ImageLimits()), image)
+    np.testing.assert_array_equal(decode_one(codec.encode(image, ImageFormat.PNG), ImageFormat.PNG,
+                                             codec.ImageLimits()), image)
 
 
 def _frame(frame_id: int) -> PendingFrame:
