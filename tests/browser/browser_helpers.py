@@ -83,8 +83,8 @@ def start(page) -> None:
 
 
 def readouts(page) -> dict[str, str]:
-    """The metrics readout as shown: {"in", "out", "cached", "latency", "server"}."""
-    return page.evaluate("""() => Object.fromEntries(['in', 'out', 'cached', 'latency', 'server'].map(
+    """The metrics readout as shown: {"in", "out", "latency", "server"}."""
+    return page.evaluate("""() => Object.fromEntries(['in', 'out', 'latency', 'server'].map(
         (k) => [k, document.getElementById('m-' + k).textContent]))""")
 
 
