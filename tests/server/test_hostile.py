@@ -349,11 +349,12 @@ def test_a_client_that_stops_reading_gets_goodbye_slow_consumer(server, monkeypa
         await asyncio.sleep(2.5)
         result = await goodbye(client)
         await idle(server)
-        return result
+        return client, result
 
     with caplog.at_level(logging.INFO, logger="sdxs"):
-        assert run(go()) == (SLOW, 1008)
-    assert closed_because(caplog) == ["goodbye slow_consumer, close 1008"]  # the log says why (issue 25)
+        client, result = run(go())
+    assert result == (SLOW, 1008)
+    assert closed_because(caplog, [client]) == ["goodbye slow_consumer, close 1008"]  # the log says why (issue 25)
 
 
 def test_a_client_that_never_reads_again_is_dropped_and_its_socket_freed(server, monkeypatch, caplog):
@@ -371,13 +372,14 @@ def test_a_client_that_never_reads_again_is_dropped_and_its_socket_freed(server,
         deadline = time.monotonic() + 10
         while len(sockets) > before and time.monotonic() < deadline:  # ... and then its socket went
             await asyncio.sleep(0.1)
-        return len(sockets) - before
+        return client, len(sockets) - before
 
     with caplog.at_level(logging.INFO, logger="sdxs"):
-        assert run(go()) == 0
+        client, left = run(go())
+    assert left == 0
     # the log says why (issue 25): the flood may first have been judged a slow consumer (over 1 MiB waiting)
-    assert closed_because(caplog)[0] in ("the client read nothing for 1 s (dropped without a goodbye)",
-                                         "goodbye slow_consumer, close 1008")
+    assert closed_because(caplog, [client]) in (["the client read nothing for 1 s (dropped without a goodbye)"],
+                                                ["goodbye slow_consumer, close 1008"])
 
 
 # --- item 4: metrics stay true ---------------------------------------------------------------------------------
@@ -442,8 +444,10 @@ def test_client_disconnects_are_info_not_errors(server, caplog):
     payload = encode_image(noise_image(128, 70))
 
     async def go():
+        clients = []
         for i in range(16):  # leave while answers are on their way, at different points
             client = await Client.open(server.url, {"output_format": "png", "params": {"seed": i}})
+            clients.append(client)
             for j in range(40):
                 await client.send_json({"type": "ping", "t": j})
             await client.send_frame(payload)
@@ -456,14 +460,15 @@ def test_client_disconnects_are_info_not_errors(server, caplog):
         client = await Client.open(server.url)
         await client.close()
         await idle(server)
+        return [*clients, blocked, client]
 
     with caplog.at_level(logging.INFO, logger="sdxs"):
-        run(go())
+        clients = run(go())
     ours = [r for r in caplog.records if r.name.startswith("sdxs")]
     assert [r.getMessage() for r in ours if r.levelno >= logging.WARNING or r.exc_info] == []
     assert any("disconnected" in r.getMessage() for r in ours)
-    why = closed_because(caplog)  # each session's last line says how it ended (issue 25); the flooder that left
-    assert len(why) == 18 and [  # mid-write may first have been judged a slow consumer (over 1 MiB waiting)
+    why = closed_because(caplog, clients)  # each session's last line says how it ended (issue 25); the flooder that
+    assert len(why) == 18 and [  # left mid-write may first have been judged a slow consumer (over 1 MiB waiting)
         w for w in why if not w.startswith("the client disconnected") and w != "goodbye slow_consumer, close 1008"
     ] == [], why
 
