@@ -46,7 +46,7 @@ $("swap").addEventListener("click", () => $("stage").classList.toggle("swapped")
 
 status.onPhase = (phase) => {
   output.setPhase(phase);
-  if (phase === Phase.STREAMING || phase === Phase.WAITING) metrics.reset(); // waiting: 0 fps, no latency
+  if (phase === Phase.STREAMING || phase === Phase.WAITING) metrics.reset(phase === Phase.WAITING); // 0 fps, no ms
   else metrics.blank();
 };
 

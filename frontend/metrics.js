@@ -18,8 +18,12 @@ class Rate {
   }
   perSecond(now) {
     this.#trim(now);
-    if (this.times.length < 2) return 0;
+    if (this.times.length < 2) return this.times.length / (WINDOW_MS / 1000); // one in the window: its average
     return (this.times.length - 1) / ((now - this.times[0]) / 1000 || 1);
+  }
+  count(now) {
+    this.#trim(now);
+    return this.times.length;
   }
   #trim(now) {
     while (this.times.length && now - this.times[0] > WINDOW_MS) this.times.shift();
@@ -52,14 +56,15 @@ export class Metrics {
     if (reused) return this.cached.tick(now);
     this.output.tick(now);
     this.framesOut += 1;
-    if (clientTs == null) return;
+    if (clientTs == null || this.waiting) return; // a late answer to a picture from before the wait
     this.recent.push({ at: now, latencyMs: now - clientTs, serverMs });
     if (this.recent.length > KEEP) this.recent.shift();
   }
 
-  /** Start counting afresh and show numbers. */
-  reset() {
+  /** Start counting afresh and show numbers; `waiting`: the source gives no pictures, so no latency to show. */
+  reset(waiting = false) {
     this.blanked = false;
+    this.waiting = waiting;
     this.input = new Rate();
     this.output = new Rate();
     this.cached = new Rate();
@@ -80,6 +85,7 @@ export class Metrics {
       inFps: this.input.perSecond(now),
       outFps: this.output.perSecond(now),
       cachedFps: this.cached.perSecond(now),
+      cachedRecently: this.cached.count(now) > 0,
       latencyMs: median(recent.map((f) => f.latencyMs)),
       serverMs: median(recent.filter((f) => f.serverMs != null).map((f) => f.serverMs)),
       framesOut: this.framesOut,
@@ -90,7 +96,7 @@ export class Metrics {
     const s = this.snapshot();
     const f = this.fields;
     const dash = "–";
-    const unchanged = !this.blanked && !s.outFps && s.cachedFps > 0; // the picture shown is current, from cache
+    const unchanged = !this.blanked && !s.outFps && s.cachedRecently; // the picture shown is current, from cache
     f.inFps.textContent = this.blanked ? dash : s.inFps.toFixed(1);
     f.outFps.textContent = this.blanked ? dash : unchanged ? "unchanged" : s.outFps.toFixed(1);
     f.outUnit.hidden = unchanged;
