@@ -175,14 +175,16 @@ def corners_draw(page) -> dict[str, tuple]:
 def test_nothing_lies_on_the_sketch_canvas_and_a_stroke_in_every_corner_draws(app, open_page, size):
     page = open_at(open_page, app.url, size)
     choose(page, "sketch")
+    drawn = corners_draw(page)
     shoot(page, f"{size}-sketch-corners")
-    for corner, (top, ink) in corners_draw(page).items():
+    for corner, (top, ink) in drawn.items():
         assert top == "sketch" and ink > 0, f"{corner}: {top} lies there, the stroke left {ink} dark pixels"
     if page.is_visible("#swap"):  # phones: the result big, the canvas small; still nothing on the canvas
         page.click("#swap")
         assert box(page, "#output")["width"] > box(page, "#sketch")["width"]
+        drawn = corners_draw(page)
         shoot(page, f"{size}-sketch-corners-swapped")
-        for corner, (top, ink) in corners_draw(page).items():
+        for corner, (top, ink) in drawn.items():
             assert top == "sketch" and ink > 0, f"swapped, {corner}: {top} lies there, the stroke left {ink} pixels"
     assert not page.errors
 
