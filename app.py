@@ -42,8 +42,8 @@ def create_app(config: ServerConfig, wrap_pipeline: Callable[[Any], Any] | None 
         await state.close_connections(0)  # server.serving.Server did this already; for any other ASGI server
         state.shutdown()
 
-    app = FastAPI(title="SDXS real-time", lifespan=lifespan, root_path=config.root_path, docs_url=None,
-                  redoc_url=None)
+    # no root_path here: FastAPI deprecated its own; the server's (uvicorn_options) puts it in every request's scope
+    app = FastAPI(title="SDXS real-time", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.sdxs = state
 
     @app.get("/healthz")
@@ -99,8 +99,9 @@ def _mount_gradio(app: FastAPI, state: AppState) -> bool:
 
 def uvicorn_options(config: ServerConfig) -> dict:
     """uvicorn settings: the transport cuts messages over 4x the protocol limit (close 1009); the app answers the
-    ones in between with `message_too_big`. No per-message deflate: JPEG/WebP do not compress."""
-    return {"host": config.host, "port": config.port, "log_level": config.log_level,
+    ones in between with `message_too_big`. No per-message deflate: JPEG/WebP do not compress. `--root-path` (a
+    prefix a proxy strips) is the server's setting, as FastAPI asks."""
+    return {"host": config.host, "port": config.port, "log_level": config.log_level, "root_path": config.root_path,
             "ws_max_size": 4 * config.max_message_bytes, "ws_per_message_deflate": False,
             "proxy_headers": config.forwarded_allow_ips is not None,
             "forwarded_allow_ips": config.forwarded_allow_ips, "timeout_graceful_shutdown": GRACEFUL_S}

@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu.sh                         # on the GPU machine; results in bench/results/gpu-<time>/
 #   bash bench/gpu.sh --device cpu --out DIR  # the dry run (tiny model, short cells), run by the test suite
-#   STEPS="env server" bash bench/gpu.sh      # some steps: env nvjpeg tests pipeline server summary
+#   STEPS="env server" bash bench/gpu.sh      # some steps: env nvjpeg tests pipeline server summary (options)
 #
 # Steps, in order, each with a time limit, its output in one unfiltered log (DIR/gpu.log) and its JSON in DIR:
 #   0. wheels carried with the tree (.whl/, built on a CPU machine by `bash scripts/gpu_wheels.sh`) installed into
@@ -99,6 +99,14 @@ if has pipeline; then
   # shellcheck disable=SC2086
   step pipeline 240 $py bench/pipeline.py "${pipeline_args[@]}" --modes text image sketch --batches $batches \
     --iters "$iters" --no-stock --out "$out"
+fi
+
+# 4b. opt-in (STEPS="... options"): the tiny autoencoder's convolutions channels-last with cuDNN's benchmark, rows to
+#     set against step 4's
+if has options; then
+  # shellcheck disable=SC2086
+  step options 240 $py bench/pipeline.py "${pipeline_args[@]}" --modes image --batches $batches --iters "$iters" \
+    --no-stock --channels-last on --cudnn-benchmark --name options --out "$out"
 fi
 
 # 5. the server

@@ -132,9 +132,14 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", default=None, help="torch.compile mode for ours (e.g. reduce-overhead)")
     parser.add_argument("--name", default=None, help="label for the JSON file name")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON file (rewritten after every row)")
+    parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                        help="ours: channels-last modules (auto: the pipeline's own choice)")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its convolution algorithms")
     args = parser.parse_args(argv)
 
     device = resolve_device("auto")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    channels_last = {"auto": "auto", "on": True, "off": False}[args.channels_last]
     dtypes = args.dtypes or (["float16"] if device.type == "cuda" else ["float32", "bfloat16"])
     folder = args.model or MODELS / "sdxs-512-dreamshaper"
     if not (folder / "model_index.json").exists():
@@ -151,7 +156,7 @@ def main(argv=None) -> int:
         stock = None if args.no_stock else stock_pipelines(folder, dtype, device)
         for size in args.sizes:
             ours = SDXSPipeline.from_pretrained(str(folder), device=str(device), dtype=dtype_name, size=size,
-                                                compile=args.compile or False)
+                                                compile=args.compile or False, channels_last=channels_last)
             if ours.compiled:  # as the server does: every batch size a bucket, every path warmed until it records
                 ours.buckets = tuple(sorted(set(args.batches)))  # nothing (sdxs.graphs)
                 warmup = ours.warmup(ours.buckets)
@@ -163,7 +168,8 @@ def main(argv=None) -> int:
                 gflop = float("nan") if args.compile else count_gflops(partial(run_ours, ours, mode, 1, frame))
                 for batch in args.batches:
                     base = dict(dtype=dtype_name, size=size, mode=mode, batch=batch, gflop_per_frame=gflop,
-                                compile=args.compile,
+                                compile=args.compile, channels_last=args.channels_last,
+                                cudnn_benchmark=args.cudnn_benchmark,
                                 floor_ms=gflop / peaks[dtype_name] * 1000)
                     variants = [("ours", ours, partial(run_ours, ours, mode, batch, frame))]
                     if stock:

@@ -16,7 +16,8 @@ const PRESETS = {
 const randomSeed = () => Math.floor(Math.random() * 2 ** 31);
 
 /** Add a preset picker above the prompt: the model's own example prompts when it has some (the miniature knows
- * only digits), else style presets that replace the words after the last " | ". */
+ * only digits), else style presets that replace the words after the last " | ". The picker names what the prompt
+ * says: typing the style words away (or typing a preset's words) changes it too. */
 export function addPromptPresets(controls, examples = []) {
   const prompt = controls.inputs.get("prompt");
   if (!prompt) return;
@@ -27,15 +28,24 @@ export function addPromptPresets(controls, examples = []) {
     const subject = prompt.input.value.split(" | ")[0].trim();
     controls.change("prompt", select.value ? `${subject} | ${PRESETS[select.value]}` : subject);
   });
+  const named = (text) => {
+    const style = text.includes(" | ") ? text.split(" | ").pop().trim() : "";
+    return Object.keys(PRESETS).find((k) => style && PRESETS[k] === style) || "";
+  };
+  prompt.input.addEventListener("input", () => (select.value = named(prompt.input.value)));
   prompt.row.parentElement.before(el("label", { className: "field" }, el("span", {}, "Style preset"), select));
+  select.value = named(prompt.input.value);
 }
 
 function addExamples(controls, prompt, examples) {
   const select = el("select", { id: "preset", title: "Prompts this model knows" },
     el("option", { value: "" }, "Example prompt…"), ...examples.map((p) => el("option", { value: p }, p)));
   select.addEventListener("change", () => select.value && controls.change("prompt", select.value));
+  prompt.input.addEventListener("input", () => (select.value = examples.includes(prompt.input.value) ?
+    prompt.input.value : ""));
   prompt.row.parentElement.before(el("label", { className: "field" }, el("span", {}, "Example prompt"), select));
   if (!examples.includes(prompt.input.value)) controls.change("prompt", examples[0]);
+  select.value = prompt.input.value;
 }
 
 export function addSeedTools(controls) {

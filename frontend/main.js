@@ -20,8 +20,8 @@ const $ = (id) => document.getElementById(id);
 
 const status = new Status({ pill: "status", notice: "notice", noticeText: "notice-text", progress: "notice-progress",
   action: "notice-action", banner: "model-banner", timeLeft: "time-left", hint: "output-hint" });
-const metrics = new Metrics({ inFps: $("m-in"), outFps: $("m-out"), cached: $("m-cached"), latency: $("m-latency"),
-  server: $("m-server") });
+const metrics = new Metrics({ inFps: $("m-in"), outFps: $("m-out"), outUnit: $("m-out-unit"),
+  latency: $("m-latency"), server: $("m-server") });
 const video = new VideoSource($("video"));
 const sketch = new Sketch($("sketch"), $("guide"));
 const controls = new Controls($("controls"), { onChange: (changed) => modes.send(changed) });
@@ -33,8 +33,12 @@ const output = new OutputView({ session, sketch, controls, preview: (ctx, size) 
 
 const sources = new Sources({
   video, sketch, pump,
-  onSourceChange: (source) => modes.fit(source, true),
+  onSourceChange: (source) => {
+    status.clearNote(); // a refused camera is no news once another source is chosen
+    modes.fit(source, true);
+  },
   onError: (text) => status.flash(text, 8000),
+  onUnavailable: (text) => status.note(text),
 });
 bindSketchTools(sketch, { isActive: () => sources.current === "sketch", onError: (text) => status.flash(text) });
 const runner = new Runner({ session, sources, pump, status, button: $("start") });
@@ -42,8 +46,8 @@ $("swap").addEventListener("click", () => $("stage").classList.toggle("swapped")
 
 status.onPhase = (phase) => {
   output.setPhase(phase);
-  if (phase === Phase.STREAMING) metrics.reset();
-  else if (phase !== Phase.WAITING) metrics.blank();
+  if (phase === Phase.STREAMING || phase === Phase.WAITING) metrics.reset(phase === Phase.WAITING); // 0 fps, no ms
+  else metrics.blank();
 };
 
 session.addEventListener("loading", (e) => status.loading(e.detail));

@@ -1,9 +1,11 @@
 // The readout visitors asked for: input FPS, output FPS, end-to-end latency and the server's share of it.
-// FPS counts events in a sliding window; latencies are medians of the last few frames. Answers the server took from
-// its cache (REUSED: same input and parameters, no inference, ~0 ms) are counted apart, never as output or latency.
-// While nothing streams (not started, queued, reconnecting) every readout is blank: no stale number stays up.
+// FPS counts events in a sliding window; latencies are medians of the frames of the last few seconds. Answers the
+// server took from its cache (REUSED: same input and parameters, no inference, ~0 ms) are never output or latency:
+// when they are all that comes, the output reads "unchanged". While nothing streams (not started, queued,
+// reconnecting) every readout is blank; while waiting for video the counts start afresh: no stale number stays up.
 
 const WINDOW_MS = 2000;
+const LATENCY_WINDOW_MS = 5000; // latencies of older frames no longer describe the stream
 const KEEP = 30;
 
 class Rate {
@@ -16,8 +18,12 @@ class Rate {
   }
   perSecond(now) {
     this.#trim(now);
-    if (this.times.length < 2) return 0;
+    if (this.times.length < 2) return this.times.length / (WINDOW_MS / 1000); // one in the window: its average
     return (this.times.length - 1) / ((now - this.times[0]) / 1000 || 1);
+  }
+  count(now) {
+    this.#trim(now);
+    return this.times.length;
   }
   #trim(now) {
     while (this.times.length && now - this.times[0] > WINDOW_MS) this.times.shift();
@@ -31,7 +37,7 @@ function median(values) {
 }
 
 export class Metrics {
-  /** `fields`: elements to write numbers into: {inFps, outFps, cached, latency, server}. */
+  /** `fields`: elements to write into: {inFps, outFps, outUnit, latency, server}. */
   constructor(fields) {
     this.fields = fields;
     this.framesOut = 0;
@@ -50,19 +56,19 @@ export class Metrics {
     if (reused) return this.cached.tick(now);
     this.output.tick(now);
     this.framesOut += 1;
-    if (clientTs == null) return;
-    this.#keep(this.latencies, now - clientTs);
-    if (serverMs != null) this.#keep(this.serverShares, serverMs);
+    if (clientTs == null || this.waiting) return; // a late answer to a picture from before the wait
+    this.recent.push({ at: now, latencyMs: now - clientTs, serverMs });
+    if (this.recent.length > KEEP) this.recent.shift();
   }
 
-  /** Start counting afresh and show numbers. */
-  reset() {
+  /** Start counting afresh and show numbers; `waiting`: the source gives no pictures, so no latency to show. */
+  reset(waiting = false) {
     this.blanked = false;
+    this.waiting = waiting;
     this.input = new Rate();
     this.output = new Rate();
     this.cached = new Rate();
-    this.latencies = [];
-    this.serverShares = [];
+    this.recent = []; // {at, latencyMs, serverMs} of the latest generated frames
     this.render();
   }
 
@@ -74,12 +80,14 @@ export class Metrics {
 
   snapshot() {
     const now = performance.now();
+    const recent = this.recent.filter((f) => now - f.at <= LATENCY_WINDOW_MS);
     return {
       inFps: this.input.perSecond(now),
       outFps: this.output.perSecond(now),
       cachedFps: this.cached.perSecond(now),
-      latencyMs: median(this.latencies),
-      serverMs: median(this.serverShares),
+      cachedRecently: this.cached.count(now) > 0,
+      latencyMs: median(recent.map((f) => f.latencyMs)),
+      serverMs: median(recent.filter((f) => f.serverMs != null).map((f) => f.serverMs)),
       framesOut: this.framesOut,
     };
   }
@@ -88,9 +96,10 @@ export class Metrics {
     const s = this.snapshot();
     const f = this.fields;
     const dash = "–";
+    const unchanged = !this.blanked && !s.outFps && s.cachedRecently; // the picture shown is current, from cache
     f.inFps.textContent = this.blanked ? dash : s.inFps.toFixed(1);
-    f.outFps.textContent = this.blanked ? dash : s.outFps.toFixed(1);
-    f.cached.textContent = this.blanked || !s.cachedFps ? "" : `+ ${s.cachedFps.toFixed(1)} from cache`;
+    f.outFps.textContent = this.blanked ? dash : unchanged ? "unchanged" : s.outFps.toFixed(1);
+    f.outUnit.hidden = unchanged;
     f.latency.textContent = this.blanked || s.latencyMs == null ? dash : `${Math.round(s.latencyMs)} ms`;
     if (this.blanked || s.serverMs == null || s.latencyMs == null) {
       f.server.textContent = dash;
@@ -98,10 +107,5 @@ export class Metrics {
       const share = Math.min(100, (100 * s.serverMs) / Math.max(1, s.latencyMs));
       f.server.textContent = `${Math.round(s.serverMs)} ms (${Math.round(share)}%)`;
     }
-  }
-
-  #keep(list, value) {
-    list.push(value);
-    if (list.length > KEEP) list.shift();
   }
 }

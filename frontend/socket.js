@@ -34,10 +34,12 @@ export class Session extends EventTarget {
     return this.active && !this.inFlight.full;
   }
 
-  /** Fetch config.json once (event "config"); null when the server cannot be reached. */
+  /** Fetch config.json once (event "config"; its optional features hold before Start too); null when the server
+   * cannot be reached. */
   async peek() {
     try {
       const config = await (await fetch(P.configUrl(), { cache: "no-store" })).json();
+      if (!this.active) this.features = config.features || [];
       this.#emit("config", config);
       return config;
     } catch {

@@ -15,12 +15,13 @@ export const SOURCE_MODES = {
 };
 
 export class Sources {
-  constructor({ video, sketch, pump, onSourceChange, onError }) {
+  constructor({ video, sketch, pump, onSourceChange, onError, onUnavailable }) {
     this.video = video;
     this.sketch = sketch;
     this.pump = pump;
     this.onSourceChange = onSourceChange; // (source) => void
-    this.onError = onError; // (message) => void
+    this.onError = onError; // (message) => void: something failed once
+    this.onUnavailable = onUnavailable; // (message) => void: the camera or screen cannot be had (it stays so)
     this.current = null;
     this.running = false;
     this.#bindTabs();
@@ -68,9 +69,11 @@ export class Sources {
       if (source === "camera" && this.video.kind !== "camera") await this.#startCamera();
       if (source === "screen" && this.video.kind !== "screen") await this.video.startScreen();
     } catch (err) {
-      const what = source === "camera" ? "Camera" : "Screen share";
-      this.onError(`${what} unavailable (${err.message}). Switched to the sketch canvas.`);
-      if (this.current === source) return this.select("sketch");
+      if (!this.running || this.current !== source) return; // stopped, or another source chosen, meanwhile
+      await this.select("sketch");
+      const [what, tab] = source === "camera" ? ["Camera", "Webcam"] : ["Screen share", "Screen"];
+      return this.onUnavailable(`${what} unavailable (${err.message}). Switched to the sketch canvas; choose ` +
+        `${tab} to try again.`);
     }
     this.#hints();
     this.#mirrorUi();

@@ -1,6 +1,10 @@
 // What the visitor reads: one status pill (not started, connecting, loading, queued, live, waiting for pictures,
-// reconnecting, full, stopped, error), a notice line for details and actions, a hint over the output, the
-// model banner and the time left. `onPhase(phase)` lets the rest of the page follow the pill.
+// reconnecting, full, stopped, error), a notice line for details and actions (notice.js), a hint over the output,
+// the model banner and the time left. `onPhase(phase)` lets the rest of the page follow the pill. Every number shown
+// stays true: waits count down, and a notice goes when what it says stops being so.
+
+import { Kind, Notice } from "./notice.js";
+import { Countdown, clock } from "./countdown.js";
 
 export const Phase = Object.freeze({
   IDLE: "idle",
@@ -15,38 +19,36 @@ export const Phase = Object.freeze({
   ERROR: "error",
 });
 
-function clock(seconds) {
-  const s = Math.max(0, Math.round(seconds));
-  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
-}
-
 export class Status {
   constructor(ids) {
     const $ = (id) => document.getElementById(id);
     this.pill = $(ids.pill);
-    this.notice = $(ids.notice);
-    this.text = $(ids.noticeText);
-    this.progress = $(ids.progress);
-    this.action = $(ids.action);
+    this.notice = new Notice({ box: $(ids.notice), text: $(ids.noticeText), progress: $(ids.progress),
+      action: $(ids.action) });
     this.banner = $(ids.banner);
-    this.timeLeftEl = $(ids.timeLeft);
     this.hint = $(ids.hint);
     this.onPhase = () => {};
     this.phase = null;
-    this.deadline = null;
-    this.action.addEventListener("click", () => this.onAction?.());
-    setInterval(() => this.#tickTimeLeft(), 1000);
+    this.wait = new Countdown(); // the phase's own wait (reconnecting, server full); ends with the phase
+    this.timeLeftEl = $(ids.timeLeft);
+    this.timeLeftClock = new Countdown((s) => {
+      this.timeLeftEl.textContent = `Time left in this session: ${clock(s)}`;
+      this.timeLeftEl.classList.toggle("soon", s < 30);
+    });
   }
 
   set(phase, text, hint = "") {
     const changed = phase !== this.phase;
+    this.wait.stop();
     this.phase = phase;
     this.pill.dataset.state = phase;
     this.pill.textContent = text;
     this.hint.textContent = hint;
     this.hint.hidden = !hint;
     if (phase !== Phase.STREAMING && phase !== Phase.WAITING) this.timeLeft(null);
-    if (changed) this.onPhase(phase);
+    if (!changed) return;
+    this.notice.phaseChanged();
+    this.onPhase(phase);
   }
 
   idle() {
@@ -75,7 +77,6 @@ export class Status {
 
   streaming() {
     this.set(Phase.STREAMING, "Live");
-    this.hide();
   }
 
   /** Started, but the source gives no pictures: nothing is generated, and the pill says so. */
@@ -88,13 +89,15 @@ export class Status {
   }
 
   reconnecting(delayMs, why) {
-    this.set(Phase.RECONNECTING, `Reconnecting in ${Math.ceil(delayMs / 1000)} s…`);
+    this.set(Phase.RECONNECTING, "Reconnecting…");
     this.show(why || "Connection lost. Reconnecting…");
+    this.wait.start(delayMs, (s) => (this.pill.textContent = s ? `Reconnecting in ${s} s…` : "Reconnecting…"));
   }
 
   full(text, delayMs) {
     this.set(Phase.FULL, "Server full");
-    this.show(`${text} (next try in ${Math.ceil(delayMs / 1000)} s)`);
+    this.show(text);
+    this.wait.start(delayMs, (s) => (this.notice.text.textContent = s ? `${text} (next try in ${s} s)` : text));
   }
 
   ended(text, actionLabel = null, onAction = null) {
@@ -109,23 +112,25 @@ export class Status {
 
   /** A passing message that leaves the pill as it is (e.g. a refused parameter). */
   flash(text, ms = 4000) {
-    this.show(text);
-    clearTimeout(this.flashTimer);
-    this.flashTimer = setTimeout(() => this.phase === Phase.STREAMING && this.hide(), ms);
+    this.notice.flash(text, ms, () => this.phase === Phase.STREAMING);
   }
 
-  show(text, { progress = null, action = null, onAction = null } = {}) {
-    this.notice.hidden = false;
-    this.text.textContent = text;
-    this.progress.hidden = progress == null;
-    if (progress != null) this.progress.value = progress;
-    this.action.hidden = !action;
-    this.action.textContent = action || "";
-    this.onAction = onAction;
+  /** A condition that holds until the visitor acts (e.g. the camera was refused): no phase change hides it. */
+  note(text) {
+    this.notice.show(text, { kind: Kind.NOTE });
+  }
+
+  clearNote() {
+    this.notice.clearNote();
+  }
+
+  /** A notice of the current phase, with an optional progress bar or action. */
+  show(text, options = {}) {
+    this.notice.show(text, options);
   }
 
   hide() {
-    this.notice.hidden = true;
+    this.notice.hide();
   }
 
   /** What the server says about its model (`model.notice`: the shipped miniature, random weights), or nothing. */
@@ -135,17 +140,8 @@ export class Status {
   }
 
   timeLeft(seconds) {
-    this.deadline = seconds == null || seconds <= 0 ? null : performance.now() + seconds * 1000;
-    this.#tickTimeLeft();
-  }
-
-  #tickTimeLeft() {
-    if (this.deadline == null) {
-      this.timeLeftEl.textContent = "";
-      return;
-    }
-    const left = (this.deadline - performance.now()) / 1000;
-    this.timeLeftEl.textContent = `Time left in this session: ${clock(left)}`;
-    this.timeLeftEl.classList.toggle("soon", left < 30);
+    this.timeLeftClock.stop();
+    if (seconds == null || seconds <= 0) this.timeLeftEl.textContent = "";
+    else this.timeLeftClock.start(seconds * 1000);
   }
 }

@@ -88,23 +88,20 @@ export class OutputView {
     $("record").disabled = !this.hasFrame;
   }
 
-  /** Ask the server for the control image; without that feature, show the inverted sketch ourselves. */
+  /** The control image: the server's while the stream runs (feature "control", listed in config.json before Start
+   * and in the welcome), else the inverted sketch the page computes itself; the edge map only comes from the server. */
   #refreshControl(explain = false) {
     const img = $("control-image");
     if (!$("show-control").checked) return;
-    const mode = this.params.mode || this.controls.values.mode;
-    if (mode !== "sketch" && mode !== "edges") {
-      img.hidden = true;
-      if (explain) this.onError("The control image exists in sketch and edges modes only.");
-      return;
-    }
-    img.hidden = false;
-    if (this.session.features.includes("control")) return this.session.requestControl();
-    if (mode === "edges") {
-      img.hidden = true;
-      if (explain) this.onError("This server does not send the edge map.");
-      return;
-    }
+    const mode = (this.session.active && this.params.mode) || this.controls.values.mode;
+    const fromServer = this.session.features.includes("control");
+    let why = null;
+    if (mode !== "sketch" && mode !== "edges") why = "The control image exists in sketch and edges modes only.";
+    else if (mode === "edges" && !fromServer) why = "This server does not send the edge map.";
+    else if (mode === "edges" && !this.session.active) why = "The edge map comes from the server once you press Start.";
+    img.hidden = !!why;
+    if (why) return explain && this.onError(why);
+    if (fromServer && this.session.active) return this.session.requestControl();
     const c = document.createElement("canvas");
     c.width = c.height = this.sketch.canvas.width;
     const ctx = c.getContext("2d");

@@ -1,7 +1,7 @@
 """Server options: one pydantic model, filled from command-line flags, then environment variables, then defaults.
 
 Every field `max_batch` is settable as `--max-batch 8` or `SDXS_MAX_BATCH=8`; `port` also reads `PORT` (the
-Hugging Face Spaces convention).
+Hugging Face Spaces convention), and `host` is 0.0.0.0 where `SPACE_ID` says the app runs on a Space.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ ENV_PREFIX = "SDXS_"
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str = Field("0.0.0.0", description="Interface to listen on.")
+    host: str = Field("127.0.0.1", description="Interface to listen on: this machine only by default; '0.0.0.0' "
+                      "serves the LAN (on a Hugging Face Space, where $SPACE_ID is set, that is the default).")
     port: int = Field(7860, ge=0, le=65535, description="TCP port (also read from $PORT).")
     model: str = Field("auto", description="'auto' (IDKiro/sdxs-512-dreamshaper, or 'mini' when the Hub cannot be "
                        "reached), a Hub id, a local diffusers folder, 'mini' (the miniature model this project trained "
@@ -117,6 +118,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     values: dict[str, str] = {}
     if "PORT" in env:
         values["port"] = env["PORT"]
+    if env.get("SPACE_ID"):  # a Hugging Face Space: its proxy reaches the app from outside the container
+        values["host"] = "0.0.0.0"
     for name in ServerConfig.model_fields:
         if ENV_PREFIX + name.upper() in env:
             values[name] = env[ENV_PREFIX + name.upper()]

@@ -93,6 +93,7 @@ class Connection:
         self._control_busy = False
         self._tasks: set[asyncio.Task] = set()
         self._ended = False
+        self._why: str | None = None  # why the session ended, for the log: the first cause recorded wins
         self._handlers: dict[ClientMessage, Callable] = {
             ClientMessage.HELLO: self._on_hello, ClientMessage.PARAMS: self._on_params,
             ClientMessage.PING: self._on_ping, ClientMessage.BYE: self._on_bye, ClientMessage.CONTROL: self._on_control,
@@ -140,7 +141,13 @@ class Connection:
         finally:
             self._release()
             self.app.connections.discard(self)
-            log.info("session %s closed (violations=%d)", self.sid, self.session.violations)
+            log.info("session %s closed: %s (violations=%d)", self.sid, self._why or "the connection ended",
+                     self.session.violations)
+
+    def _because(self, why: str) -> None:
+        """Record why the session ends (a goodbye reason, or what happened to the socket); the first cause wins."""
+        if self._why is None:
+            self._why = why
 
     def _release(self) -> None:
         """Leave the worker and admission (idempotent); drop the pending frame."""
@@ -185,6 +192,7 @@ class Connection:
         if not self.session.open:
             return
         self.session.transition(SessionState.CLOSING)
+        self._because(f"goodbye {reason.value}, close {int(CLOSE_CODE_FOR[reason])}")
         self._release()  # the slot frees now, not after the close handshake: a queued session moves up at once
         if reason is GoodbyeReason.SLOW_CONSUMER:
             self.outbox.drop_text()  # it would not read them: the goodbye goes first
@@ -218,9 +226,11 @@ class Connection:
                     await self._write(item)
             except TimeoutError:
                 log.info("session %s: the client read nothing for %.0f s; dropping it", self.sid, SEND_TIMEOUT_S)
+                self._because(f"the client read nothing for {SEND_TIMEOUT_S:.0f} s (dropped without a goodbye)")
                 return
             except (WebSocketDisconnect, OSError):
                 log.info("session %s: the client disconnected while we were sending", self.sid)
+                self._because("the client disconnected")
                 return
             except Exception:  # noqa: BLE001 - a server bug: logged by _crash; the goodbye and close follow
                 self._crash("sending")
@@ -272,6 +282,7 @@ class Connection:
             if msg["type"] == "websocket.disconnect":
                 if self.session.open:
                     log.info("session %s: the client disconnected (code %s)", self.sid, msg.get("code"))
+                    self._because(f"the client disconnected (code {msg.get('code')})")
                 self.outbox.abandon()  # nothing can be written any more: the send loop, and the session, end
                 return
             if self.session.open:  # closing: ignore whatever the client still sends

@@ -19,6 +19,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 FPS_WINDOW_S = 10.0
+SESSION_STATES = ("active", "queued")  # the labels of sdxs_sessions (server/admission.py)
+FRAME_RESULTS = ("generated", "reused", "error", "dropped")  # the labels of sdxs_frames_total
 
 
 class Metrics:
@@ -39,6 +41,10 @@ class Metrics:
         self.end_to_end = Histogram("sdxs_end_to_end_seconds", "Frame receipt to output handed to the socket.",
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.frames = Counter("sdxs_frames_total", "Frames answered, by result.", ["result"], registry=r)
+        for state in SESSION_STATES:  # every series from the start, at 0, as docs/protocol.md section 9 says
+            self.sessions.labels(state).set(0)
+        for result in FRAME_RESULTS:
+            self.frames.labels(result)
         self.errors = Counter("sdxs_errors_total", "Error messages sent, by code.", ["code"], registry=r)
         self.model_ready = Gauge("sdxs_model_ready", "1 when the model is loaded and warm.", registry=r)
         self.fps = Gauge("sdxs_frames_per_second", f"Output frames per second over the last {FPS_WINDOW_S:g} s.",

@@ -13,6 +13,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 # Screenshots: of every page of a failed test, and the layout tests' own (kept on success too).
 ARTIFACTS = Path(os.environ.get("SDXS_ARTIFACTS", ROOT / "tmp" / "artifacts" / "browser"))
+CHROMIUM = os.environ.get("SDXS_CHROMIUM", "/usr/bin/chromium")
+# Fake media devices; the last flag also accepts every permission prompt (camera, screen) as a visitor would.
+FAKE_UI = "--use-fake-ui-for-media-stream"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--no-first-run", "--use-fake-device-for-media-stream", FAKE_UI,
+]
+# The sizes every page test that depends on layout runs at: (viewport, phone: touch and mobile emulation).
+SIZES = {"desktop": ((1280, 800), False), "phone": ((390, 844), True)}
 
 
 def free_port() -> int:
@@ -74,8 +83,8 @@ def start(page) -> None:
 
 
 def readouts(page) -> dict[str, str]:
-    """The metrics readout as shown: {"in", "out", "cached", "latency", "server"}."""
-    return page.evaluate("""() => Object.fromEntries(['in', 'out', 'cached', 'latency', 'server'].map(
+    """The metrics readout as shown: {"in", "out", "latency", "server"}."""
+    return page.evaluate("""() => Object.fromEntries(['in', 'out', 'latency', 'server'].map(
         (k) => [k, document.getElementById('m-' + k).textContent]))""")
 
 

@@ -17,13 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_helpers import ARTIFACTS, ROOT, free_port
+from browser_helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
 
-CHROMIUM = os.environ.get("SDXS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--no-first-run", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-]
 START_TIMEOUT_S = 120
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # gradio_client would phone home from a thread
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -169,9 +164,10 @@ def open_page(browser, request):
     """Open pages in fresh contexts; screenshots of all of them land in ARTIFACTS when the test fails."""
     opened = []
 
-    def open_(url: str, viewport=(1280, 800), phone: bool = False, init_script: str | None = None):
-        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, is_mobile=phone,
-                                      has_touch=phone)
+    def open_(url: str, viewport=(1280, 800), phone: bool = False, init_script: str | None = None, using=None):
+        """`using`: another Browser than the module's (e.g. one launched with other flags)."""
+        context = (using or browser).new_context(viewport={"width": viewport[0], "height": viewport[1]},
+                                                 is_mobile=phone, has_touch=phone)
         if init_script:
             context.add_init_script(init_script)
         page = context.new_page()

@@ -1,11 +1,12 @@
 """Layout at phone (390x844, touch) and desktop (1280x800) sizes: the output and the prompt on the first screen, the
-input as picture in picture on phones (in sketch mode canvas and result both visible), tap targets of at least
-44 px on phones. Screenshots of every state land in $SDXS_ARTIFACTS (tmp/artifacts/browser) as layout-*.png."""
+input as picture in picture on phones (in sketch mode canvas and result both visible, nothing lying on the canvas),
+tap targets of at least 44 px on phones, no control wider than its column, no readout wrapped or cut. Screenshots of
+every state land in $SDXS_ARTIFACTS (tmp/artifacts/browser) as layout-*.png."""
 
 from __future__ import annotations
 
 import pytest
-from browser_helpers import ARTIFACTS, start, wait_frames, wait_status
+from browser_helpers import ARTIFACTS, SIZES, draw_stroke, start, wait_frames, wait_status
 
 PHONE = (390, 844)
 DESKTOP = (1280, 800)
@@ -20,6 +21,30 @@ TAP_TARGETS = """() => [...document.querySelectorAll('button, select, textarea, 
     return { what: el.id || el.name || el.textContent.trim() || el.outerHTML.slice(0, 60),
              w: box.width, h: box.height };
   })"""
+
+
+# Dark pixels of the sketch canvas within `region` = [x0, y0, x1, y1], fractions of the canvas.
+INK_IN = """(region) => { const c = document.getElementById('sketch');
+  const [x0, y0, x1, y1] = region.map((v) => Math.round(v * c.width));
+  const d = c.getContext('2d').getImageData(x0, y0, x1 - x0, y1 - y0).data; let ink = 0;
+  for (let i = 0; i < d.length; i += 4) ink += d[i] < 128; return ink; }"""
+# What lies on top at each point (page coordinates): its id, or its tag.
+TOP_AT = """(points) => points.map(([x, y]) => {
+  const e = document.elementFromPoint(x, y); return e && (e.id || e.tagName); })"""
+# Boxes wider than their content allows: an element whose content overflows it sideways, or one past the screen.
+OVERFLOWS = """() => [...document.querySelectorAll('body *')].filter((e) => e.getClientRects().length)
+  .filter((e) => e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX === 'visible'
+    || e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5)
+  .map((e) => `${e.id || e.className || e.tagName}: ${e.scrollWidth} px in ${e.clientWidth}`)"""
+TILES_ON_ONE_LINE = """() => [...document.querySelectorAll('#metrics > div')].every((tile) =>
+  new Set([...tile.querySelectorAll('dd')].flatMap((dd) => [...dd.getClientRects()].map((r) => Math.round(r.top))))
+    .size <= 1)"""
+CORNERS = {  # a short stroke from each corner inwards, and the corner's region
+    "top left": ([(0.02, 0.02), (0.1, 0.1)], [0, 0, 0.15, 0.15]),
+    "top right": ([(0.98, 0.02), (0.9, 0.1)], [0.85, 0, 1, 0.15]),
+    "bottom left": ([(0.02, 0.98), (0.1, 0.9)], [0, 0.85, 0.15, 1]),
+    "bottom right": ([(0.98, 0.98), (0.9, 0.9)], [0.85, 0.85, 1, 1]),
+}
 
 
 def box(page, selector: str) -> dict:
@@ -124,4 +149,62 @@ def test_desktop_output_and_prompt_on_the_first_screen(app, open_page):
     shoot(page, "desktop-sketch")
     for selector in ("#sketch", "#output", "#p-prompt"):
         assert on_first_screen(page, selector, DESKTOP[1]), f"{selector} is below the first screen"
+    assert not page.errors
+
+
+def open_at(open_page, url: str, size: str):
+    viewport, phone = SIZES[size]
+    page = open_page(url, viewport=viewport, phone=phone)
+    page.wait_for_selector("#p-prompt")
+    return page
+
+
+def corners_draw(page) -> dict[str, tuple]:
+    """Per corner of the sketch canvas: what lies on top there, and the ink a stroke starting there left."""
+    b = box(page, "#sketch")
+    found = {}
+    for corner, (stroke, region) in CORNERS.items():
+        points = [(b["x"] + fx * b["width"], b["y"] + fy * b["height"]) for fx, fy in stroke[:1]]
+        before = page.evaluate(INK_IN, region)
+        draw_stroke(page, stroke)
+        found[corner] = (page.evaluate(TOP_AT, points)[0], page.evaluate(INK_IN, region) - before)
+    return found
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_nothing_lies_on_the_sketch_canvas_and_a_stroke_in_every_corner_draws(app, open_page, size):
+    page = open_at(open_page, app.url, size)
+    choose(page, "sketch")
+    drawn = corners_draw(page)
+    shoot(page, f"{size}-sketch-corners")
+    for corner, (top, ink) in drawn.items():
+        assert top == "sketch" and ink > 0, f"{corner}: {top} lies there, the stroke left {ink} dark pixels"
+    if page.is_visible("#swap"):  # phones: the result big, the canvas small; still nothing on the canvas
+        page.click("#swap")
+        assert box(page, "#output")["width"] > box(page, "#sketch")["width"]
+        drawn = corners_draw(page)
+        shoot(page, f"{size}-sketch-corners-swapped")
+        for corner, (top, ink) in drawn.items():
+            assert top == "sketch" and ink > 0, f"swapped, {corner}: {top} lies there, the stroke left {ink} pixels"
+    assert not page.errors
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_page_fits_the_screen_and_no_control_or_readout_is_wrapped_or_cut(app, open_page, size):
+    page = open_at(open_page, app.url, size)
+    width = SIZES[size][0][0]
+    page.fill("#p-seed", "4294967295")  # the largest seed: ten digits
+    for source in ("camera", "sketch", "file", "text"):
+        choose(page, source)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= width, f"{source}: wider than the screen"
+        assert page.evaluate(OVERFLOWS) == [], source
+    seed = page.eval_on_selector("#p-seed", "(s) => [s.scrollWidth, s.clientWidth]")
+    assert seed[0] <= seed[1], f"the seed is cut: {seed[0]} px of digits in {seed[1]} px"
+    choose(page, "camera")
+    start(page)
+    wait_status(page, "Live")
+    page.wait_for_function("() => /^\\d+ ms \\(\\d+%\\)$/.test(document.getElementById('m-server').textContent)")
+    page.evaluate("() => window.sdxs.metrics.render()")
+    assert page.evaluate(TILES_ON_ONE_LINE), page.inner_text("#metrics")
+    assert page.evaluate(OVERFLOWS) == []
     assert not page.errors

@@ -92,3 +92,32 @@ def test_student_controlnet_drives_a_unet_without_mid_block():
     assert out.shape == x.shape
     # zero convolutions: a fresh ControlNet leaves the UNet unchanged
     assert torch.allclose(out, student(x, t, ctx).sample)
+
+
+def test_loading_a_tiny_vae_that_diffusers_saved_warns_nothing_and_other_unexpected_keys_still_warn(tmp_path):
+    """Issue 25, item 8: every `--model mini` load warned about `block_out_channels`, a key diffusers' own
+    AutoencoderTiny writes into its config (sdxs/__init__.py drops exactly that warning)."""
+    import json
+    import logging
+
+    from diffusers import AutoencoderTiny
+
+    import sdxs  # noqa: F401 - installs the filter
+    from sdxs.loading import MINI_DIR
+
+    warned: list[str] = []
+    catch = logging.Handler(logging.WARNING)
+    catch.emit = lambda record: warned.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(catch)  # diffusers' loggers do not propagate past it
+    try:
+        AutoencoderTiny.from_pretrained(MINI_DIR / "vae")
+        assert warned == []
+        config = json.loads((MINI_DIR / "vae" / "config.json").read_text())
+        assert "block_out_channels" in config  # the key is still there: the load above really met it
+        (tmp_path / "config.json").write_text(json.dumps({**config, "colour": "red"}))
+        (tmp_path / "diffusion_pytorch_model.safetensors").symlink_to(
+            MINI_DIR / "vae" / "diffusion_pytorch_model.safetensors")
+        AutoencoderTiny.from_pretrained(tmp_path)
+        assert len(warned) == 1 and "'colour'" in warned[0], warned
+    finally:
+        logging.getLogger("diffusers").removeHandler(catch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import sys
 import threading
@@ -110,6 +111,16 @@ def tiny_config(model_dir, **overrides) -> ServerConfig:
                 max_sessions=8, max_queue=4, max_sessions_per_client=64, max_message_bytes=256 * 1024,
                 idle_timeout_s=30, session_time_limit_s=0, log_level="warning")
     return ServerConfig(**{**base, **overrides})
+
+
+def closed_because(caplog, clients: list[Client] | None = None) -> list[str]:
+    """Why each session ended, in order, as its last log line says: "session 1a2b3c4d closed: WHY (violations=N)"
+    (capture with caplog.at_level(logging.INFO, logger="sdxs")); only those of `clients` (welcomed ones) if given:
+    a session of an earlier test may end while this one runs."""
+    ids = None if clients is None else {c.welcome["session_id"][:8] for c in clients}
+    lines = (r.getMessage() for r in caplog.records if r.name == "sdxs.session")
+    matches = (re.fullmatch(r"session (\w+) closed: (.*) \(violations=\d+\)", line) for line in lines)
+    return [m.group(2) for m in matches if m and (ids is None or m.group(1) in ids)]
 
 
 def noise_image(size: int, seed: int) -> np.ndarray:

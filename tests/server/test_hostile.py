@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_harness import (
     FaultyPipe,
     RunningServer,
+    closed_because,
     flood_params,
     goodbye,
     noise_image,
@@ -336,7 +337,7 @@ def test_a_flooder_that_does_not_read_is_closed_and_never_buffered_unboundedly(s
     assert max(peak) <= 256 * 1024 + 2000, "the server buffered without bound"
 
 
-def test_a_client_that_stops_reading_gets_goodbye_slow_consumer(server, monkeypatch):
+def test_a_client_that_stops_reading_gets_goodbye_slow_consumer(server, monkeypatch, caplog):
     """It fills the pipe, then reads nothing: once a send has waited STALL_S the session is over, and the client
     finds the goodbye before the close when it reads again."""
     monkeypatch.setattr(outbox_module, "STALL_S", 1.0)
@@ -348,12 +349,15 @@ def test_a_client_that_stops_reading_gets_goodbye_slow_consumer(server, monkeypa
         await asyncio.sleep(2.5)
         result = await goodbye(client)
         await idle(server)
-        return result
+        return client, result
 
-    assert run(go()) == (SLOW, 1008)
+    with caplog.at_level(logging.INFO, logger="sdxs"):
+        client, result = run(go())
+    assert result == (SLOW, 1008)
+    assert closed_because(caplog, [client]) == ["goodbye slow_consumer, close 1008"]  # the log says why (issue 25)
 
 
-def test_a_client_that_never_reads_again_is_dropped_and_its_socket_freed(server, monkeypatch):
+def test_a_client_that_never_reads_again_is_dropped_and_its_socket_freed(server, monkeypatch, caplog):
     """Its session ends after SEND_TIMEOUT_S without a goodbye it could read; then the socket, which asyncio would
     keep trying to flush forever, is aborted REAP_AFTER_S later (both shortened here)."""
     monkeypatch.setattr(connection_module, "SEND_TIMEOUT_S", 1.0)
@@ -368,9 +372,14 @@ def test_a_client_that_never_reads_again_is_dropped_and_its_socket_freed(server,
         deadline = time.monotonic() + 10
         while len(sockets) > before and time.monotonic() < deadline:  # ... and then its socket went
             await asyncio.sleep(0.1)
-        return len(sockets) - before
+        return client, len(sockets) - before
 
-    assert run(go()) == 0
+    with caplog.at_level(logging.INFO, logger="sdxs"):
+        client, left = run(go())
+    assert left == 0
+    # the log says why (issue 25): the flood may first have been judged a slow consumer (over 1 MiB waiting)
+    assert closed_because(caplog, [client]) in (["the client read nothing for 1 s (dropped without a goodbye)"],
+                                                ["goodbye slow_consumer, close 1008"])
 
 
 # --- item 4: metrics stay true ---------------------------------------------------------------------------------
@@ -435,8 +444,10 @@ def test_client_disconnects_are_info_not_errors(server, caplog):
     payload = encode_image(noise_image(128, 70))
 
     async def go():
+        clients = []
         for i in range(16):  # leave while answers are on their way, at different points
             client = await Client.open(server.url, {"output_format": "png", "params": {"seed": i}})
+            clients.append(client)
             for j in range(40):
                 await client.send_json({"type": "ping", "t": j})
             await client.send_frame(payload)
@@ -449,12 +460,17 @@ def test_client_disconnects_are_info_not_errors(server, caplog):
         client = await Client.open(server.url)
         await client.close()
         await idle(server)
+        return [*clients, blocked, client]
 
     with caplog.at_level(logging.INFO, logger="sdxs"):
-        run(go())
+        clients = run(go())
     ours = [r for r in caplog.records if r.name.startswith("sdxs")]
     assert [r.getMessage() for r in ours if r.levelno >= logging.WARNING or r.exc_info] == []
     assert any("disconnected" in r.getMessage() for r in ours)
+    why = closed_because(caplog, clients)  # each session's last line says how it ended (issue 25); the flooder that
+    assert len(why) == 18 and [  # left mid-write may first have been judged a slow consumer (over 1 MiB waiting)
+        w for w in why if not w.startswith("the client disconnected") and w != "goodbye slow_consumer, close 1008"
+    ] == [], why
 
 
 def test_frame_ids_and_timestamps_of_any_value_are_handled(server):

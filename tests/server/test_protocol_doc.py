@@ -1,6 +1,8 @@
 """docs/protocol.md is the contract (issue 14, item 6): its tables of messages (section 2), errors (section 6) and
 goodbye reasons with close codes (section 7), and its option table (section 0), must name exactly what
-server/protocol.py, server/config.py and frontend/protocol.js define, so the three cannot drift apart."""
+server/protocol.py, server/config.py and frontend/protocol.js define, so the three cannot drift apart. What it
+quotes and promises holds too (issue 25, item 6): parameter values, the causes of `bad_frame_header`, metrics from
+the start."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from sdxs.params import GenerationParams
 from server.config import ServerConfig
 from server.messages import MODELS
 from server.protocol import (
@@ -19,7 +23,11 @@ from server.protocol import (
     ClientMessage,
     ErrorCode,
     GoodbyeReason,
+    ImageFormat,
+    ProtocolError,
     ServerMessage,
+    pack_input,
+    unpack_input,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,3 +124,55 @@ def test_limits_object_lists_every_limit():
 @pytest.mark.parametrize("code", sorted(c.value for c in ErrorCode))
 def test_every_error_code_is_explained_in_the_doc_once(code):
     assert len(re.findall(rf"^\| `{code}` \|", section(6), re.M)) == 1
+
+
+# --- issue 25, item 6: what the doc promises holds --------------------------------------------------------------
+
+# A parameter as the doc quotes it: `seed: 3` (in backticks) or "seed":3 (in a JSON example).
+QUOTED_PARAM = re.compile(r'`"?(\w+)"?\s*:\s*([^`]+?)`|"(\w+)"\s*:\s*("(?:[^"\\]|\\.)*"|[-\w.]+)')
+
+
+def test_every_parameter_value_the_doc_quotes_is_one_the_schema_accepts():
+    fields = set(GenerationParams.model_fields)
+    quoted = []
+    for match in QUOTED_PARAM.finditer(DOC):
+        name, value = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+        if name in fields:
+            quoted.append((name, value))
+    assert len(quoted) >= 3, quoted  # the JSON examples quote prompt, mode and strength at least
+    for name, value in quoted:
+        try:
+            GenerationParams.model_validate({name: json.loads(value)})
+        except (ValueError, ValidationError) as err:
+            pytest.fail(f"docs/protocol.md quotes {name}: {value}, which the server refuses: {err}")
+
+
+REFUSED_HEADERS = [  # (a binary message, the words of section 6's bad_frame_header row that name its fault)
+    (b"SX\x01", "shorter than 16 bytes"),
+    (b"XX" + bytes(14), "wrong magic"),
+    (b"SX\x02\x01" + bytes(12), "version"),
+    (b"SX\x01\x09" + bytes(12), "unknown format byte"),
+    (pack_input(1, 0.0, ImageFormat.NONE, b"\xff\xd8 bytes"), "format 0 (no image) with a payload"),
+]
+
+
+@pytest.mark.parametrize(("message", "words"), REFUSED_HEADERS, ids=[w for _, w in REFUSED_HEADERS])
+def test_every_refused_frame_header_is_listed_under_bad_frame_header(message, words):
+    with pytest.raises(ProtocolError) as refused:
+        unpack_input(message)
+    assert refused.value.code is ErrorCode.BAD_FRAME_HEADER
+    row = next(meaning for code, _, _, meaning in table(section(6)) if code == "`bad_frame_header`")
+    assert words in row, f"section 6 does not list this cause of bad_frame_header: {words}"
+
+
+def test_metrics_list_every_session_state_and_frame_result_at_0_before_the_first_session(tmp_path):
+    from starlette.testclient import TestClient
+
+    from app import create_app
+
+    app = create_app(ServerConfig(model=str(tmp_path), gradio=False))  # no lifespan: nothing loads, nobody came
+    text = TestClient(app).get("/metrics").text
+    for state in ("active", "queued"):
+        assert f'sdxs_sessions{{state="{state}"}} 0.0' in text, f"sdxs_sessions{{state={state!r}}} is missing"
+    for result in ("generated", "reused", "error", "dropped"):
+        assert f'sdxs_frames_total{{result="{result}"}} 0.0' in text, f"sdxs_frames_total{{{result}}} is missing"

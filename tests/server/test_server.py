@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 import zlib
 
 import numpy as np
 import pytest
-from server_harness import RunningServer, noise_image, reference, tiny_config
+from server_harness import RunningServer, closed_because, noise_image, reference, tiny_config
 from websockets.exceptions import ConnectionClosed
 
 from sdxs import GenerationRequest
@@ -312,18 +313,22 @@ def test_bad_input_gets_coded_errors_and_others_see_nothing(main_server):
     assert bystander.errors() == [] and out.frame_id == 2
 
 
-def test_repeated_abuse_closes_with_policy_violation(main_server):
+def test_repeated_abuse_closes_with_policy_violation(main_server, caplog):
     async def go():
         client = await Client.open(main_server.url)
         for _ in range(12):
             await client.ws.send("{broken")
         code = await client.closed()
+        while main_server.state.connections:  # the session's last log line follows the close
+            await asyncio.sleep(0.02)
         return client, code
 
-    client, code = run(go())
+    with caplog.at_level(logging.INFO, logger="sdxs"):
+        client, code = run(go())
     assert code == 1008
     assert client.messages[-1] == {"type": "goodbye", "reason": "policy_violation", "close_code": 1008}
     assert client.errors("policy_violation")[0]["fatal"] is True
+    assert closed_because(caplog, [client]) == ["goodbye policy_violation, close 1008"]  # the log says why (issue 25)
 
 
 def test_frame_flood_closes_with_policy_violation(main_server):
@@ -386,7 +391,7 @@ def test_queueing_server_full_and_per_client_cap(tiny_model_dir):
         server.stop()
 
 
-def test_time_limit_idle_timeout_and_handshake_timeout(tiny_model_dir):
+def test_time_limit_idle_timeout_and_handshake_timeout(tiny_model_dir, caplog):
     config = tiny_config(tiny_model_dir, session_time_limit_s=3.0, idle_timeout_s=1.5, handshake_timeout_s=1.0,
                          time_left_every_s=0.5)
     server = RunningServer(config).start().wait_ready()
@@ -416,9 +421,13 @@ def test_time_limit_idle_timeout_and_handshake_timeout(tiny_model_dir):
         return await asyncio.gather(busy(), idle(), silent())
 
     try:
-        (busy_client, busy_code), (idle_client, idle_code), (silent_client, silent_code) = run(go())
+        with caplog.at_level(logging.INFO, logger="sdxs"):
+            (busy_client, busy_code), (idle_client, idle_code), (silent_client, silent_code) = run(go())
     finally:
         server.stop()
+    assert closed_because(caplog, [busy_client]) == ["goodbye time_limit, close 4000"]  # the log says why (issue 25)
+    assert closed_because(caplog, [idle_client]) == ["goodbye idle_timeout, close 4001"]
+    assert "goodbye handshake, close 4002" in closed_because(caplog)  # no hello: no session id to pick it by
     assert busy_code == 4000 and busy_client.messages[-1]["reason"] == "time_limit"
     assert len([m for m in busy_client.messages if m["type"] == "time_left"]) >= 3
     assert idle_code == 4001 and idle_client.messages[-1]["reason"] == "idle_timeout"

@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.exceptions import FastAPIDeprecationWarning
 from server_harness import RunningServer, tiny_config
 
+from app import create_app, uvicorn_options
 from server import state as state_module
 from server.config import parse_config
 
@@ -78,12 +81,32 @@ def test_app_py_exits_with_status_1_when_the_model_cannot_load(tmp_path):
 
 
 @pytest.mark.parametrize("prefix", ["", "/sdxs"])
-def test_gradio_answers_without_the_trailing_slash(tiny_model_dir, prefix):
+def test_gradio_answers_without_the_trailing_slash_and_builds_its_links_with_the_root_path(tiny_model_dir, prefix):
     server = RunningServer(tiny_config(tiny_model_dir, gradio=True, root_path=prefix)).start()
     try:
         response = httpx.get(f"{server.http}/gradio", follow_redirects=False, timeout=10)
         assert response.status_code in (301, 302, 307, 308) and response.headers["location"] == "gradio/"
-        if not prefix:  # behind a prefix the proxy strips it; tests/browser covers that route end to end
-            assert httpx.get(f"{server.http}/gradio/", timeout=30).status_code == 200
+        page = httpx.get(f"{server.http}/gradio/", timeout=30)  # as a proxy that strips the prefix asks for it
+        assert page.status_code == 200 and f'"root":"{server.http}{prefix}/gradio"' in page.text
     finally:
         server.stop()
+
+
+def test_the_root_path_is_the_servers_setting_not_fastapis_deprecated_one(tiny_model_dir):
+    config = tiny_config(tiny_model_dir, root_path="/sdxs")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        create_app(config)
+    assert [str(w.message) for w in caught if issubclass(w.category, FastAPIDeprecationWarning)] == []
+    assert uvicorn_options(config)["root_path"] == "/sdxs"  # uvicorn puts it in every request's scope
+
+
+def test_the_app_listens_on_this_machine_only_unless_told_or_on_a_space():
+    assert parse_config([], env={}).host == "127.0.0.1"
+    assert uvicorn_options(parse_config([], env={}))["host"] == "127.0.0.1"
+    assert parse_config(["--host", "0.0.0.0"], env={}).host == "0.0.0.0"  # the LAN, on purpose
+    assert parse_config([], env={"SDXS_HOST": "0.0.0.0"}).host == "0.0.0.0"
+    space = {"SPACE_ID": "someone/sdxs-live"}  # Hugging Face sets it in every Space, whose proxy needs 0.0.0.0
+    assert parse_config([], env=space).host == "0.0.0.0"
+    assert parse_config([], env={**space, "SDXS_HOST": "127.0.0.1"}).host == "127.0.0.1"
+    assert parse_config(["--host", "127.0.0.1"], env=space).host == "127.0.0.1"
