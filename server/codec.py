@@ -1,12 +1,13 @@
 """The server's image boundary: header checks, batch decode, encode.
 
-Frames stay encoded bytes until the worker.  On the event loop `probe` reads only the header and applies the size
+Frames stay encoded bytes until the worker. On the event loop `probe` reads only the header and applies the size
 checks and the decompression-bomb guard (bad_image / image_too_small / image_too_large at once); the worker's staging
-thread then decodes a whole batch with `decode_frames`: JPEG with nvJPEG on CUDA where torchvision's decoder is
-usable and right (server/nvjpeg.py: a stream of its own, a self-test, the CPU whenever it is not), else libjpeg-turbo
-(simplejpeg) at the smallest DCT scale that still covers the served size; PNG and WebP with PIL (transparent pixels
-composited on white).  The pipeline squares the frames (sdxs.frames).  `encode` writes JPEG with libjpeg-turbo, WebP
-and PNG with PIL.
+thread then decodes a whole batch with `decode_frames`: JPEG with nvJPEG on CUDA where torchvision's decoder is usable
+and right (server/nvjpeg.py: a stream of its own, a self-test, the CPU whenever it is not), else libjpeg-turbo
+(simplejpeg) at the smallest DCT scale that still covers the served size. PNG and WebP are decoded with PIL on
+receipt, on a decode thread (`decode_now`: they cannot be decoded scaled down, so a huge one must not hold up a
+batch), transparent pixels composited on white, then shrunk by an integer box filter to about the served size. The
+pipeline squares the frames (sdxs.frames). `encode` writes JPEG with libjpeg-turbo, WebP and PNG with PIL.
 
 Pixel convention at this boundary: uint8 RGB, shape (H, W, 3), values 0-255.
 """
@@ -84,6 +85,16 @@ def decode_frames(images: Sequence[Any], size: int, gpu: NvJpeg | None = None) -
     return [im.decoded if isinstance(im, Encoded) and im.decoded is not None else im for im in out]
 
 
+def decode_now(image: Encoded, size: int, frame_id: int | None = None) -> None:
+    """Decode `image` into `image.decoded` (as `decode_frames` would); raises ProtocolError (BAD_IMAGE) when its body
+    does not decode."""
+    if image.decoded is None:
+        try:
+            image.decoded = _decode_one(image, size)
+        except ProtocolError as err:
+            raise ProtocolError(err.code, err.message, frame_id=frame_id) from err
+
+
 def _decode_one(image: Encoded, size: int) -> np.ndarray:
     if image.fmt is ImageFormat.JPEG:
         short = min(image.width, image.height)
@@ -95,12 +106,20 @@ def _decode_one(image: Encoded, size: int) -> np.ndarray:
     try:
         pil = Image.open(io.BytesIO(image.payload), formats=[image.fmt.pil_name])
         pil.load()
-        return np.asarray(_to_rgb(pil))
+        return np.asarray(_reduced(_to_rgb(pil), size))
     # PIL's decoders raise OSError and ValueError mostly, but also EOFError, struct.error, IndexError... on corrupt
     # bytes: every one means "not a valid image", the client's bad_image, never a server error
     except Exception as exc:  # noqa: BLE001
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"{image.fmt.pil_name} data could not be decoded: "
                             f"{type(exc).__name__}: {exc}") from exc
+
+
+def _reduced(image: Image.Image, size: int) -> Image.Image:
+    """`image` shrunk by the largest integer factor that keeps its short side at least `size` (a box filter, as
+    libjpeg-turbo's DCT scaling does for JPEG): what a session keeps of a huge PNG or WebP is then at most about
+    twice the served size on its short side, not the full decode."""
+    factor = min(image.size) // max(size, 1)
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _open_checked(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_id: int | None) -> Image.Image:

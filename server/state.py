@@ -69,6 +69,8 @@ class AppState:
         self.metrics = Metrics()
         self.load_status = LoadingStatus()
         self.codec_pool = ThreadPoolExecutor(config.codec_threads, thread_name_prefix="sdxs-codec")
+        # PNG and WebP inputs, decoded on receipt one at a time: a huge one costs its sender, not every session's batch
+        self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="sdxs-decode")
         self.admission = Admission(config.max_sessions, config.max_queue, config.max_sessions_per_client,
                                    self.metrics)
         self.image_limits = ImageLimits(config.min_image_side, config.max_image_side, config.max_image_pixels)
@@ -171,6 +173,7 @@ class AppState:
         if worker is not None:
             worker.stop(timeout=WORKER_STOP_S)
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     def _load(self) -> None:
         """Load a pipeline per device (`--devices`; one without it), start their workers, wait for the warm-ups.
@@ -318,17 +321,24 @@ def load_pipeline(config: ServerConfig, status: LoadingStatus) -> Any:
     return pipe
 
 
+MMAP_THRESHOLD = 16 << 20  # allocations from here up (PIL's 16 MB image blocks, full-size decodes) go back when freed
+TRIM_THRESHOLD = 64 << 20  # free memory at the heap's top beyond this goes back to the system
+
+
 def keep_freed_memory() -> None:
-    """Keep freed memory in the process for the next frame.  glibc hands large freed blocks back to the system and
-    page-faults them in again on the next allocation: about 1 ms per 3 MB tensor (one 512 frame in float32), more than
-    the arithmetic on it.  A no-op without glibc."""
+    """Keep freed memory in the process for the next frame, within a bound.  glibc hands large freed blocks back to
+    the system and page-faults them in again on the next allocation: about 1 ms per 3 MB tensor (one 512 frame in
+    float32), more than the arithmetic on it; so blocks below 16 MB are kept.  Blocks from 16 MB up (a 4096x4096 PNG
+    decodes into 48 MB) are mapped and returned when freed, and free memory at the heap's top beyond 64 MB is
+    trimmed, so that a few huge inputs cannot ratchet the process's memory up (docs/protocol.md section 11).  A no-op
+    without glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    libc.mallopt(m_trim_threshold, 1 << 30)
-    libc.mallopt(m_mmap_threshold, 256 << 20)
+    libc.mallopt(m_trim_threshold, TRIM_THRESHOLD)
+    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
 
 
 def use_cuda_graphs(config: ServerConfig, device_type: str) -> bool:

@@ -99,12 +99,20 @@ class FrameStream:
         self.app.worker.notify(self)
 
     async def _check(self, frame: InputFrame) -> codec.Encoded:
-        """The header check: a JPEG's on the loop (microseconds), a PNG's or WebP's (PIL) on the codec pool."""
-        limits = self.app.image_limits
+        """A JPEG's header check, on the loop (microseconds: the worker decodes JPEG in batches, scaled down while
+        decoding).  A PNG or WebP is checked and decoded at once on the decode thread (PIL cannot decode it scaled
+        down, and a 4096x4096 one takes 0.15 s: not in a batch that other sessions' frames wait for), unless a newer
+        frame of this session superseded it meanwhile."""
         if frame.fmt is ImageFormat.JPEG:
-            return codec.probe(frame.payload, frame.fmt, limits, frame.frame_id)
-        work = functools.partial(codec.probe, frame.payload, frame.fmt, limits, frame.frame_id)
-        return await self.loop.run_in_executor(self.app.codec_pool, work)
+            return codec.probe(frame.payload, frame.fmt, self.app.image_limits, frame.frame_id)
+        work = functools.partial(self._check_and_decode, frame)
+        return await self.loop.run_in_executor(self.app.decode_pool, work)
+
+    def _check_and_decode(self, frame: InputFrame) -> codec.Encoded:
+        image = codec.probe(frame.payload, frame.fmt, self.app.image_limits, frame.frame_id)
+        if frame.frame_id >= self.session.last_frame_id:  # superseded frames are never served: not worth decoding
+            codec.decode_now(image, int(self.app.pipe.size), frame.frame_id)
+        return image
 
     async def control_frame(self) -> OutgoingFrame:
         """The control image (inverted sketch / edges) of the latest input under the current parameters."""
