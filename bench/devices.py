@@ -72,8 +72,8 @@ class FileFault:
 
 def serve(port: int, folder: Path, app_args: list[str]) -> None:
     """Run app.py's app with every device's pipeline wrapped in a FileFault (devices in --devices order)."""
-    from app import create_app, make_server, uvicorn_options
     from server.config import parse_config
+    from server.routes import create_app, make_server, uvicorn_options
 
     config = parse_config([*app_args, "--port", str(port), "--host", "127.0.0.1"])
     counter = itertools.count()

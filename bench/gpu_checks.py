@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 # everything bench/gpu.sh imports, directly or in the app it starts (Gradio is not mounted there: --gradio false)
 MODULES = ("torch", "numpy", "PIL", "cv2", "simplejpeg", "diffusers", "transformers", "huggingface_hub", "accelerate",
            "peft", "safetensors", "pydantic", "fastapi", "starlette", "uvicorn", "websockets", "httpx", "psutil",
-           "prometheus_client", "sdxs", "sdxs.pipeline", "server.state", "server.nvjpeg", "app", "bench.pipeline",
-           "bench.server", "bench.timing")
+           "prometheus_client", "sdxs", "sdxs.pipeline", "server.state", "server.nvjpeg", "server.routes", "app",
+           "bench.pipeline", "bench.server", "bench.timing")
 OPTIONAL = ("torchvision",)  # nvJPEG; without it JPEG frames are decoded on the CPU (said, not failed)
 
 

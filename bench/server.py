@@ -111,8 +111,8 @@ def serve(argv: list[str], null_model: bool) -> None:
 
     name_os_threads()
 
-    from app import create_app, make_server, uvicorn_options
     from server.config import parse_config
+    from server.routes import create_app, make_server, uvicorn_options
 
     config = parse_config(argv)
     wrap = None
@@ -301,7 +301,7 @@ def breakdown(args: argparse.Namespace, video: list[bytes], modes: list[str], it
 
     from sdxs import GenerationParams, GenerationRequest, SDXSPipeline
     from server import codec
-    from server.state import device_features, keep_freed_memory
+    from server.loading import device_features, keep_freed_memory
 
     keep_freed_memory()  # as the server does
     if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
@@ -328,12 +328,10 @@ def breakdown(args: argparse.Namespace, video: list[bytes], modes: list[str], it
                 with clock("stage", pipe.staging_stream):
                     staged = pipe.stage([GenerationRequest(params, image) for image in images])
                 with clock("models+postprocess"):
-                    host, ready = pipe.to_host(pipe.run(staged))
-                    if ready is not None:
-                        ready.synchronize()
+                    rows = pipe.to_host(pipe.run(staged)).arrays()
                 with clock("encode"):
-                    for frame in host:
-                        codec.encode(frame.numpy(), ImageFormat.JPEG, 80)
+                    for row in rows:
+                        codec.encode(row, ImageFormat.JPEG, 80)
             stages = {k: round(v / iters / batch, 3) for k, v in clock.ms.items()}
             stages["total"] = round(sum(stages.values()), 3)
             out[f"{mode}/b{batch}"] = stages

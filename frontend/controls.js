@@ -1,7 +1,7 @@
 // Parameter controls built from the server's JSON schema of GenerationParams: one field per property, so a new
-// parameter needs no change here. Edits are sent after a short debounce; the server's `params_ok` is the truth.
+// parameter needs no change here, and a field shows in the modes its schema lists (`modes`; every mode without).
+// Edits are sent after a short debounce; the server's `params_ok` is the truth.
 
-const ONLY_IN = { strength: ["image"], control_scale: ["sketch", "edges"], edge_low: ["edges"], edge_high: ["edges"] };
 const MAX_SLIDER_STEPS = 1000;
 
 function resolve(schema, prop) {
@@ -23,6 +23,7 @@ export class Controls {
     this.onChange = onChange; // called with an object of changed fields
     this.debounceMs = debounceMs;
     this.inputs = new Map(); // name -> {input, prop, row}
+    this.modeInfo = { inputs: {}, control: [] }; // the schema's `mode`: each mode's input kind, the ControlNet modes
     this.pending = {};
     this.timer = null;
   }
@@ -31,6 +32,8 @@ export class Controls {
   build(schema, values, choices = {}) {
     this.form.replaceChildren();
     this.inputs.clear();
+    const mode = schema.properties.mode ? resolve(schema, schema.properties.mode) : {};
+    this.modeInfo = { inputs: mode.inputs || {}, control: mode.control || [] };
     for (const [name, raw] of Object.entries(schema.properties)) {
       const prop = resolve(schema, raw);
       const input = Object.assign(this.#input(prop, choices[name]), { id: `p-${name}`, name });
@@ -127,9 +130,10 @@ export class Controls {
 
   #relevance() {
     const mode = this.inputs.get("mode")?.input.value;
-    for (const [name, modes] of Object.entries(ONLY_IN)) {
+    for (const [name, { prop }] of this.inputs) {
+      if (!prop.modes) continue;
       const label = this.form.querySelector(`[data-field="${name}"]`);
-      if (label) label.hidden = !!mode && !modes.includes(mode);
+      if (label) label.hidden = !!mode && !prop.modes.includes(mode);
     }
   }
 }

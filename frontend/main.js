@@ -2,7 +2,7 @@
 // Start/Stop -> runner. Nothing connects or asks for the camera before Start.
 
 import { Session } from "./socket.js";
-import { QUIET_ERRORS, plainError } from "./protocol.js";
+import { ErrorCode, QUIET_ERRORS, Reason, plainError } from "./protocol.js";
 import { VideoSource } from "./camera.js";
 import { Sketch } from "./sketch.js";
 import { bindSketchTools } from "./sketchtools.js";
@@ -65,12 +65,12 @@ function buildControls(schema, model, params) {
 /** No live stream here (ZeroGPU: a GPU per request): say why and offer the Gradio tabs. */
 function noLive({ reason }) {
   status.set(Phase.ENDED, "No live stream");
-  status.show(reason || plainError("no_live_stream"),
+  status.show(reason || plainError(Reason.NO_LIVE_STREAM),
     { action: "Open the Gradio tabs", onAction: () => location.assign("gradio/") });
 }
 
 session.addEventListener("nolive", (e) => {
-  runner.ended("no_live_stream", e.detail.reason);
+  runner.ended(Reason.NO_LIVE_STREAM, e.detail.reason);
   noLive(e.detail);
 });
 
@@ -119,29 +119,29 @@ session.addEventListener("frame", (e) => {
   output.show(e.detail);
 });
 
-session.addEventListener("control", (e) => output.showControl(e.detail));
+session.addEventListener("control-image", (e) => output.showControl(e.detail));
 
 session.addEventListener("error", (e) => {
   const { code, message, field, fatal } = e.detail;
   console.info(`server error ${code}: ${message}`);
   if (QUIET_ERRORS.has(code) || fatal) return; // fatal ones end in a goodbye, shown on close
   const title = field && document.querySelector(`[data-field="${field}"] > span`)?.textContent;
-  if (code === "invalid_params" && field) controls.showError(field, message.replace(`${field}: `, ""));
-  if (code === "invalid_params" && field === "mode") modes.refused();
+  if (code === ErrorCode.INVALID_PARAMS && field) controls.showError(field, message.replace(`${field}: `, ""));
+  if (code === ErrorCode.INVALID_PARAMS && field === "mode") modes.refused();
   status.flash(plainError(code, title));
 });
 
 session.addEventListener("reconnecting", (e) => {
   const { reason, text, delay } = e.detail;
-  if (reason === "server_full" || reason === "too_many_sessions") status.full(text, delay);
-  else if (reason !== "model_loading") status.reconnecting(delay, text);
+  if (reason === Reason.SERVER_FULL || reason === Reason.TOO_MANY_SESSIONS) status.full(text, delay);
+  else if (reason !== Reason.MODEL_LOADING) status.reconnecting(delay, text);
 });
 
 session.addEventListener("closed", (e) => {
   const { retry, text, reason } = e.detail;
   output.stopRecording();
   if (!retry && runner.running) runner.ended(reason, text);
-  if (reason === "no_live_stream") noLive({ reason: text });
+  if (reason === Reason.NO_LIVE_STREAM) noLive({ reason: text });
 });
 
 window.addEventListener("pagehide", () => session.stop());

@@ -3,7 +3,7 @@
 // and the pump waits (`settled`) until the server confirms the mode the controls show. Switching Webcam -> Text only
 // therefore never sends an empty frame to an image mode, nor leaves one waiting while the mode becomes image.
 
-import { SOURCE_MODES } from "./sources.js";
+import { fittingModes } from "./sources.js";
 
 const DRAIN_POLL_MS = 20;
 
@@ -29,7 +29,8 @@ export class Modes {
 
   /** Offer the modes that fit the source; a new source starts in its own mode, a reconnect keeps a fitting one. */
   fit(source, newSource) {
-    const fitting = SOURCE_MODES[source].filter((m) => !this.model || this.model.includes(m));
+    const fitting = fittingModes(source, this.controls.modeInfo.inputs)
+      .filter((m) => !this.model || this.model.includes(m));
     this.controls.restrict("mode", fitting);
     const mode = this.controls.inputs.get("mode")?.input.value;
     if (mode && (newSource ? mode !== fitting[0] : !fitting.includes(mode))) {
@@ -62,7 +63,7 @@ export class Modes {
     this.server = params.mode;
     const { mode, ...rest } = params;
     this.controls.set(rest);
-    this.pump.textOnly = mode === "text"; // text mode takes no picture: send empty frames
+    this.pump.textOnly = this.controls.modeInfo.inputs[mode] === "none"; // takes no picture: send empty frames
     this.pump.touch();
   }
 

@@ -69,6 +69,27 @@ export const ErrorCode = Object.freeze({
   NO_LIVE_STREAM: "no_live_stream",
 });
 
+// `goodbye.reason` values (section 7), and what the page calls a close that came without one.
+export const Reason = Object.freeze({
+  CLIENT: "client",
+  TIME_LIMIT: "time_limit",
+  IDLE_TIMEOUT: "idle_timeout",
+  HANDSHAKE: "handshake",
+  POLICY_VIOLATION: "policy_violation",
+  SERVER_FULL: "server_full",
+  TOO_MANY_SESSIONS: "too_many_sessions",
+  MODEL_LOADING: "model_loading",
+  SERVER_SHUTDOWN: "server_shutdown",
+  INTERNAL_ERROR: "internal_error",
+  SLOW_CONSUMER: "slow_consumer",
+  NO_LIVE_STREAM: "no_live_stream",
+  CONNECTION_LOST: "connection_lost",
+  TRY_AGAIN_LATER: "try_again_later",
+});
+
+// Optional features a server lists in `welcome.features` and config.json (section 2).
+export const Feature = Object.freeze({ CONTROL: "control" });
+
 // `goodbye.reason` -> the close code that follows it (section 7).
 export const GoodbyeClose = Object.freeze({
   client: 1000,
@@ -123,12 +144,13 @@ export const Explain = Object.freeze({
 /** A plain sentence for a non-fatal `error` message; the server's technical `message` is for the console (and,
  * for a refused setting, next to that field). `fieldTitle`: the refused field's label. */
 export function plainError(code, fieldTitle) {
-  if (code === "invalid_params" && fieldTitle) return `${fieldTitle} was not accepted; the previous value stays.`;
+  if (code === ErrorCode.INVALID_PARAMS && fieldTitle) return `${fieldTitle} was not accepted; the previous value stays.`;
   return Explain[code] || "Something went wrong with one picture; the stream goes on.";
 }
 
 /** Errors that only concern one frame or field; the rest are shown to the visitor as a notice. */
-export const QUIET_ERRORS = new Set(["flow_control", "bad_frame_id", "not_active", "no_control"]);
+export const QUIET_ERRORS = new Set([ErrorCode.FLOW_CONTROL, ErrorCode.BAD_FRAME_ID, ErrorCode.NOT_ACTIVE,
+  ErrorCode.NO_CONTROL]);
 
 /** Encode an input frame: 16-byte header (magic, version, format, frame_id u32, client_ts f64) + image bytes. */
 export function encodeFrame(frameId, clientTs, format, imageBytes) {

@@ -2,6 +2,7 @@
 // releases the camera, the server slot and the queue place. While started, the pill says "Live" only while pictures
 // flow; a session the server ended because none came (idle timeout) waits quietly and rejoins when they do.
 
+import { Reason } from "./protocol.js";
 import { Phase } from "./status.js";
 
 const CHECK_MS = 300;
@@ -35,15 +36,15 @@ export class Runner {
 
   /** The server ended the session for good (time limit, idle, abuse, ...): show why and offer to start again. */
   ended(reason, text) {
-    if (reason === "idle_timeout" && this.pump.starved) {
+    if (reason === Reason.IDLE_TIMEOUT && this.pump.starved) {
       this.parked = true; // nothing to send anyway: no "Stopped", just wait for pictures
       this.status.waiting(this.sources.current);
       return this.status.timeLeft(null); // that session is over; a new one gets its own time
     }
     this.#halt();
     const again = () => this.start();
-    if (["time_limit", "idle_timeout", "client"].includes(reason)) {
-      this.status.ended(text, reason === "idle_timeout" ? "Resume" : "Start again", again);
+    if ([Reason.TIME_LIMIT, Reason.IDLE_TIMEOUT, Reason.CLIENT].includes(reason)) {
+      this.status.ended(text, reason === Reason.IDLE_TIMEOUT ? "Resume" : "Start again", again);
     } else {
       this.status.error(text, "Try again", again);
     }

@@ -113,14 +113,14 @@ export class Session extends EventTarget {
 
   #onFrame(buffer) {
     const frame = P.decodeFrame(buffer);
-    if (frame.isControl) return this.#emit("control", frame);
+    if (frame.isControl) return this.#emit("control-image", frame);
     this.inFlight.ack(frame.frameId);
     this.#emit("frame", frame);
   }
 
   #onClose(ws, event) {
     if (ws !== this.ws) return;
-    const reason = this.goodbye || P.Close[event.code]?.reason || "connection_lost";
+    const reason = this.goodbye || P.Close[event.code]?.reason || P.Reason.CONNECTION_LOST;
     this.goodbye = null;
     this.ws = null;
     this.state = null;
@@ -130,13 +130,13 @@ export class Session extends EventTarget {
     if (retry) this.#retry(P.Explain[reason], reason);
   }
 
-  #retry(text, reason = "connection_lost") {
+  #retry(text, reason = P.Reason.CONNECTION_LOST) {
     if (this.stopped) return;
     let base = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
-    if (reason === "server_full" || reason === "too_many_sessions") base = Math.max(base, BUSY_MIN_MS);
+    if (reason === P.Reason.SERVER_FULL || reason === P.Reason.TOO_MANY_SESSIONS) base = Math.max(base, BUSY_MIN_MS);
     const delay = base * (0.8 + 0.4 * Math.random());
     this.attempt += 1;
-    this.#emit("reconnecting", { delay, reason, text: text || P.Explain.connection_lost });
+    this.#emit("reconnecting", { delay, reason, text: text || P.Explain[P.Reason.CONNECTION_LOST] });
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this.start(), delay);
   }
@@ -154,7 +154,7 @@ export class Session extends EventTarget {
   }
 
   requestControl() {
-    if (this.features.includes("control") && this.state === P.State.ACTIVE) this.ws.send(P.controlRequest());
+    if (this.features.includes(P.Feature.CONTROL) && this.state === P.State.ACTIVE) this.ws.send(P.controlRequest());
   }
 
   /** Leave cleanly (bye, then close: the slot or queue place is free at once) and do not reconnect. */

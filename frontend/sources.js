@@ -5,14 +5,19 @@
 const $ = (id) => document.getElementById(id);
 const VIDEO = ["camera", "screen", "file"];
 
-/** Modes each source can feed; the first one is the default. */
-export const SOURCE_MODES = {
-  camera: ["image", "edges", "text"],
-  screen: ["image", "edges", "text"],
-  file: ["image", "edges", "text"],
-  sketch: ["sketch", "image", "text"],
-  text: ["text"],
-};
+/** What each source yields: a photo, a drawing, or nothing (the kinds of the schema's `mode.inputs`). */
+const YIELDS = { camera: "photo", screen: "photo", file: "photo", sketch: "drawing", text: "none" };
+/** The mode a source starts in. */
+const STARTS_IN = { camera: "image", screen: "image", file: "image", sketch: "sketch", text: "text" };
+
+/** The modes `source` can feed, from the schema's `inputs` (mode -> "none", "picture", "photo" or "drawing"): its own
+ * starting mode first.  A picture mode takes any source that yields a picture; "none" takes every source. */
+export function fittingModes(source, inputs) {
+  const kind = YIELDS[source];
+  const fits = (mode) => inputs[mode] === "none" || (kind !== "none" && [kind, "picture"].includes(inputs[mode]));
+  const modes = Object.keys(inputs).filter(fits);
+  return [STARTS_IN[source], ...modes.filter((m) => m !== STARTS_IN[source])].filter((m) => modes.includes(m));
+}
 
 export class Sources {
   constructor({ video, sketch, pump, onSourceChange, onError, onUnavailable }) {

@@ -3,6 +3,7 @@
 // black square), while not live the last picture is dimmed, and Snapshot/Record wait for a generated frame.
 
 import { snapshot, Recorder, toggleFullscreen } from "./output.js";
+import { Feature } from "./protocol.js";
 
 const $ = (id) => document.getElementById(id);
 const CONTROL_EVERY_MS = 500;
@@ -94,9 +95,10 @@ export class OutputView {
     const img = $("control-image");
     if (!$("show-control").checked) return;
     const mode = (this.session.active && this.params.mode) || this.controls.values.mode;
-    const fromServer = this.session.features.includes("control");
+    const fromServer = this.session.features.includes(Feature.CONTROL);
     let why = null;
-    if (mode !== "sketch" && mode !== "edges") why = "The control image exists in sketch and edges modes only.";
+    const control = this.controls.modeInfo.control;
+    if (!control.includes(mode)) why = `The control image exists in ${control.join(" and ")} modes only.`;
     else if (mode === "edges" && !fromServer) why = "This server does not send the edge map.";
     else if (mode === "edges" && !this.session.active) why = "The edge map comes from the server once you press Start.";
     img.hidden = !!why;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run the checks, on a fresh machine or an old one: set up what is missing (scripts/install.sh --test: the test tools
-# and Chromium too), lint with ruff, then `python -m pytest -q`.  Arguments go to pytest: `bash scripts/test.sh
+# and Chromium too), lint with ruff, type-check with mypy, then `python -m pytest -q`.  Arguments go to pytest: `bash scripts/test.sh
 # tests/server -x`; `bash scripts/test.sh -m slow` runs the slow quality runs (the training miniature).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
 .venv/bin/ruff check .
+.venv/bin/mypy  # the server, its seam with the pipeline, the parameters ([tool.mypy] in pyproject.toml)
 exec .venv/bin/python -m pytest -q "$@"

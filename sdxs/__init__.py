@@ -4,7 +4,7 @@ import logging
 import re
 
 from sdxs.errors import InvalidRequest, WeightsUnavailable
-from sdxs.params import GenerationParams, Mode
+from sdxs.params import GenerationParams, GenerationRequest, Mode
 
 __all__ = ["SDXSPipeline", "GenerationRequest", "GenerationParams", "Mode", "InvalidRequest", "WeightsUnavailable"]
 
@@ -35,7 +35,7 @@ logging.getLogger("diffusers.configuration_utils").addFilter(_drop_tiny_vae_own_
 
 def __getattr__(name: str):
     # the pipeline pulls in torch and diffusers: import it only when asked for, so `import sdxs` stays cheap
-    if name in ("SDXSPipeline", "GenerationRequest"):
+    if name == "SDXSPipeline":
         from sdxs import pipeline
 
         return getattr(pipeline, name)

@@ -74,8 +74,8 @@ def _generate(args) -> int:
 def _read_image(path: str):
     from PIL import Image
 
-    image = Image.open(path)
-    image.load()
+    with Image.open(path) as image:
+        image.load()  # the pixels read, the file closed
     return image
 
 

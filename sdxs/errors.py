@@ -29,9 +29,9 @@ class WeightsUnavailable(RuntimeError):
             f"Could not load weights for '{repo}': they are not in the Hugging Face cache ({cache_dir}) and the Hub "
             f"could not be reached{f' ({cause})' if cause else ''}.\n"
             f"  - download them on a connected machine (`{downloads}`) and copy the cache, or\n"
-            f"  - pass a local diffusers folder: --model /path/to/{self.needed[0].split('/')[-1]}, or\n"
-            f"  - without the Hub, use the miniature model this project trained and ships (32x32 digits): --model mini,"
-            f"\n    or a random-weight model for plumbing tests: --model tiny."
+            f"  - load a local diffusers folder instead (model=\"/path/to/{self.needed[0].split('/')[-1]}\"), or\n"
+            f"  - without the Hub, load the miniature model this project trained and ships (32x32 digits): "
+            f"model=\"mini\",\n    or random weights for plumbing tests: model=\"tiny\"."
         )
 
     def needing(self, needed: tuple[str, ...]) -> WeightsUnavailable:

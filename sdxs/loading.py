@@ -39,7 +39,7 @@ def resolve_folder(model: str) -> Path:
     """
     if model == MINI:
         if not (MINI_DIR / "model_index.json").exists():
-            raise ValueError(f"--model mini: {MINI_DIR} is missing; the miniature model ships with the repository "
+            raise ValueError(f"model 'mini': {MINI_DIR} is missing; the miniature model ships with the repository "
                              "checkout (models/sdxs-mini), not with a wheel")
         return MINI_DIR
     if model == TINY:
@@ -52,10 +52,10 @@ def resolve_folder(model: str) -> Path:
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"--model {model}: expected a diffusers folder, got a file")
+            raise ValueError(f"model {model!r}: expected a diffusers folder, got a file")
         return path
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ValueError(f"--model {model}: no such folder, and not a Hub id of the form owner/name")
+        raise ValueError(f"model {model!r}: no such folder, and not a Hub id of the form owner/name")
     return _download(model)
 
 

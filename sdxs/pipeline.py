@@ -37,7 +37,7 @@ from sdxs.errors import InvalidRequest, WeightsUnavailable
 from sdxs.graphs import Activity, GraphActivity
 from sdxs.loading import AUTO, DEFAULT_MODEL, DEFAULT_SKETCH_CONTROLNET, MINI, model_notes, resolve_folder
 from sdxs.onestep import add_noise
-from sdxs.params import GenerationParams, Mode
+from sdxs.params import GenerationParams, GenerationRequest, Mode
 from sdxs.schedule import OneStepSchedule
 from sdxs.tiny import MARKER
 
@@ -45,12 +45,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    """Parameters plus the input frame: a PIL image, a uint8 (H, W, 3) array or encoded image bytes (PNG, JPEG,
-    WebP); ``None`` in text mode."""
+class HostFrames:
+    """Generated frames on the host: ``pixels`` uint8 (B, S, S, 3) RGB, readable once ``ready`` (a CUDA event; None
+    on the CPU) has passed.  What ``to_host`` hands back across the server's seam (server/engine.py)."""
 
-    params: GenerationParams = field(default_factory=GenerationParams)
-    image: Any = None
+    pixels: torch.Tensor
+    ready: Any = None
+
+    @property
+    def pending(self) -> bool:
+        """The copy may still be running: waiting for it blocks (the server waits on a thread of its own)."""
+        return self.ready is not None
+
+    def arrays(self) -> list[np.ndarray]:
+        """Wait for the copy, then the rows as uint8 (S, S, 3) arrays (views of one buffer)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return list(self.pixels.numpy())
 
 
 @dataclass
@@ -135,7 +146,7 @@ class SDXSPipeline:
             try:
                 return cls.from_pretrained(DEFAULT_MODEL, **options)
             except WeightsUnavailable as exc:
-                log.warning("%s\nServing the bundled miniature model instead (--model mini).", exc)
+                log.warning("%s\nLoading the bundled miniature model instead (model \"mini\").", exc)
                 return cls.from_pretrained(MINI, **{**options, "adapters": None})
         try:
             folder = resolve_folder(model)
@@ -282,29 +293,28 @@ class SDXSPipeline:
             groups[self.batch_key(request)].append(i)
         results: list[Any] = [None] * len(requests)
         for indices in groups.values():
-            staged = self.stage([requests[i] for i in indices])
+            staged = self.stage([requests[i] for i in indices], checked=True)
             for name, ms in staged.timings.items():
                 self.last_timings[name] += ms
-            host, ready = self.to_host(self.run(staged))
+            host = self.to_host(self.run(staged))
             with self._timed("postprocess"):
-                if ready is not None:
-                    ready.synchronize()
-                arrays = host.numpy()
-                for i, array in zip(indices, arrays):
+                for i, array in zip(indices, host.arrays()):
                     results[i] = Image.fromarray(array) if output_type == "pil" else array
         self.last_timings = dict(self.last_timings)
         return results
 
     @torch.inference_mode()
-    def stage(self, requests: Sequence[GenerationRequest]) -> StagedBatch:
+    def stage(self, requests: Sequence[GenerationRequest], *, checked: bool = False) -> StagedBatch:
         """Everything before the models, for requests sharing one batch key: frames squared once, image-mode pixels,
         control images, noise, timesteps and control scales as tensors on the device.  On CUDA it runs on a side
-        stream (the server stages batch n+1 on its own thread while the models run batch n); ``run`` waits for it."""
+        stream (the server stages batch n+1 on its own thread while the models run batch n); ``run`` waits for it.
+        ``checked``: every request passed ``check`` already (the server checks each frame once), so not again."""
         params = [r.params for r in requests]
         if len({self.batch_key(r) for r in requests}) != 1:
             raise ValueError("stage() takes requests of one batch key; __call__ groups them")
-        for request in requests:
-            self.check(request)
+        if not checked:
+            for request in requests:
+                self.check(request)
         staged = StagedBatch(params)
         with self._staging_stream() as stream:
             with self._timed("preprocess", staged.timings):
@@ -377,14 +387,14 @@ class SDXSPipeline:
             return tensor.to(self.device)
         return tensor.pin_memory().to(self.device, non_blocking=True)
 
-    def to_host(self, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Device uint8 (B, S, S, 3) -> one host buffer (pinned, copied without blocking on CUDA) and the event to
-        wait for before reading it (None on the CPU)."""
+    def to_host(self, images: torch.Tensor) -> HostFrames:
+        """Device uint8 (B, S, S, 3) -> one host buffer (pinned, copied without blocking on CUDA) with the event to
+        wait for before reading it (none on the CPU)."""
         if images.device.type != "cuda":
-            return images.contiguous(), None
+            return HostFrames(images.contiguous())
         host = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
         host.copy_(images, non_blocking=True)
-        return host, torch.cuda.current_stream(images.device).record_event()
+        return HostFrames(host, torch.cuda.current_stream(images.device).record_event())
 
     # ---- phases ------------------------------------------------------------------------------------------------
 
@@ -528,4 +538,5 @@ def _controlnet_folder(model: str, folder: Path, controlnet: str | None) -> Path
     return local if (local / "config.json").exists() else None
 
 
-__all__ = ["SDXSPipeline", "GenerationRequest", "GraphsNotSettled", "WarmupReport", "path_of"]
+__all__ = ["SDXSPipeline", "GenerationRequest", "GraphsNotSettled", "HostFrames", "StagedBatch", "WarmupReport",
+           "path_of"]

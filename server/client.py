@@ -43,7 +43,8 @@ class Client:
         ws = await connect(url, max_size=None, compression=None, **connect_kwargs)
         client = cls(ws)
         if hello is not False:
-            await client.send_json({"type": "hello", "version": PROTOCOL_VERSION, **(hello or {})})
+            extra = hello if isinstance(hello, dict) else {}
+            await client.send_json({"type": "hello", "version": PROTOCOL_VERSION, **extra})
             client.welcome = await client.expect("welcome")
         return client
 

@@ -28,6 +28,8 @@ from PIL import Image, ImageFile
 from server.protocol import ErrorCode, ImageFormat, ProtocolError
 
 if TYPE_CHECKING:
+    import torch
+
     from server.nvjpeg import NvJpeg
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, never a half-grey frame
@@ -49,7 +51,7 @@ class Encoded:
 
     def __init__(self, payload: bytes, fmt: ImageFormat, width: int, height: int):
         self.payload, self.fmt, self.width, self.height = payload, fmt, width, height
-        self.decoded: Any = None
+        self.decoded: np.ndarray | torch.Tensor | None = None  # uint8 (H, W, 3); a CUDA tensor when nvJPEG decoded it
 
 
 def probe(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_id: int | None = None) -> Encoded:

@@ -115,7 +115,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         default = field.default
         parser.add_argument(_flag(name), dest=name, help=f"{field.description} [env {ENV_PREFIX}{name.upper()}; "
                                                           f"default {default!r}]")
-    values: dict[str, str] = {}
+    values: dict[str, str | None] = {}
     if "PORT" in env:
         values["port"] = env["PORT"]
     if env.get("SPACE_ID"):  # a Hugging Face Space: its proxy reaches the app from outside the container
@@ -127,6 +127,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     for key in ("safety_checker", "forwarded_allow_ips", "resolution"):
         if values.get(key) in ("", "none", "None"):
             values[key] = None
-    if values.get("controlnet", "auto").strip().lower() in ("", "none"):  # an empty Space variable means none
+    controlnet = values.get("controlnet")
+    if controlnet is not None and controlnet.strip().lower() in ("", "none"):  # an empty Space variable means none
         values["controlnet"] = "none"
     return ServerConfig.model_validate(values, strict=False)

@@ -16,20 +16,21 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sdxs.errors import InvalidRequest
-from sdxs.params import GenerationParams
+from sdxs.params import GenerationParams, GenerationRequest
 from server.messages import Bye, Control, Hello, Params, Ping, parse_params, validate
 from server.outbox import Close, Outbox, OutgoingFrame
 from server.protocol import (
     CLOSE_CODE_FOR,
     FATAL,
     FEATURES,
+    FRAME,
     PROTOCOL_VERSION,
     VIOLATIONS,
     ClientMessage,
@@ -42,6 +43,7 @@ from server.protocol import (
     ProtocolError,
     ServerMessage,
     SessionState,
+    admit,
     error_message,
     message,
     pack_output,
@@ -50,7 +52,6 @@ from server.protocol import (
 )
 from server.session import Session
 from server.stream import FrameStream
-from server.worker import make_request
 
 if TYPE_CHECKING:
     from server.state import AppState
@@ -152,8 +153,9 @@ class Connection:
     def _release(self) -> None:
         """Leave the worker and admission (idempotent); drop the pending frame."""
         self.session.mailbox.clear()
-        if self.app.worker is not None:
-            self.app.worker.unregister(self.stream)
+        pool = self.app.pool
+        if pool is not None:
+            pool.unregister(self.stream)
         self.app.admission.leave(self)
 
     def _spawn(self, coro: Coroutine, what: str) -> asyncio.Task:
@@ -289,7 +291,7 @@ class Connection:
                 self._on_message(msg, time.perf_counter())
             await asyncio.sleep(0)  # one message per turn: a flood cannot starve other sessions, answers leave
 
-    def _on_message(self, msg: dict, received_at: float) -> None:
+    def _on_message(self, msg: Mapping[str, Any], received_at: float) -> None:
         self.session.touch()
         data = msg.get("bytes") if msg.get("bytes") is not None else msg.get("text")
         if data is None:
@@ -309,12 +311,8 @@ class Connection:
 
     def _on_text(self, text: str) -> None:
         kind, obj = parse_text(text)
-        state = self.session.state
-        if state is SessionState.CONNECTING and kind is not ClientMessage.HELLO:
-            raise ProtocolError(ErrorCode.NOT_READY, f"expected hello first, got {kind.value}")
-        if state is not SessionState.CONNECTING and kind is ClientMessage.HELLO:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello was already received", field="type")
-        self._handlers[kind](validate(kind, obj))
+        if admit(self.session.state, kind):
+            self._handlers[kind](validate(kind, obj))
 
     def _on_hello(self, hello: Hello) -> None:
         if hello.output_format is not None:
@@ -339,6 +337,7 @@ class Connection:
 
     def _welcome(self) -> None:
         model = self.app.model_info
+        assert model is not None  # a session exists only once the model is ready
         self.send(message(
             ServerMessage.WELCOME, version=PROTOCOL_VERSION, session_id=self.session.id,
             state=self.session.state.value, params=self.session.params.model_dump(mode="json"),
@@ -354,7 +353,8 @@ class Connection:
     def _apply_params(self, update: dict, reply: bool) -> None:
         params = parse_params(self.session.params, update)
         try:  # the pipeline's own check: mode loaded (ControlNet), style loaded
-            self.app.pipe.check(make_request(params, _PLACEHOLDER if params.uses_image else None))
+            image = _PLACEHOLDER if params.uses_image else None
+            self.app.require_engine().check(GenerationRequest(params, image))
         except InvalidRequest as exc:
             raise ProtocolError(ErrorCode.INVALID_PARAMS, exc.message, field=exc.field) from None
         self.session.params = params
@@ -369,8 +369,8 @@ class Connection:
 
     def _on_control(self, _: Control) -> None:
         """Send the control image of the latest input under the current parameters (flag CONTROL)."""
-        if self.session.state is not SessionState.ACTIVE or self._control_busy:
-            return  # queued: ignored; one request at a time
+        if self._control_busy:
+            return  # one request at a time
         self._control_busy = True
         self._spawn(self._send_control(), "control image")
 
@@ -391,11 +391,11 @@ class Connection:
 
     # --- frames -------------------------------------------------------------------------------------------------
     def _on_binary(self, data: bytes, received_at: float) -> None:
-        if self.session.state is SessionState.CONNECTING:
-            raise ProtocolError(ErrorCode.NOT_READY, "a frame before hello")
+        if self.session.state is SessionState.CONNECTING:  # no frame id before hello: the header is not read
+            admit(self.session.state, FRAME)
         frame = unpack_input(data)
-        if self.session.state is SessionState.QUEUED:
-            raise ProtocolError(ErrorCode.NOT_ACTIVE, "frame dropped: the session is queued", frame_id=frame.frame_id)
+        if not admit(self.session.state, FRAME, frame.frame_id):
+            return
         warning = self.session.admit_frame(frame.frame_id)
         if warning is not None:
             self.send_error(warning)
@@ -433,7 +433,7 @@ class Connection:
 
     def _on_activated(self) -> None:
         self.session.touch()
-        self.app.worker.register(self.stream)
+        self.app.require_pool().register(self.stream)
         self._send_time_left()
 
     @_contained

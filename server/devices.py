@@ -19,18 +19,25 @@ Thread safety: one lock orders every change of placement; it is taken before a w
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sdxs.params import GenerationParams
 from server.metrics import Metrics
-from server.worker import NotReady
+from server.worker import NotReady, Source
+
+if TYPE_CHECKING:
+    from server.engine import Engine
+    from server.warmup import DeviceFeatures
+    from server.worker import Worker
 
 log = logging.getLogger("sdxs.devices")
 
@@ -116,9 +123,9 @@ class DeviceSlot:
 
     def __init__(self, spec: DeviceSpec):
         self.spec = spec
-        self.pipe: Any = None
-        self.worker: Any = None  # server.worker.Worker, once started
-        self.features: Any = None  # server.warmup.DeviceFeatures, once loaded
+        self.engine: Engine | None = None
+        self.worker: Worker | None = None  # once started
+        self.features: DeviceFeatures | None = None  # once loaded
         self.in_rotation = True
         self.error: str | None = None  # why it serves nothing: a load or warm-up failure, repeated faults
         self.failures = 0  # failed batches in a row
@@ -132,6 +139,13 @@ class DeviceSlot:
     @property
     def serving(self) -> bool:
         return self.worker is not None and self.in_rotation and self.error is None
+
+    @property
+    def running(self) -> Worker:
+        """The worker of a slot that has one (every slot sources are placed on: placement needs `serving`)."""
+        if self.worker is None:
+            raise NotReady(f"device {self.label} has no worker")
+        return self.worker
 
     def load(self) -> tuple[int, float]:
         """The placement key: sessions, then recent frames/s."""
@@ -158,7 +172,7 @@ class DevicePool:
         self.slots = list(slots)
         self.metrics = metrics
         self.max_failures = max_failures
-        self._placed: dict[Any, DeviceSlot] = {}
+        self._placed: dict[Source, DeviceSlot] = {}
         self._lock = threading.RLock()
         for slot in self.slots:
             if slot.worker is not None:
@@ -172,43 +186,42 @@ class DevicePool:
         self.metrics.device_fps.labels(label).set_function(slot.rate.rate)
         self.metrics.device_in_rotation.labels(label).set_function(lambda: float(slot.serving))
         for feature in ("cuda_graphs", "nvjpeg"):
-            self.metrics.device_feature.labels(label, feature).set_function(
-                lambda feature=feature: float(slot.features is not None and slot.features.enabled(feature)))
+            self.metrics.device_feature.labels(label, feature).set_function(functools.partial(_enabled, slot, feature))
 
     # --- the worker interface -------------------------------------------------------------------------------------
     @property
     def serving(self) -> list[DeviceSlot]:
         return [slot for slot in self.slots if slot.serving]
 
-    def register(self, source: Any) -> None:
+    def register(self, source: Source) -> None:
         """Place a source on the least-loaded slot in rotation; raises NotReady when none is."""
         with self._lock:
             self._place(source, self._least_loaded())
 
-    def unregister(self, source: Any) -> None:
+    def unregister(self, source: Source) -> None:
         with self._lock:
             slot = self._placed.pop(source, None)
             if slot is not None:
                 slot.sources.discard(source)
-                slot.worker.unregister(source)
+                slot.running.unregister(source)
 
-    def notify(self, source: Any = None) -> None:
+    def notify(self, source: Source | None = None) -> None:
         """`source` has a new pending job: wake its device's worker (without a source, or for one not placed:
         every worker; each looks only at its own sources)."""
         slot = self._placed.get(source) if source is not None else None  # a dict read: no lock needed
-        for worker in [slot.worker] if slot is not None else [s.worker for s in self.slots if s.worker is not None]:
+        for worker in [slot.running] if slot is not None else [s.worker for s in self.slots if s.worker is not None]:
             worker.notify()
 
-    async def submit_one(self, params: Any, image: np.ndarray | None) -> np.ndarray:
+    async def submit_one(self, params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
         """One request (Gradio) on the least-loaded slot in rotation; see Worker.submit_one."""
         with self._lock:
             slot = self._least_loaded()
-        return await slot.worker.submit_one(params, image)
+        return await slot.running.submit_one(params, image)
 
     def pending_count(self) -> int:
         return sum(slot.worker.pending_count() for slot in self.slots if slot.worker is not None)
 
-    def device_of(self, source: Any) -> str | None:
+    def device_of(self, source: Source) -> str | None:
         """The label of the slot serving `source`, or None."""
         with self._lock:
             slot = self._placed.get(source)
@@ -238,10 +251,10 @@ class DevicePool:
             raise NotReady("no device is serving")
         return min(candidates, key=DeviceSlot.load)
 
-    def _place(self, source: Any, slot: DeviceSlot) -> None:
+    def _place(self, source: Source, slot: DeviceSlot) -> None:
         self._placed[source] = slot
         slot.sources.add(source)
-        slot.worker.register(source)
+        slot.running.register(source)
 
     # --- faults (called on a worker's thread after each batch) ------------------------------------------------------
     def _on_batch(self, slot: DeviceSlot, size: int, error: BaseException | None) -> None:
@@ -266,22 +279,24 @@ class DevicePool:
             log.error("device %s taken out of rotation: %s", slot.label, slot.error)
             moves = self._evacuate(slot)
         for source, target in moves:
-            moved = getattr(source, "moved", None)
-            if moved is not None:
-                moved(target.label)
+            source.moved(target.label)
         self.notify()
 
-    def _evacuate(self, slot: DeviceSlot) -> list[tuple[Any, DeviceSlot]]:
+    def _evacuate(self, slot: DeviceSlot) -> list[tuple[Source, DeviceSlot]]:
         """Move every source of `slot` to the least-loaded slot in rotation, one at a time (holding the lock)."""
         moves = []
         for source in list(slot.sources):
             slot.sources.discard(source)
-            slot.worker.unregister(source)
+            slot.running.unregister(source)
             target = self._least_loaded()
             self._place(source, target)
             moves.append((source, target))
             log.info("a session moved from %s to %s", slot.label, target.label)
         return moves
+
+
+def _enabled(slot: DeviceSlot, feature: str) -> float:
+    return float(slot.features is not None and slot.features.enabled(feature))
 
 
 def _bind(method: Callable, slot: DeviceSlot) -> Callable[[int, BaseException | None], None]:

@@ -1,16 +1,16 @@
 """The Gradio UI and API, mounted on the same server (docs/protocol.md section 10).
 
-Contract with app.py (building is cheap and touches no model; the worker is looked up on every call):
+Contract with server/routes.py (building is cheap and touches no model; the pool is looked up on every call):
 
     from server.gradio_ui import build_gradio
     blocks = build_gradio(app_state)                 # app_state: server.state.AppState
     app = gr.mount_gradio_app(app, blocks, path="/gradio")
 
-`app_state` must offer `ready`, `loading`, `model_info` (dict or None, with `size`, `modes`, `is_random`) and
-`worker` (None until ready; `await worker.submit_one(params, image)` with image uint8 RGB (size, size, 3) or None,
-returning uint8 RGB (size, size, 3)). If it has `config` (a ServerConfig), the webcam stream takes its
-`max_sessions` as concurrency limit and `session_time_limit_s` as time limit. Every request goes through that
-worker, so batching, limits and `/metrics` cover Gradio too.
+`app_state` (a server.state.AppState) offers `ready`, `loading`, `model_info` (dict or None, with `size`, `modes`,
+`is_random`), `engine` and `pool` (None until ready; `await pool.submit_one(params, image)` with image uint8 RGB
+(size, size, 3) or None, returning uint8 RGB (size, size, 3)), and `config`: the webcam stream takes its
+`max_sessions` as concurrency limit and `session_time_limit_s` as time limit. Every request goes through the pool's
+workers, so batching, limits and `/metrics` cover Gradio too.
 
 Named endpoints for `gradio_client` (images come back as file paths):
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
@@ -40,16 +40,20 @@ from PIL import Image, ImageOps
 from pydantic import ValidationError
 
 from sdxs.errors import InvalidRequest
-from sdxs.params import GenerationParams
+from sdxs.params import MODE_INPUTS, GenerationParams, GenerationRequest, Mode
 from server import zerogpu
-from server.worker import InferenceError, NotReady, make_request
+from server.engine import Engine
+from server.worker import InferenceError, NotReady
+
+if TYPE_CHECKING:
+    from server.state import AppState
 
 DEFAULT_PROMPT = GenerationParams.model_fields["prompt"].default
 STREAM_EVERY_S = 0.2
+WEBCAM_MODES = [m for m, kind in MODE_INPUTS.items() if kind in ("photo", "picture")]  # what a webcam can feed
 
 
 # ---- one request through the shared worker ----------------------------------------------------------------------
-
 
 def _params(**fields: Any) -> GenerationParams:
     try:
@@ -73,23 +77,25 @@ def _model_input(image: np.ndarray | Image.Image | None, size: int) -> np.ndarra
     return np.asarray(pil, dtype=np.uint8)
 
 
-def _run_pipeline(pipe: Any, params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
-    """One request straight through the pipeline (ZeroGPU, inside the GPU lent for the call): uint8 RGB (size, size,
-    3). Raises InvalidRequest, or InferenceError for any other failure."""
+def _run_engine(engine: Engine | None, params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
+    """One request straight through the engine (ZeroGPU, inside the GPU lent for the call): uint8 RGB (size, size,
+    3). Raises NotReady, InvalidRequest, or InferenceError for any other failure."""
+    if engine is None:
+        raise NotReady("the model is not loaded")
     try:
-        return np.asarray(pipe([make_request(params, image)], output_type="np")[0])
+        return np.asarray(engine([GenerationRequest(params, image)], output_type="np")[0])
     except InvalidRequest:
         raise
     except Exception as exc:  # noqa: BLE001 - reported to this visitor as a failed request
         raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
 
 
-async def _generate(app_state: Any, params: GenerationParams, image: Any = None,
+async def _generate(app_state: AppState, params: GenerationParams, image: Any = None,
                     direct: Callable[[GenerationParams, np.ndarray | None], np.ndarray] | None = None) -> np.ndarray:
-    """Submit one request to the worker, or with `direct` (ZeroGPU) run it through that function on a thread; turn
+    """Submit one request to the pool, or with `direct` (ZeroGPU) run it through that function on a thread; turn
     every failure into a message the visitor understands."""
-    worker = app_state.worker
-    if worker is None or not app_state.ready:
+    pool = app_state.pool
+    if pool is None or app_state.model_info is None:
         progress = round(100 * float(app_state.loading.get("progress") or 0))
         raise gr.Error(f"The model is still loading ({progress}%). Try again in a moment.")
     size = int(app_state.model_info["size"])
@@ -99,7 +105,7 @@ async def _generate(app_state: Any, params: GenerationParams, image: Any = None,
     try:
         if direct is not None:
             return await asyncio.to_thread(direct, params, model_input)
-        return await worker.submit_one(params, model_input)
+        return await pool.submit_one(params, model_input)
     except InvalidRequest as err:
         raise gr.Error(f"{err.field}: {err.message}") from None
     except NotReady:
@@ -119,7 +125,7 @@ def _sketch_composite(value: dict | None) -> Image.Image | None:
 # ---- the UI ----------------------------------------------------------------------------------------------------
 
 
-def _status(app_state: Any) -> str:
+def _status(app_state: AppState) -> str:
     if not app_state.ready:
         loading = app_state.loading
         percent = round(100 * float(loading.get("progress") or 0))
@@ -132,7 +138,7 @@ def _status(app_state: Any) -> str:
     return text
 
 
-def _limits(app_state: Any) -> tuple[int, int | None, int]:
+def _limits(app_state: AppState) -> tuple[int, int | None, int]:
     """(webcam streams at once, seconds per stream or None, concurrent one-shot requests per endpoint)."""
     config = getattr(app_state, "config", None)
     sessions = int(getattr(config, "max_sessions", 4) or 4)
@@ -142,12 +148,20 @@ def _limits(app_state: Any) -> tuple[int, int | None, int]:
     return sessions, int(time_limit) if time_limit else None, concurrency
 
 
-def _webcam_modes(app_state: Any) -> gr.Radio:
-    modes = [m for m in ("image", "edges") if m in (app_state.model_info or {}).get("modes", ["image"])]
-    return gr.Radio(choices=modes or ["image"], value="image")
+def _webcam_modes(app_state: AppState) -> gr.Radio:
+    """The loaded modes a webcam's photos can feed (the schema's `mode` inputs: a photo or any picture)."""
+    loaded = (app_state.model_info or {}).get("modes", [Mode.image.value])
+    modes = [m.value for m in WEBCAM_MODES if m.value in loaded]
+    return gr.Radio(choices=modes or [Mode.image.value], value=Mode.image.value)
 
 
-def build_gradio(app_state: Any) -> gr.Blocks:
+def _slider(name: str, step: float) -> gr.Slider:
+    """A slider for parameter `name`: its range, default and title from GenerationParams' schema."""
+    low, high, default = GenerationParams.field_range(name)
+    return gr.Slider(low, high, default, step=step, label=GenerationParams.model_fields[name].title)
+
+
+def build_gradio(app_state: AppState) -> gr.Blocks:
     """Build the Blocks app; no model access here (the worker may not exist yet).  On ZeroGPU (server/zerogpu.py)
     the text, sketch and image endpoints run the pipeline under `@spaces.GPU` and the webcam tab explains why there
     is no live stream."""
@@ -155,7 +169,7 @@ def build_gradio(app_state: Any) -> gr.Blocks:
 
     @zerogpu.gpu(enabled=zero_gpu)
     def on_gpu(params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
-        return _run_pipeline(app_state.pipe, params, image)
+        return _run_engine(app_state.engine, params, image)
 
     direct = on_gpu if zero_gpu else None
 
@@ -193,7 +207,8 @@ def build_gradio(app_state: Any) -> gr.Blocks:
         demo.load(lambda: _status(app_state), None, status, api_visibility="private")
         with gr.Row():
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", max_length=1000, scale=4)
-            seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1, scale=1)
+            low, high, default = GenerationParams.field_range("seed")
+            seed = gr.Number(default, label="Seed", precision=0, minimum=low, maximum=high, scale=1)
 
         with gr.Tab("Text to image"):
             t_button = gr.Button("Generate", variant="primary")
@@ -209,7 +224,7 @@ def build_gradio(app_state: Any) -> gr.Blocks:
                     brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
                 )
                 s_out = gr.Image(label="Result", format="png", height=420)
-            s_scale = gr.Slider(0, 1, 0.8, step=0.05, label="Control scale")
+            s_scale = _slider("control_scale", step=0.05)
             s_button = gr.Button("Generate", variant="primary")
             s_button.click(sketchpad_to_image, [pad, prompt, seed, s_scale], s_out, api_name="sketchpad_to_image")
             pad.change(sketchpad_to_image, [pad, prompt, seed, s_scale], s_out, api_visibility="private",
@@ -222,7 +237,7 @@ def build_gradio(app_state: Any) -> gr.Blocks:
             with gr.Row():
                 i_in = gr.Image(label="Input", sources=["upload", "clipboard", "webcam"])
                 i_out = gr.Image(label="Result", format="png", height=420)
-            i_strength = gr.Slider(0.02, 1, 0.5, step=0.02, label="Strength")
+            i_strength = _slider("strength", step=0.02)
             i_button = gr.Button("Generate", variant="primary")
             i_button.click(image_to_image, [i_in, prompt, seed, i_strength], i_out, api_name="image_to_image")
 
@@ -233,8 +248,8 @@ def build_gradio(app_state: Any) -> gr.Blocks:
                 w_in = gr.Image(label="Webcam", sources=["webcam"], streaming=True)
                 w_out = gr.Image(label="Result", format="jpeg", streaming=True, height=420)
             with gr.Row():
-                w_strength = gr.Slider(0.02, 1, 0.5, step=0.02, label="Strength")
-                w_mode = gr.Radio(["image", "edges"], value="image", label="Mode")
+                w_strength = _slider("strength", step=0.02)
+                w_mode = gr.Radio([m.value for m in WEBCAM_MODES], value=Mode.image.value, label="Mode")
             demo.load(lambda: _webcam_modes(app_state), None, w_mode, api_visibility="private")
             w_in.stream(webcam_frame, [w_in, prompt, seed, w_strength, w_mode], w_out, api_visibility="private",
                         stream_every=STREAM_EVERY_S, time_limit=time_limit, concurrency_limit=sessions)

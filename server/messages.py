@@ -9,7 +9,7 @@ OverflowError inside a session). Unknown fields are ignored, so a newer client c
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,7 +68,7 @@ def validate(kind: ClientMessage, obj: dict) -> ClientText:
         raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {quote(version)} is not supported; "
                             f"this server speaks {PROTOCOL_VERSION}", field="version")
     try:
-        return MODELS[kind].model_validate(obj)
+        return cast(ClientText, MODELS[kind].model_validate(obj))
     except ValidationError as exc:
         field, why = _first_error(exc)
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{kind.value}.{why}", field=field) from None

@@ -29,7 +29,12 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from server.codec import Encoded
 
 import numpy as np
 import simplejpeg
@@ -78,7 +83,7 @@ class DecodeFailure:
     """The batched nvJPEG call raised: `frames` (server.codec.Encoded) were left for the CPU decoder."""
 
     error: BaseException
-    frames: list[Any]
+    frames: list[Encoded]
 
 
 @dataclass
@@ -102,15 +107,15 @@ class NvJpeg:
     """nvJPEG for one CUDA device, handing its outputs to `consumer` (a CUDA stream).  One thread decodes at a time
     (the worker's staging thread; the self-test runs on the model thread before the staging thread starts)."""
 
-    device: Any  # torch.device
-    consumer: Any  # torch.cuda.Stream: the pipeline's staging stream
-    decode_jpeg: Callable[..., list[Any]] | None = None  # torchvision's decode_jpeg(data, device=) to RGB (or a double)
+    device: torch.device
+    consumer: torch.cuda.Stream  # the pipeline's staging stream
+    decode_jpeg: Callable[..., list[torch.Tensor]] | None = None  # torchvision's decode_jpeg(data, device=) to RGB
     off_reason: str | None = None
     self_test_result: SelfTest | None = None
-    stream: Any = field(default=None, repr=False)
+    stream: torch.cuda.Stream | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, device: Any, consumer: Any) -> NvJpeg:
+    def create(cls, device: torch.device | str, consumer: torch.cuda.Stream | None) -> NvJpeg:
         """nvJPEG on `device`; off (with the reason) when torchvision's CUDA decoder cannot be imported."""
         import torch
 
@@ -137,7 +142,7 @@ class NvJpeg:
                       self.off_reason)
 
     # --- decoding ---------------------------------------------------------------------------------------------------
-    def decode(self, images: Sequence[Any]) -> DecodeFailure | None:
+    def decode(self, images: Sequence[Encoded]) -> DecodeFailure | None:
         """Decode the eligible JPEGs among `images` (server.codec.Encoded) into `image.decoded`: uint8 (H, W, 3)
         CUDA tensors, ready for the consumer stream.  The others stay for the CPU.  Returns the failure when the
         batched call raised (the caller tells from the CPU's result whose fault it was: `judge`), else None."""
@@ -161,11 +166,13 @@ class NvJpeg:
             self.turn_off(f"failed on {len(failure.frames)} frames libjpeg-turbo decodes: "
                           f"{type(failure.error).__name__}: {failure.error}")
 
-    def _decode_on_own_stream(self, payloads: Sequence[bytes]) -> list[Any]:
+    def _decode_on_own_stream(self, payloads: Sequence[bytes]) -> list[torch.Tensor]:
         """The stream protocol of the module docstring; (3, H, W) uint8 outputs on the device."""
         import torch
 
         data = [torch.frombuffer(bytearray(payload), dtype=torch.uint8) for payload in payloads]
+        # an NvJpeg made without a decoder or stream is off (create) and never comes here
+        assert self.decode_jpeg is not None and self.stream is not None
         self.stream.synchronize()  # 2. nothing queued on the decode stream when its allocator hands out a block
         with torch.cuda.stream(self.stream):  # 1. outputs allocated on a stream nothing else allocates on
             outputs = self.decode_jpeg(data, device=self.device)
@@ -216,7 +223,7 @@ class NvJpeg:
         if failure is not None:
             raise failure.error
         with torch.cuda.stream(self.consumer):  # read them as the consumer does
-            decoded = [frame.decoded.cpu().numpy() for frame in frames]
+            decoded = [torch.as_tensor(frame.decoded).cpu().numpy() for frame in frames]
         result.bait_intact = int(checksum.item()) == 77 * 3 * height * width
         compare(decoded, expected, result)
 

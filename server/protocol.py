@@ -189,6 +189,40 @@ class ProtocolError(Exception):
         self.code, self.message, self.frame_id, self.field = code, message, frame_id, field
 
 
+# --- what a session accepts in each state (section 4) -----------------------------------------------------------
+
+FRAME = "frame"  # a binary message, beside the text message types in the table below
+ACCEPT, IGNORE = "accept", "ignore"
+_TEXT = tuple(m.value for m in ClientMessage)
+_AFTER_HELLO = {m: ACCEPT for m in _TEXT if m != ClientMessage.HELLO}
+
+# state -> inbound kind -> ACCEPT, IGNORE, or the error code it earns.  Checked once, before dispatch (`admit`).
+ACCEPTS: dict[SessionState, dict[str, str | ErrorCode]] = {
+    SessionState.CONNECTING: {**{kind: ErrorCode.NOT_READY for kind in (*_TEXT, FRAME)}, ClientMessage.HELLO: ACCEPT},
+    SessionState.QUEUED: {**_AFTER_HELLO, ClientMessage.HELLO: ErrorCode.BAD_MESSAGE,
+                          ClientMessage.CONTROL: IGNORE, FRAME: ErrorCode.NOT_ACTIVE},
+    SessionState.ACTIVE: {**_AFTER_HELLO, ClientMessage.HELLO: ErrorCode.BAD_MESSAGE, FRAME: ACCEPT},
+    SessionState.CLOSING: {kind: IGNORE for kind in (*_TEXT, FRAME)},
+    SessionState.CLOSED: {kind: IGNORE for kind in (*_TEXT, FRAME)},
+}
+
+
+def admit(state: SessionState, kind: str, frame_id: int | None = None) -> bool:
+    """Whether a message of `kind` (a ClientMessage value, or FRAME) is dispatched in `state`: True, or False when it
+    is ignored; raises ProtocolError (expected ..., got ...) with the code the table gives it."""
+    verdict = ACCEPTS[state][kind]
+    if verdict == ACCEPT:
+        return True
+    if verdict == IGNORE:
+        return False
+    code = ErrorCode(verdict)
+    expected = ", ".join(k for k, v in ACCEPTS[state].items() if v == ACCEPT)
+    what = "a frame" if kind == FRAME else kind
+    why = "hello was already received" if kind == ClientMessage.HELLO else f"the session is {state.value}"
+    raise ProtocolError(code, f"{why}: expected {expected}, got {what}", frame_id=frame_id,
+                        field="type" if code is ErrorCode.BAD_MESSAGE else None)
+
+
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 

@@ -87,7 +87,7 @@ class Replica:
         self.metrics_at: int | None = None  # the port of this replica's own /metrics
 
     async def __serve_build_asgi_app__(self) -> Any:
-        from app import create_app  # the checkout is on the replicas' import path (`replica_env`)
+        from server.routes import create_app
 
         app = create_app(self.config)
         self.state = app.state.sdxs

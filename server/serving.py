@@ -55,7 +55,7 @@ class Server(uvicorn.Server):
 
     def _reap(self, after_s: float) -> None:
         """Abort transports that began closing at least `after_s` ago and still hold unsent data."""
-        now, seen = time.monotonic(), {}
+        now, seen = time.monotonic(), dict[object, float]()
         for connection in list(self.server_state.connections):
             transport = getattr(connection, "transport", None)
             if transport is None or not transport.is_closing() or not transport.get_write_buffer_size():

@@ -12,7 +12,10 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.codec import Encoded
 
 from sdxs.params import GenerationParams
 from server.protocol import (
@@ -32,7 +35,7 @@ class PendingFrame:
     frame_id: int
     client_ts: float
     received_at: float  # time.perf_counter() when the message arrived
-    image: Any
+    image: Encoded | None
     digest: bytes  # hash of (format, encoded bytes): equal digests mean an unchanged input
     decode_ms: float  # the header check on the loop side
 
@@ -105,7 +108,7 @@ class Session:
         self._unanswered: collections.deque[int] = collections.deque()
         self._cache_lock = threading.Lock()
         self._cache: CachedOutput | None = None
-        self._last_input: tuple[bytes, Any] | None = None
+        self._last_input: tuple[bytes, Encoded | None] | None = None
 
     # --- state machine -----------------------------------------------------------------------------------------
     def transition(self, new: SessionState) -> None:
@@ -168,14 +171,14 @@ class Session:
         return self.violations > self.max_violations
 
     # --- unchanged-input reuse --------------------------------------------------------------------------------
-    def known_input(self, digest: bytes) -> tuple[bool, Any]:
+    def known_input(self, digest: bytes) -> tuple[bool, Encoded | None]:
         """(True, image) when `digest` equals the last decoded input: decoding can be skipped."""
         last = self._last_input
         if last is not None and last[0] == digest:
             return True, last[1]
         return False, None
 
-    def remember_input(self, digest: bytes, image: Any) -> None:
+    def remember_input(self, digest: bytes, image: Encoded | None) -> None:
         self._last_input = (digest, image)
 
     def reusable(self, frame: PendingFrame, params: GenerationParams) -> CachedOutput | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdxs.errors import InvalidRequest
-from sdxs.params import GenerationParams
+from sdxs.params import GenerationParams, GenerationRequest
 from server import codec
 from server.outbox import OutgoingFrame
 from server.protocol import (
@@ -33,7 +33,7 @@ from server.protocol import (
     SessionState,
 )
 from server.session import CachedOutput, PendingFrame, Session
-from server.worker import Job, JobResult, make_request
+from server.worker import Job, JobResult
 
 if TYPE_CHECKING:
     from server.state import AppState
@@ -96,7 +96,7 @@ class FrameStream:
         self.last_input = pending
         if self.session.mailbox.put(pending) is not None:
             self.app.metrics.frames.labels("dropped").inc()
-        self.app.worker.notify(self)
+        self.app.require_pool().notify(self)
 
     async def _check(self, frame: InputFrame) -> codec.Encoded:
         """A JPEG's header check, on the loop (microseconds: the worker decodes JPEG in batches, scaled down while
@@ -111,7 +111,7 @@ class FrameStream:
     def _check_and_decode(self, frame: InputFrame) -> codec.Encoded:
         image = codec.probe(frame.payload, frame.fmt, self.app.image_limits, frame.frame_id)
         if frame.frame_id >= self.session.last_frame_id:  # superseded frames are never served: not worth decoding
-            codec.decode_now(image, int(self.app.pipe.size), frame.frame_id)
+            codec.decode_now(image, int(self.app.require_engine().size), frame.frame_id)
         return image
 
     async def control_frame(self) -> OutgoingFrame:
@@ -128,10 +128,10 @@ class FrameStream:
                              OutputFlag.CONTROL, 0)
 
     def _encode_control(self, frame: PendingFrame, params: GenerationParams) -> bytes:
-        image = codec.decode_frames([frame.image], int(self.app.pipe.size))[0]
+        image = codec.decode_frames([frame.image], int(self.app.require_engine().size))[0]
         if isinstance(image, ProtocolError):
             raise ProtocolError(image.code, image.message, frame_id=frame.frame_id)
-        control = self.app.pipe.control_image(make_request(params, image))
+        control = self.app.require_engine().control_image(GenerationRequest(params, image))
         return codec.encode(np.asarray(control.convert("RGB")), self.output_format, self.quality)
 
     # --- worker thread: the Source protocol ---------------------------------------------------------------------
@@ -154,11 +154,12 @@ class FrameStream:
                                                       OutputFlag.REUSED, 0))
             return None
         on_done = functools.partial(self._on_result, frame, params)
-        return Job(make_request(params, frame.image), frame.received_at, on_done, tag=frame)
+        return Job(GenerationRequest(params, frame.image), frame.received_at, on_done, tag=frame)
 
     @_fails_session("scheduling a frame")
     def return_job(self, job: Job) -> None:
-        self.session.mailbox.put_back(job.tag)
+        if isinstance(job.tag, PendingFrame):
+            self.session.mailbox.put_back(job.tag)
 
     @_fails_session("handling an inference result")
     def _on_result(self, frame: PendingFrame, params: GenerationParams, result: JobResult) -> None:
@@ -174,6 +175,7 @@ class FrameStream:
     def _encode(self, frame: PendingFrame, params: GenerationParams, result: JobResult) -> None:
         """Encode, remember for reuse, hand to the loop."""
         start = time.perf_counter()
+        assert result.image is not None  # results with an error never come here (_on_result)
         payload = codec.encode(result.image, self.output_format, self.quality)
         encode_ms = (time.perf_counter() - start) * 1000.0
         if not result.flagged:

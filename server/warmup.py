@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.engine import Engine
 from server.nvjpeg import NvJpeg
 
 log = logging.getLogger("sdxs.warmup")
@@ -51,23 +52,23 @@ class DeviceFeatures:
                 "nvjpeg_self_test": None if self_test is None else self_test.as_dict()}
 
 
-def warm_up(pipe: Any, features: DeviceFeatures, max_batch: int) -> None:
-    """Steps 1 and 2 of the module docstring; raises only when even the eager pipeline cannot warm up."""
+def warm_up(engine: Engine, features: DeviceFeatures, max_batch: int) -> None:
+    """Steps 1 and 2 of the module docstring; raises only when even the eager engine cannot warm up."""
     if features.gpu is not None:
         if not features.gpu.self_test(max_batch).passed:
             features.fallbacks.append(f"nvjpeg: {features.gpu.off_reason}")
-    features.cuda_graphs = "on" if pipe.graphs else "off"
+    features.cuda_graphs = "on" if engine.graphs else "off"
     try:
-        report = pipe.warmup(pipe.buckets or (1,))
+        report = engine.warmup(engine.buckets or (1,))
     except Exception as exc:  # noqa: BLE001 - a compiled path failed: the eager modules are the safe path
-        if not pipe.compiled:
+        if not engine.compiled:
             raise
         reason = f"{type(exc).__name__}: {exc}"[:300]
         log.error("CUDA graphs / torch.compile failed their warm-up on %s; serving eagerly instead: %s",
-                  getattr(pipe, "device", "?"), reason, exc_info=exc)
+                  engine.device, reason, exc_info=exc)
         features.cuda_graphs = f"off ({reason})"
         features.fallbacks.append(f"cuda_graphs: {reason}")
-        pipe.use_eager()
-        report = pipe.warmup((1,))
+        engine.use_eager()
+        report = engine.warmup((1,))
     features.warmup = report.as_dict()
-    log.info("warm-up on %s: %s", getattr(pipe, "device", "?"), features.warmup)
+    log.info("warm-up on %s: %s", engine.device, features.warmup)

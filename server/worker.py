@@ -1,20 +1,22 @@
-"""The inference worker: batches the newest frames of all ready sources into pipeline calls, in two stages.
+"""The inference worker: batches the newest frames of all ready sources into engine calls, in two stages.
 
 A *source* is anything with a one-slot mailbox: a WebSocket connection (server/connection.py) or a one-shot request
 from `submit_one` (Gradio). Each round the scheduler orders the sources with a pending job by start-time fair queuing
 (a source's start tag is the tag of its last frame plus one, never below the smallest tag of the last batch: sessions
 that stream at once get equal numbers of frames, and one that arrives or returns from a pause starts level with the
-most-starved one, not ahead), groups jobs whose `pipe.batch_key` is equal, and takes the most-starved group, up to
-`max_batch` requests, for ONE pipeline call. Jobs that did not fit go back to their (one-slot) mailboxes unless a newer
-frame arrived meanwhile. An exception in the pipeline reaches only the jobs of that batch; the threads go on.
+most-starved one, not ahead), groups jobs whose `engine.batch_key` is equal, and takes the most-starved group, up to
+`max_batch` requests, for ONE engine call. Jobs that did not fit go back to their (one-slot) mailboxes unless a newer
+frame arrived meanwhile. An exception in the engine reaches only the jobs of that batch; the threads go on.
 
-Stages (`overlap`, the default): the staging thread ("sdxs-stage") takes batch n+1 from the mailboxes, decodes its
-frames (`decode`: a bad frame is answered at once and leaves the batch) and runs `pipe.stage` (squaring, control
-images, uploads) while the model thread ("sdxs-worker") runs `pipe.run` on batch n; outputs come back as one host
-buffer per batch and are encoded by the sources on the codec threads while batch n+1 runs.  On CUDA the model thread
-does not wait for a batch to finish: a completion thread waits for its copy to the host and hands the results out.
-A pipeline without `stage`/`run` (test doubles) is called whole.  Warm-up (CUDA graph capture) runs on the model
-thread, the thread that replays the graphs, before the worker counts as ready.
+The engine is anything that satisfies server.engine.Engine (sdxs.SDXSPipeline; the tests' fake).  Stages
+(`overlap`, the default): the staging thread ("sdxs-stage") takes batch n+1 from the mailboxes, decodes its frames
+(`decode`: a bad frame is answered at once and leaves the batch), checks each request once (`engine.check`: one the
+engine cannot run is answered at once and leaves the batch) and runs `engine.stage` (squaring, control images,
+uploads) while the model thread ("sdxs-worker") runs `engine.run` on batch n; outputs come back as one host buffer
+per batch and are encoded by the sources on the codec threads while batch n+1 runs.  On CUDA the model thread does
+not wait for a batch to finish: a completion thread waits for its copy to the host and hands the results out.
+Warm-up (CUDA graph capture) runs on the model thread, the thread that replays the graphs, before the worker counts
+as ready.
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from sdxs.errors import InvalidRequest
-from sdxs.params import GenerationParams
+from sdxs.params import GenerationParams, GenerationRequest
+from server.engine import Engine, Staged
 from server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from sdxs.pipeline import HostFrames
 
 log = logging.getLogger("sdxs.worker")
 
@@ -61,10 +67,10 @@ class JobResult:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    request: Any  # sdxs.GenerationRequest
+    request: GenerationRequest
     received_at: float  # time.perf_counter() when the input arrived
     on_done: Callable[[JobResult], None]  # called on the worker thread; must be quick and not raise
-    tag: Any = None  # the source's own handle for the job (e.g. the input frame, for return_job)
+    tag: object = None  # the source's own handle for the job (e.g. the input frame, for return_job)
 
 
 class Source(Protocol):
@@ -79,17 +85,20 @@ class Source(Protocol):
     def return_job(self, job: Job) -> None:
         """Give back a job that did not fit in this round's batch (dropped if a newer one arrived)."""
 
+    def moved(self, device: str) -> None:
+        """server/devices.py moved this source to `device` (its own device kept failing); any thread."""
+
 
 class Worker:
-    """Owns one device's pipeline once loaded; every inference on that device goes through `_run_batch` on one
+    """Owns one device's engine once loaded; every inference on that device goes through `_run_batch` on one
     thread.  With `--devices`, server/devices.py runs one Worker per device and places sessions among them."""
 
-    def __init__(self, pipe: Any, metrics: Metrics, max_batch: int = 8, batch_wait_ms: float = 0.0,
+    def __init__(self, engine: Engine, metrics: Metrics, max_batch: int = 8, batch_wait_ms: float = 0.0,
                  safety: Callable[[list[np.ndarray]], list[bool]] | None = None,
-                 decode: Callable[[list[Any]], list[Any]] | None = None, overlap: bool = True):
+                 decode: Callable[[list[object]], list[object]] | None = None, overlap: bool = True):
         """`decode(images)`: the requests' images decoded (what it does not decode passes through; an exception in
         place of a frame answers that job with it).  `overlap`: stage the next batch on a thread of its own."""
-        self.pipe = pipe
+        self.engine = engine
         self.metrics = metrics
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000.0
@@ -174,7 +183,7 @@ class Worker:
         def done(result: JobResult) -> None:
             loop.call_soon_threadsafe(_resolve, future, result)
 
-        job = Job(make_request(params, image), time.perf_counter(), done)
+        job = Job(GenerationRequest(params, image), time.perf_counter(), done)
         source = _OneShot(job)
         self.register(source)
         self.notify()
@@ -201,7 +210,7 @@ class Worker:
         log.info("worker started (max_batch=%d, overlap=%s)", self.max_batch, self.overlap)
         while (batch := self._take_staged() if self.overlap else self._stage_next()) is not _STOP:
             try:
-                if batch is not None:
+                if isinstance(batch, _Batch):
                     self._run_batch(batch)
             except Exception:  # a bug here must not kill inference for everyone: log it loudly and go on
                 log.exception("worker round failed")
@@ -266,12 +275,13 @@ class Worker:
         keyed = []
         for source, job in taken:
             try:
-                keyed.append((source, job, self.pipe.batch_key(job.request)))
-            except Exception as exc:  # noqa: BLE001 - the pipeline refused this request: answer it, keep the rest
+                keyed.append((source, job, self.engine.batch_key(job.request)))
+            except Exception as exc:  # noqa: BLE001 - the engine refused this request: answer it, keep the rest
                 self._finish([job], time.perf_counter(), error=exc)
         if not keyed:
             return []
-        chosen, rest = [], []
+        chosen: list[tuple[Source, Job]] = []
+        rest: list[tuple[Source, Job]] = []
         for source, job, key in keyed:
             fits = len(chosen) < self.max_batch and key == keyed[0][2]
             (chosen if fits else rest).append((source, job))
@@ -288,17 +298,16 @@ class Worker:
         return [job for _, job in chosen]
 
     def _stage(self, jobs: list[Job]) -> _Batch | None:
-        """Decode the batch's frames (answering the ones that fail), check the requests, run `pipe.stage`."""
+        """Decode the batch's frames and check its requests (answering the ones that fail), run `engine.stage`."""
         start = time.perf_counter()
-        jobs = self._reject_invalid(self._decoded(jobs))
+        jobs = self._checked(self._decoded(jobs))
         if not jobs:
             return None
         batch = _Batch(jobs)
-        if hasattr(self.pipe, "stage"):
-            try:
-                batch.staged = self.pipe.stage([job.request for job in jobs])
-            except Exception as exc:  # noqa: BLE001 - answered by the model thread, to exactly this batch
-                batch.error = exc
+        try:
+            batch.staged = self.engine.stage([job.request for job in jobs], checked=True)
+        except Exception as exc:  # noqa: BLE001 - answered by the model thread, to exactly this batch
+            batch.error = exc
         batch.stage_ms = (time.perf_counter() - start) * 1000.0
         return batch
 
@@ -321,15 +330,12 @@ class Worker:
                 kept.append(dataclasses.replace(job, request=dataclasses.replace(job.request, image=image)))
         return kept
 
-    def _reject_invalid(self, jobs: list[Job]) -> list[Job]:
-        """Answer requests the pipeline cannot run (`pipe.check`) before they could fail a whole batch."""
-        check = getattr(self.pipe, "check", None)
-        if check is None:
-            return jobs
+    def _checked(self, jobs: list[Job]) -> list[Job]:
+        """The jobs whose requests the engine can run (`engine.check`, once per frame); the others are answered."""
         valid = []
         for job in jobs:
             try:
-                check(job.request)
+                self.engine.check(job.request)
             except InvalidRequest as exc:
                 self._finish([job], time.perf_counter(), error=exc)
                 continue
@@ -346,45 +352,28 @@ class Worker:
         try:
             if batch.error is not None:
                 raise batch.error
-            if batch.staged is None:  # a pipeline without phases
-                self._finish_images(batch, start, self._call_whole(jobs))
-                return
-            host, ready = self.pipe.to_host(self.pipe.run(batch.staged))
-        except InvalidRequest as exc:
-            if len(jobs) > 1:  # one bad request must not fail the others: run them one by one
-                for job in jobs:
-                    if (alone := self._stage([job])) is not None:
-                        self._run_batch(alone)
-                return
-            self._finish(jobs, start, error=exc, stage_ms=batch.stage_ms)
-            return
+            assert batch.staged is not None
+            host = self.engine.to_host(self.engine.run(batch.staged))
         except Exception as exc:  # noqa: BLE001 - reported to exactly this batch's clients, logged, worker goes on
             log.error("inference failed for a batch of %d: %r", len(jobs), exc)
             self._finish(jobs, start, error=exc, stage_ms=batch.stage_ms)
             self._batch_done(len(jobs), exc)
             return
-        if ready is None:
-            self._finish_images(batch, start, list(host.numpy()))
+        if not host.pending:
+            self._finish_images(batch, start, host.arrays())
             return
         if self._completer is None:
             self._completer = ThreadPoolExecutor(1, thread_name_prefix="sdxs-complete")
-        self._completer.submit(self._complete, batch, start, host, ready)
+        self._completer.submit(self._complete, batch, start, host)
 
-    def _complete(self, batch: _Batch, start: float, host: Any, ready: Any) -> None:
+    def _complete(self, batch: _Batch, start: float, host: HostFrames) -> None:
         """CUDA: wait for the batch's copy to the host, then hand out the rows (off the model thread)."""
         try:
-            ready.synchronize()
-            self._finish_images(batch, start, list(host.numpy()))
+            self._finish_images(batch, start, host.arrays())
         except Exception as exc:  # noqa: BLE001 - reported to exactly this batch's clients
             log.error("inference failed for a batch of %d: %r", len(batch.jobs), exc)
             self._finish(batch.jobs, start, error=exc, stage_ms=batch.stage_ms)
             self._batch_done(len(batch.jobs), exc)
-
-    def _call_whole(self, jobs: list[Job]) -> list[np.ndarray]:
-        images = self.pipe([job.request for job in jobs], output_type="np")
-        if len(images) != len(jobs):
-            raise RuntimeError(f"pipeline returned {len(images)} images for {len(jobs)} requests")
-        return images
 
     def _finish_images(self, batch: _Batch, start: float, images: list[np.ndarray]) -> None:
         if not batch.jobs:
@@ -426,22 +415,15 @@ class Worker:
 
 @dataclass(slots=True)
 class _Batch:
-    """Jobs taken together, and what `pipe.stage` made of them (or the exception it raised)."""
+    """Jobs taken together, and what `engine.stage` made of them (or the exception it raised)."""
 
     jobs: list[Job]
-    staged: Any = None
+    staged: Staged | None = None
     error: BaseException | None = None
     stage_ms: float = 0.0
 
 
 _STOP = object()
-
-
-def make_request(params: GenerationParams, image: np.ndarray | None) -> Any:
-    """An sdxs.GenerationRequest (imported here: it pulls in torch, which the loader thread has loaded already)."""
-    from sdxs import GenerationRequest
-
-    return GenerationRequest(params=params, image=image)
 
 
 def _resolve(future: asyncio.Future, result: JobResult) -> None:
@@ -469,3 +451,6 @@ class _OneShot:
     def return_job(self, job: Job) -> None:
         with self._lock:
             self._job = job
+
+    def moved(self, device: str) -> None:
+        """A one-shot request needs not know where it ran."""

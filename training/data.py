@@ -36,7 +36,9 @@ def iter_folder(path: str | Path) -> Iterator[tuple[Image.Image, str]]:
     for file in sorted(Path(path).rglob("*")):
         if file.suffix.lower() in IMAGE_SUFFIXES:
             caption = file.with_suffix(".txt")
-            yield Image.open(file), caption.read_text().strip() if caption.exists() else ""
+            with Image.open(file) as image:
+                image.load()  # the pixels read, the file closed
+            yield image, caption.read_text().strip() if caption.exists() else ""
 
 
 def iter_hf(cfg: DataConfig) -> Iterator[tuple[Image.Image, str]]:

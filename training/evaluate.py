@@ -79,8 +79,6 @@ def clip_score(images: list[Path], captions: list[str], model_name: str, pretrai
         import open_clip
     except ImportError:
         raise MetricUnavailable("the CLIP score needs open_clip: pip install open_clip_torch") from None
-    from PIL import Image
-
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
     except (OSError, RuntimeError) as exc:
@@ -92,7 +90,7 @@ def clip_score(images: list[Path], captions: list[str], model_name: str, pretrai
     scores = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            pixels = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in images[start : start + batch]])
+            pixels = torch.stack([preprocess(_rgb(p)) for p in images[start : start + batch]])
             a = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)
             b = torch.nn.functional.normalize(
                 model.encode_text(tokenizer(captions[start : start + batch])).float(), dim=-1
@@ -161,6 +159,14 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     print(json.dumps(scores, indent=2))
     return scores
+
+
+def _rgb(path):
+    """The image file at `path` as a PIL RGB image, its file closed."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 if __name__ == "__main__":

@@ -61,11 +61,11 @@ class AppProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> AppProcess:
-        log = open(self.log_path, "ab")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "SDXS_CACHE": str(self.cache_dir),
                "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
-        self.proc = subprocess.Popen([sys.executable, "app.py", *self.args], cwd=ROOT, stdout=log,
-                                     stderr=subprocess.STDOUT, env=env)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "app.py", *self.args], cwd=ROOT, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env)
         if wait:
             self.wait_ready()
         return self

@@ -76,15 +76,16 @@ def test_snapshot_carries_prompt_and_seed_and_recording_gives_webm(app, open_pag
     wait_frames(page, 0)
     with page.expect_download() as snap:
         page.click("#snapshot")
-    png = Image.open(snap.value.path())
-    assert png.format == "PNG"
-    assert png.text["prompt"] == page.input_value("#p-prompt") and png.text["seed"] == page.input_value("#p-seed")
+    with Image.open(snap.value.path()) as png:
+        assert png.format == "PNG"
+        assert png.text["prompt"] == page.input_value("#p-prompt") and png.text["seed"] == page.input_value("#p-seed")
 
     page.click("#record")
     wait_frames(page, frames_drawn(page) + 3)
     with page.expect_download() as rec:
         page.click("#record")
-    assert open(rec.value.path(), "rb").read(4) == b"\x1aE\xdf\xa3", "not a WebM (EBML) file"
+    with open(rec.value.path(), "rb") as webm:
+        assert webm.read(4) == b"\x1aE\xdf\xa3", "not a WebM (EBML) file"
     assert not page.errors
 
 
@@ -250,6 +251,9 @@ def test_gradio_endpoints_answer_through_gradio_client(app, tmp_path):
             client.predict("", 1, api_name="/text_to_image")
     finally:
         client.close()
-    sizes = {Image.open(path).size for path in outputs}
+    sizes = set()
+    for path in outputs:
+        with Image.open(path) as image:
+            sizes.add(image.size)
     assert len(sizes) == 1 and next(iter(sizes))[0] == next(iter(sizes))[1]
     assert app.metric("sdxs_inference_seconds_count") >= calls + 3, "Gradio requests bypassed the shared worker"

@@ -46,7 +46,8 @@ def test_cli_generate_writes_what_diffusers_gives(tiny_model_dir, tmp_path):
     ref.set_progress_bar_config(disable=True)
     expected = ref("a lighthouse", num_inference_steps=1, guidance_scale=0,
                    generator=torch.Generator().manual_seed(11)).images[0]
-    assert np.abs(np.asarray(Image.open(out)).astype(int) - np.asarray(expected).astype(int)).max() <= 1
+    with Image.open(out) as written:
+        assert np.abs(np.asarray(written).astype(int) - np.asarray(expected).astype(int)).max() <= 1
 
 
 def test_cli_reports_bad_input_without_a_traceback(tiny_model_dir, tmp_path, capsys):

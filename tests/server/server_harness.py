@@ -19,23 +19,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: a
 
 from websockets.asyncio.client import connect  # noqa: E402
 
-from app import create_app, make_server, uvicorn_options  # noqa: E402
 from server.client import Client  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
+from server.routes import create_app, make_server, uvicorn_options  # noqa: E402
 
 
 class FaultyPipe:
-    """Test hook wrapping the real pipeline: a batch with prompt "FAIL" raises, one with "SLOW" takes 0.6 s longer
-    (in `run`, the model phase the worker calls, and in a whole call); with `broken` set every batch raises (a
-    persistent device fault)."""
+    """Test hook wrapping the real engine (server.engine.Engine, by delegation): a batch with prompt "FAIL" raises,
+    one with "SLOW" takes 0.6 s longer (in `run`, the model phase the worker calls, and in a whole call); with
+    `broken` set every batch raises (a persistent device fault)."""
 
-    def __init__(self, pipe: Any):
-        self.pipe = pipe
+    def __init__(self, engine: Any):
+        self.engine = engine
         self.calls: list[int] = []  # batch sizes
         self.broken = False
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.pipe, name)
+        return getattr(self.engine, name)
 
     def _faults(self, params) -> None:
         prompts = {p.prompt for p in params}
@@ -49,11 +49,11 @@ class FaultyPipe:
 
     def run(self, staged):
         self._faults(staged.params)
-        return self.pipe.run(staged)
+        return self.engine.run(staged)
 
     def __call__(self, requests, output_type: str = "pil"):
         self._faults([r.params for r in requests])
-        return self.pipe(requests, output_type=output_type)
+        return self.engine(requests, output_type=output_type)
 
 
 class RunningServer:
@@ -96,12 +96,12 @@ def reference(server: RunningServer, requests: list) -> list[np.ndarray]:
     round by how they are split across threads): what the server must send, exactly."""
     import torch
 
-    from server.state import torch_threads
+    from server.loading import torch_threads
 
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads(server.state.config))
     try:
-        return server.state.pipe(requests, output_type="np")
+        return server.state.engine(requests, output_type="np")
     finally:
         torch.set_num_threads(before)
 

@@ -8,18 +8,18 @@ import asyncio
 import re
 import time
 
-import numpy as np
 import pytest
+from fake_engine import FakeEngine
 from pydantic import ValidationError
 from server_harness import FaultyPipe, RunningServer, noise_image, tiny_config
 
-from sdxs.params import GenerationParams
+from sdxs.params import GenerationParams, GenerationRequest
 from server.client import Client, encode_image
 from server.config import parse_config
 from server.devices import DevicePool, DeviceSlot, DeviceSpec, parse_devices
 from server.metrics import Metrics
 from server.protocol import OutputFrame
-from server.worker import Job, Worker, make_request
+from server.worker import Job, Worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,18 +59,6 @@ def test_devices_option_reads_its_environment_variable():
 # --- the pool, without threads ----------------------------------------------------------------------------------
 
 
-class _Pipe:
-    size, broken = 8, False
-
-    def batch_key(self, request):
-        return 0
-
-    def __call__(self, requests, output_type="np"):
-        if self.broken:
-            raise RuntimeError("device lost")
-        return [np.zeros((8, 8, 3), np.uint8) for _ in requests]
-
-
 class _Source:
     def __init__(self):
         self.last_served, self.results, self.moves, self.job = 0.0, [], [], None
@@ -80,7 +68,7 @@ class _Source:
         return self.job is not None
 
     def load(self):
-        self.job = Job(make_request(GenerationParams(mode="text"), None), time.perf_counter(), self.results.append)
+        self.job = Job(GenerationRequest(GenerationParams(mode="text"), None), time.perf_counter(), self.results.append)
 
     def take_job(self):
         job, self.job = self.job, None
@@ -97,8 +85,8 @@ def _pool(count: int) -> DevicePool:
     slots = []
     for i in range(count):
         slot = DeviceSlot(DeviceSpec(f"cpu:{i}", "cpu"))
-        slot.pipe = _Pipe()
-        slot.worker = Worker(slot.pipe, Metrics(), max_batch=8, overlap=False)
+        slot.engine = FakeEngine(key=lambda request: 0)
+        slot.worker = Worker(slot.engine, Metrics(), max_batch=8, overlap=False)
         slots.append(slot)
     return DevicePool(slots, Metrics(), max_failures=2)
 
@@ -129,7 +117,7 @@ def test_a_device_that_keeps_failing_moves_its_sessions_and_the_last_one_stays()
     for source in sources:
         pool.register(source)
     good, bad = pool.slots
-    bad.pipe.broken = True
+    bad.engine.broken = True
     _round(bad)  # one failed batch: answered with the error, still in rotation
     on_bad = [s for s in sources if pool.device_of(s) == "cpu:1"]
     assert all(s.results[-1].error is not None for s in on_bad) and bad.serving
@@ -140,7 +128,7 @@ def test_a_device_that_keeps_failing_moves_its_sessions_and_the_last_one_stays()
     assert len(good.sources) == 4 and not bad.sources and not bad.worker._sources
     _round(good)
     assert all(s.results[-1].error is None for s in sources)
-    good.pipe.broken = True
+    good.engine.broken = True
     for _ in range(3):
         _round(good)
     assert good.serving  # the last device in rotation is kept: nothing to move to
@@ -201,7 +189,7 @@ def test_two_cpu_devices_share_sessions_and_survive_a_persistent_fault(tiny_mode
 
             async def fault():
                 await asyncio.sleep(1.0)
-                pool.slots[1].pipe.broken = True
+                pool.slots[1].engine.broken = True
 
             streams = (_stream(c, images, until, log) for c, log in zip(clients, logs, strict=True))
             await asyncio.gather(fault(), *streams)
@@ -221,7 +209,8 @@ def test_two_cpu_devices_share_sessions_and_survive_a_persistent_fault(tiny_mode
                 assert [detail for _, detail in moves] == ["cpu:0"]
                 assert moves[0][0] - broke_at < 5.0
                 errors = [detail for _, kind, detail in log if kind == "error"]
-                assert set(errors) == {"inference_failed"} and 1 <= len(errors) <= 3  # + a batch staged before
+                # 0-3: its frames may or may not have been in the failed batches (another session's filled them)
+                assert set(errors) <= {"inference_failed"} and len(errors) <= 3
                 assert any(kind == "frame" and t > moves[0][0] for t, kind, _ in log)
 
         ready = server.get("/readyz")
@@ -229,7 +218,7 @@ def test_two_cpu_devices_share_sessions_and_survive_a_persistent_fault(tiny_mode
         devices = {d["device"]: d for d in ready.json()["devices"]}
         assert devices["cpu:1"]["in_rotation"] is False and "injected device fault" in devices["cpu:1"]["error"]
         assert devices["cpu:0"]["in_rotation"] is True
-        assert server.state.pipe is server.state.pool.slots[0].pipe  # checks and control images: a working device
+        assert server.state.engine is server.state.pool.slots[0].engine  # checks and control images: a working device
         metrics = server.get("/metrics").text
         assert 'sdxs_device_in_rotation{device="cpu:1"} 0.0' in metrics
         assert 'sdxs_device_in_rotation{device="cpu:0"} 1.0' in metrics

@@ -8,13 +8,10 @@ sessions); start-time fair queuing serves them equally.
 
 from __future__ import annotations
 
+from fake_engine import FakeEngine
+
 from server.metrics import Metrics
 from server.worker import Job, Worker
-
-
-class ConstantKeyPipe:
-    def batch_key(self, request):
-        return 0
 
 
 class SimulatedSession:
@@ -40,7 +37,7 @@ class SimulatedSession:
 
 
 def simulate(sessions: list[SimulatedSession], rounds: int, max_batch: int = 8, worker: Worker | None = None) -> Worker:
-    worker = worker or Worker(ConstantKeyPipe(), Metrics(), max_batch=max_batch, overlap=False)
+    worker = worker or Worker(FakeEngine(key=lambda request: 0), Metrics(), max_batch=max_batch, overlap=False)
     for session in sessions:
         if session not in worker._sources:
             worker.register(session)

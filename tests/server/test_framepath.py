@@ -10,16 +10,17 @@ import time
 import numpy as np
 import pytest
 import torch
+from fake_engine import FakeEngine
 from server_harness import RunningServer, noise_image, reference, tiny_config
 
-from sdxs.params import GenerationParams
+from sdxs.params import GenerationParams, GenerationRequest
 from server import codec
 from server.client import Client, decode_image, encode_image
 from server.config import ServerConfig
+from server.loading import batch_buckets, device_features, use_cuda_graphs
 from server.metrics import Metrics
 from server.protocol import ErrorCode, ImageFormat, ProtocolError
-from server.state import batch_buckets, device_features, use_cuda_graphs
-from server.worker import Job, Worker, make_request
+from server.worker import Job, Worker
 
 pytestmark = pytest.mark.timeout(60)
 LIMITS = codec.ImageLimits()
@@ -78,43 +79,29 @@ def test_jpeg_encode_round_trips():
 
 # --- worker -----------------------------------------------------------------------------------------------------
 
-class PhasedPipe:
-    """The stage/run contract with observable timing: batch 1's run waits until batch 2 has been staged."""
-
-    size = 8
+class Phased(FakeEngine):
+    """The engine's two phases with observable timing: batch 1's run waits until batch 2 has been staged."""
 
     def __init__(self):
-        self.events: list[str] = []
+        super().__init__(echo=True, key=lambda request: request.params.uses_controlnet, on_run=self._wait)
         self.second_staged = threading.Event()
         self.overlapped: bool | None = None
 
-    def batch_key(self, request):
-        return request.params.uses_controlnet
-
-    def check(self, request):
-        pass
-
-    def stage(self, requests):
-        prompts = [r.params.prompt for r in requests]
-        self.events.append(f"stage {prompts}")
-        if "second" in prompts:
+    def stage(self, requests, *, checked=False):
+        staged = super().stage(requests, checked=checked)
+        if "second" in [r.params.prompt for r in requests]:
             self.second_staged.set()
-        return requests
+        return staged
 
-    def run(self, staged):
-        if staged[0].params.prompt == "first":
+    def _wait(self, prompts):
+        if prompts == ["first"]:
             self.overlapped = self.second_staged.wait(10)
-        self.events.append(f"run {[r.params.prompt for r in staged]}")
-        return torch.from_numpy(np.stack([np.asarray(r.image) for r in staged]))
-
-    def to_host(self, images):
-        return images, None
 
 
 class OneJob:
     def __init__(self, prompt, image, results):
         self.last_served, self.results = 0.0, results
-        self.job = Job(make_request(GenerationParams(prompt=prompt), image), time.perf_counter(), results.append)
+        self.job = Job(GenerationRequest(GenerationParams(prompt=prompt), image), time.perf_counter(), results.append)
 
     @property
     def pending(self):
@@ -129,7 +116,7 @@ class OneJob:
 
 
 def test_the_next_batch_is_staged_while_the_model_runs():
-    pipe, results = PhasedPipe(), []
+    pipe, results = Phased(), []
     worker = Worker(pipe, Metrics(), max_batch=1)
     worker.start()
     try:
@@ -151,7 +138,7 @@ def test_the_next_batch_is_staged_while_the_model_runs():
 
 
 def test_a_frame_that_does_not_decode_leaves_its_batch_and_is_answered():
-    pipe, results = PhasedPipe(), {}
+    pipe, results = Phased(), {}
     worker = Worker(pipe, Metrics(), max_batch=4, decode=lambda images: codec.decode_frames(images, 48))
     jpeg = webcam_jpeg(64, 48)
     frames = {"ok": codec.probe(jpeg, ImageFormat.JPEG, LIMITS),
@@ -193,19 +180,19 @@ def test_cuda_worker_returns_what_the_pipeline_returns(tiny_model_dir):
     decoded = codec.decode_frames([codec.probe(payload, ImageFormat.JPEG, LIMITS)], size, gpu)[0]
     for prompt, (result,) in results.items():
         assert result.error is None, result.error
-        direct = pipe([make_request(GenerationParams(prompt=prompt), decoded)], output_type="np")[0]
+        direct = pipe([GenerationRequest(GenerationParams(prompt=prompt), decoded)], output_type="np")[0]
         assert np.abs(result.image.astype(int) - direct).max() <= 1, prompt
 
 
 def test_warm_up_runs_on_the_model_thread_before_serving():
     seen = []
-    worker = Worker(PhasedPipe(), Metrics())
+    worker = Worker(Phased(), Metrics())
     worker.start(warmup=lambda: seen.append(threading.current_thread().name))
     try:
         assert worker.warm.wait(10) and seen == ["sdxs-worker"]
     finally:
         worker.stop()
-    failing = Worker(PhasedPipe(), Metrics())
+    failing = Worker(Phased(), Metrics())
     failing.start(warmup=lambda: 1 / 0)
     assert failing.join(10) and isinstance(failing.failed, ZeroDivisionError) and not failing.warm.is_set()
 
@@ -247,7 +234,7 @@ def test_server_frames_equal_the_pipelines_at_any_input_size(server):
             for mode, image in (("image", photo), ("edges", photo), ("sketch", sketch))]
     served = asyncio.run(_serve(server.url, [(params, encode_image(image)) for params, image in jobs]))
     for (params, image), got in zip(jobs, served):
-        want = reference(server, [make_request(GenerationParams(**params), image)])[0]
+        want = reference(server, [GenerationRequest(GenerationParams(**params), image)])[0]
         assert np.array_equal(decode_image(got.payload), want), params["mode"]
 
 

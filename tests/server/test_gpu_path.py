@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import simplejpeg
 import torch
+from fake_engine import FakeEngine
 from PIL import Image
 from torch import nn
 
@@ -210,10 +211,11 @@ def test_warm_up_repeats_passes_until_nothing_compiles_and_refuses_when_it_never
     assert len(err.value.report.passes) == 3 and err.value.report.passes[-1].compiles == 1
 
 
-class CompiledPipe:
-    """A compiled pipeline double whose warm-up fails (`fail`: every one, or only the compiled one)."""
+class CompiledPipe(FakeEngine):
+    """A compiled engine whose warm-up fails (`fail`: every one, or only the compiled one)."""
 
     def __init__(self, fail: str):
+        super().__init__()
         self.fail, self.compiled, self.graphs, self.buckets, self.warmed = fail, True, True, (1, 2), []
 
     def warmup(self, sizes):

@@ -61,7 +61,8 @@ def test_every_listed_endpoint_answers_through_gradio_client(server, client, ske
     before = _inferences(server)
     for api_name, args in calls.items():
         path = client.predict(*args, api_name=api_name)
-        assert Image.open(path).size == (128, 128), api_name
+        with Image.open(path) as image:
+            assert image.size == (128, 128), api_name
     assert _inferences(server) >= before + len(calls), "Gradio requests bypassed the shared worker"
 
 

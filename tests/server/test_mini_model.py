@@ -91,7 +91,7 @@ def test_edges_mode_keeps_a_digit_photos_edges(mini_server):
     jobs += [({**p, "mode": "text"}, None) for p in prompts]
     pictures = asyncio.run(frames(mini_server.url, jobs))
     unit = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255.0
-    control = torch.from_numpy(np.stack([np.asarray(mini_server.state.pipe.control_image(
+    control = torch.from_numpy(np.stack([np.asarray(mini_server.state.engine.control_image(
         _request("edges", photo))) for photo in photos])).permute(0, 3, 1, 2).float() / 255.0
     with_control, without = edge_f1(unit[:40], control), edge_f1(unit[40:], control)
     assert with_control >= 1.5 * without and with_control > 0.35, (with_control, without)

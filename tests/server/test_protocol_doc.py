@@ -17,8 +17,12 @@ from sdxs.params import GenerationParams
 from server.config import ServerConfig
 from server.messages import MODELS
 from server.protocol import (
+    ACCEPT,
+    ACCEPTS,
     CLOSE_CODE_FOR,
     FATAL,
+    FEATURES,
+    IGNORE,
     VIOLATIONS,
     ClientMessage,
     ErrorCode,
@@ -26,6 +30,8 @@ from server.protocol import (
     ImageFormat,
     ProtocolError,
     ServerMessage,
+    SessionState,
+    admit,
     pack_input,
     unpack_input,
 )
@@ -103,8 +109,9 @@ def test_goodbye_reasons_and_close_codes_agree():
 
 
 def test_quiet_errors_are_error_codes():
-    quiet = re.search(r"QUIET_ERRORS = new Set\(\[(.*?)\]\)", JS).group(1)
-    assert set(re.findall(r'"(\w+)"', quiet)) <= {c.value for c in ErrorCode}
+    quiet = re.search(r"QUIET_ERRORS = new Set\(\[(.*?)\]\)", JS, re.S).group(1)
+    used = re.findall(r"ErrorCode\.(\w+)", quiet)
+    assert used and {js_object("ErrorCode")[name] for name in used} <= {c.value for c in ErrorCode}
 
 
 def test_option_table_mirrors_server_config():
@@ -168,7 +175,7 @@ def test_every_refused_frame_header_is_listed_under_bad_frame_header(message, wo
 def test_metrics_list_every_session_state_and_frame_result_at_0_before_the_first_session(tmp_path):
     from starlette.testclient import TestClient
 
-    from app import create_app
+    from server.routes import create_app
 
     app = create_app(ServerConfig(model=str(tmp_path), gradio=False))  # no lifespan: nothing loads, nobody came
     text = TestClient(app).get("/metrics").text
@@ -176,3 +183,48 @@ def test_metrics_list_every_session_state_and_frame_result_at_0_before_the_first
         assert f'sdxs_sessions{{state="{state}"}} 0.0' in text, f"sdxs_sessions{{state={state!r}}} is missing"
     for result in ("generated", "reused", "error", "dropped"):
         assert f'sdxs_frames_total{{result="{result}"}} 0.0' in text, f"sdxs_frames_total{{{result}}} is missing"
+
+
+def _code(js: str) -> str:
+    """JavaScript without its comments (the words of a comment may name codes)."""
+    return re.sub(r"/\*.*?\*/|//[^\n]*", "", js, flags=re.S)
+
+
+def test_protocol_code_strings_live_in_frontend_protocol_js_only():
+    """Error codes, goodbye reasons and feature names are spelt in frontend/protocol.js alone; every other module
+    uses its exports (ErrorCode.X, Reason.X, Feature.X), so a renamed code cannot leave a stale copy behind."""
+    codes = {c.value for c in ErrorCode} | {r.value for r in GoodbyeReason} | set(FEATURES)
+    codes |= set(js_object("Reason").values())
+    found = []
+    for path in sorted((ROOT / "frontend").glob("*.js")):
+        if path.name == "protocol.js":
+            continue
+        for literal in re.findall(r"""["'`]([a-z_]+)["'`]""", _code(path.read_text())):
+            if literal in codes:
+                found.append(f"{path.name}: {literal!r}")
+    assert not found, found
+    assert set(js_object("Reason").values()) >= {r.value for r in GoodbyeReason}
+    assert set(js_object("Feature").values()) == set(FEATURES)
+
+
+def test_the_state_table_is_the_one_in_section_4():
+    """server/protocol.py's ACCEPTS is section 4's table: what each state accepts, ignores, and answers with which
+    error, checked once before dispatch."""
+    rows = {names(row[0])[0]: row[1] for row in table(section(4), "| state | the server accepts |")}
+    for state, cell in rows.items():
+        verdicts = ACCEPTS[SessionState(state)]
+        accepted = {kind for kind, verdict in verdicts.items() if verdict == ACCEPT}
+        if cell.startswith("everything"):
+            assert accepted == {k for k in verdicts if k != ClientMessage.HELLO}, state
+        elif cell.startswith("nothing"):
+            assert not accepted, state
+        else:
+            listed = set(names(cell.split(";")[0]))
+            assert accepted == listed, (state, accepted, listed)
+            for code in {v for v in verdicts.values() if isinstance(v, ErrorCode) and v != ErrorCode.BAD_MESSAGE}:
+                assert f"`{code.value}`" in cell, (state, code)
+            for kind in (k for k, v in verdicts.items() if v == IGNORE):
+                assert f"`{kind}` is ignored" in cell, (state, kind)
+    with pytest.raises(ProtocolError) as err:
+        admit(SessionState.ACTIVE, ClientMessage.HELLO)
+    assert err.value.code is ErrorCode.BAD_MESSAGE and "expected" in err.value.message

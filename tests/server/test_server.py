@@ -140,7 +140,7 @@ def test_text_mode_frames_need_no_image(main_server):
 def test_submit_one_for_gradio_uses_the_same_worker(main_server):
     image = noise_image(128, 4)
     params = GenerationParams(seed=5)
-    out = run(main_server.state.worker.submit_one(params, image))
+    out = run(main_server.state.pool.submit_one(params, image))
     expected = reference(main_server, [GenerationRequest(params, image)])[0]
     np.testing.assert_array_equal(out, expected)
 
@@ -453,7 +453,7 @@ def test_control_image_on_request(main_server):
     control, error = run(go())
     assert control.flags & OutputFlag.CONTROL and control.frame_id == 1
     request = GenerationRequest(GenerationParams(mode="edges"), image)
-    expected = np.asarray(main_server.state.pipe.control_image(request).convert("RGB"))
+    expected = np.asarray(main_server.state.engine.control_image(request).convert("RGB"))
     np.testing.assert_array_equal(decode_image(control.payload), expected)
     assert error["code"] == "no_control" and error["fatal"] is False
 

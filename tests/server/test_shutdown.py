@@ -36,9 +36,10 @@ def app_process(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDXS_CACHE": str(tmp_path / "cache"),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "app.log"
-    proc = subprocess.Popen([sys.executable, "app.py", "--model", "tiny", "--host", "127.0.0.1", "--port", str(port),
-                             "--max-sessions", "1", "--gradio", "false", "--log-level", "info"], cwd=ROOT, env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "app.py", "--model", "tiny", "--host", "127.0.0.1", "--port",
+                                 str(port), "--max-sessions", "1", "--gradio", "false", "--log-level", "info"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_ready(proc, port, log)
         yield proc, port, log

@@ -14,9 +14,9 @@ import pytest
 from fastapi.exceptions import FastAPIDeprecationWarning
 from server_harness import RunningServer, tiny_config
 
-from app import create_app, uvicorn_options
 from server import state as state_module
 from server.config import parse_config
+from server.routes import create_app, uvicorn_options
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,10 +7,11 @@ import time
 
 import numpy as np
 import pytest
+from fake_engine import FakeEngine
 from server_harness import noise_image
 
 from sdxs.errors import InvalidRequest
-from sdxs.params import GenerationParams
+from sdxs.params import GenerationParams, GenerationRequest
 from server import codec
 from server.admission import Admission
 from server.client import encode_image
@@ -179,28 +180,6 @@ def test_admission_queue_promotion_and_caps():
     assert b.events == ["active"] and admission.active == [b]
 
 
-class _FakePipe:
-    """Follows the sdxs contract: batch_key, check, __call__(requests, output_type) -> uint8 arrays."""
-
-    size = 8
-
-    def __init__(self):
-        self.batches: list[list[str]] = []
-
-    def batch_key(self, request):
-        return request.params.uses_controlnet
-
-    def check(self, request):
-        if request.params.style is not None:
-            raise InvalidRequest("style", "no styles loaded")
-
-    def __call__(self, requests, output_type="np"):
-        self.batches.append([r.params.prompt for r in requests])
-        if any(r.params.prompt == "boom" for r in requests):
-            raise RuntimeError("boom")
-        return [np.full((8, 8, 3), len(r.params.prompt), np.uint8) for r in requests]
-
-
 class _Source:
     def __init__(self, prompt: str, mode: str = "image"):
         self.last_served, self.results, self.prompt, self.mode = 0.0, [], prompt, mode
@@ -211,10 +190,9 @@ class _Source:
         return self.job is not None
 
     def load(self):
-        from server.worker import make_request
-
         params = GenerationParams(prompt=self.prompt, mode=self.mode)
-        self.job = Job(make_request(params, np.zeros((8, 8, 3), np.uint8)), time.perf_counter(), self.results.append)
+        image = np.zeros((8, 8, 3), np.uint8)
+        self.job = Job(GenerationRequest(params, image), time.perf_counter(), self.results.append)
 
     def take_job(self):
         job, self.job = self.job, None
@@ -225,7 +203,7 @@ class _Source:
 
 
 def test_worker_batches_by_key_fairly_and_isolates_errors():
-    pipe = _FakePipe()
+    pipe = FakeEngine(key=lambda r: r.params.uses_controlnet)
     worker = Worker(pipe, Metrics(), max_batch=2)
     sources = [_Source("a"), _Source("bb"), _Source("ccc"), _Source("boom", "sketch"), _Source("dd", "sketch")]
     for s in sources:
@@ -240,7 +218,7 @@ def test_worker_batches_by_key_fairly_and_isolates_errors():
 
 
 def test_worker_thread_submit_one_invalid_request_and_safety():
-    pipe = _FakePipe()
+    pipe = FakeEngine(key=lambda r: r.params.uses_controlnet)
     worker = Worker(pipe, Metrics(), safety=lambda images: [img[0, 0, 0] == 4 for img in images])
     worker.start()
     try:
@@ -268,7 +246,7 @@ def test_config_flags_beat_env_beat_defaults():
 
 
 def test_batch_wait_gathers_sessions_that_are_about_to_send():
-    pipe = _FakePipe()
+    pipe = FakeEngine(key=lambda r: r.params.uses_controlnet)
     worker = Worker(pipe, Metrics(), max_batch=8, batch_wait_ms=500)
     first, second = _Source("a"), _Source("bb")
     worker.register(first), worker.register(second)

@@ -93,7 +93,7 @@ def test_on_zerogpu_gradio_runs_under_spaces_gpu_and_the_live_stream_is_refused(
         photo = asyncio.run(_endpoint(blocks, "image_to_image")(image, "a red house", 5, 0.5))
         asyncio.run(_endpoint(blocks, "sketch_to_image")(image, "a red house", 5, 0.8))
         assert fake_spaces == [("on_gpu", zerogpu.GPU_DURATION_S)] * 3
-        pipe = server.state.pipe
+        pipe = server.state.engine
         expected = pipe(
             [
                 GenerationRequest(GenerationParams(prompt="a red house", mode="text", seed=5), None),

@@ -41,7 +41,8 @@ def test_generates_one_image_per_caption_and_records_the_run(tmp_path, captions)
     )
     images = sorted((out / "images").glob("*.png"))
     assert [p.name for p in images] == ["00000.png", "00001.png", "00002.png"]
-    assert Image.open(images[0]).size == (32, 32)
+    with Image.open(images[0]) as first:
+        assert first.size == (32, 32)
     assert scores["n"] == 3 and json.loads((out / "scores.json").read_text())["model"] == "mini"
 
 

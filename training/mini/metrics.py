@@ -7,6 +7,7 @@ A small CNN classifier trained on the real (train) digits gives both the feature
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between two feature sets (N, D)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s_a @ s_b)  # no ``disp``: SciPy 1.16 dropped it
+    with warnings.catch_warnings():  # fewer samples than features (toy runs) make S_a S_b singular: its square
+        warnings.filterwarnings("ignore", "Matrix is singular", linalg.LinAlgWarning)  # root is still the one FD uses
+        covmean = linalg.sqrtm(s_a @ s_b)  # no ``disp``: SciPy 1.16 dropped it
     if not np.isfinite(covmean).all():
         eps = np.eye(len(s_a)) * 1e-6
         covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))
