@@ -257,3 +257,25 @@ def test_gradio_endpoints_answer_through_gradio_client(app, tmp_path):
             sizes.add(image.size)
     assert len(sizes) == 1 and next(iter(sizes))[0] == next(iter(sizes))[1]
     assert app.metric("sdxs_inference_seconds_count") >= calls + 3, "Gradio requests bypassed the shared worker"
+
+
+def test_each_mode_shows_exactly_the_fields_the_schema_gives_it_and_sources_offer_the_schemas_modes(app, open_page):
+    """Which settings apply in which mode, and which modes a source can feed, come from the parameter schema
+    (`modes` per field, `inputs` of `mode`): the page shows a field exactly in the modes its schema names."""
+    page = open_page(app.url)
+    schema = page.evaluate("async () => (await (await fetch('config.json')).json()).schema")
+    page.wait_for_selector("#p-mode")
+    for mode in schema["$defs"]["Mode"]["enum"]:
+        page.evaluate("""(mode) => { const s = document.querySelector('#p-mode');
+                                     s.value = mode; s.dispatchEvent(new Event('input')); }""", mode)
+        shown = set(page.evaluate("""() => [...document.querySelectorAll('[data-field]')]
+                                       .filter((l) => !l.hidden).map((l) => l.dataset.field)"""))
+        for field, prop in schema["properties"].items():
+            if "modes" in prop:
+                assert (field in shown) == (mode in prop["modes"]), (mode, field)
+    inputs = schema["properties"]["mode"]["inputs"]
+    page.click("label:has(input[value='sketch'])")
+    offered = page.evaluate("() => [...document.querySelectorAll('#p-mode option')].filter((o) => !o.hidden)"
+                            ".map((o) => o.value)")
+    assert set(offered) == {m for m, kind in inputs.items() if kind in ("none", "picture", "drawing")}
+    assert page.input_value("#p-mode") == "sketch"
