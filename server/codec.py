@@ -108,7 +108,7 @@ def _decode_one(image: Encoded, size: int) -> np.ndarray:
     try:
         pil = Image.open(io.BytesIO(image.payload), formats=[image.fmt.pil_name])
         pil.load()
-        return np.asarray(_reduced(_to_rgb(pil), size))
+        return np.asarray(reduced(to_rgb(pil), size))
     # PIL's decoders raise OSError and ValueError mostly, but also EOFError, struct.error, IndexError... on corrupt
     # bytes: every one means "not a valid image", the client's bad_image, never a server error
     except Exception as exc:  # noqa: BLE001
@@ -116,7 +116,7 @@ def _decode_one(image: Encoded, size: int) -> np.ndarray:
                             f"{type(exc).__name__}: {exc}") from exc
 
 
-def _reduced(image: Image.Image, size: int) -> Image.Image:
+def reduced(image: Image.Image, size: int) -> Image.Image:
     """`image` shrunk by the largest integer factor that keeps its short side at least `size` (a box filter, as
     libjpeg-turbo's DCT scaling does for JPEG): what a session keeps of a huge PNG or WebP is then at most about
     twice the served size on its short side, not the full decode."""
@@ -149,7 +149,8 @@ def _check_size(width: int, height: int, limits: ImageLimits, frame_id: int | No
                             f"{limits.max_pixels} pixels", frame_id=frame_id)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as RGB; transparent pixels composited on white (an empty sketch canvas is white paper)."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

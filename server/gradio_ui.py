@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import ValidationError
 
 from sdxs.errors import InvalidRequest
 from sdxs.params import MODE_INPUTS, GenerationParams, GenerationRequest, Mode
-from server import zerogpu
+from server import codec, zerogpu
 from server.engine import Engine
 from server.worker import InferenceError, NotReady
 
@@ -65,16 +65,13 @@ def _params(**fields: Any) -> GenerationParams:
 
 
 def _model_input(image: np.ndarray | Image.Image | None, size: int) -> np.ndarray | None:
-    """Any RGB(A)/L picture -> uint8 RGB (size, size, 3), centre-cropped; transparency becomes white paper."""
+    """Any RGB(A)/L picture -> uint8 RGB (H, W, 3), transparency composited on white paper and shrunk by an integer
+    box filter to about `size` (as the server decodes PNG frames, server/codec.py); the pipeline squares it, as it
+    squares every frame (sdxs.frames)."""
     if image is None:
         return None
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    if pil.mode in ("RGBA", "LA", "P"):
-        pil = pil.convert("RGBA")
-        paper = Image.new("RGBA", pil.size, (255, 255, 255, 255))
-        pil = Image.alpha_composite(paper, pil)
-    pil = ImageOps.fit(pil.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
-    return np.asarray(pil, dtype=np.uint8)
+    return np.asarray(codec.reduced(codec.to_rgb(pil), size), dtype=np.uint8)
 
 
 def _run_engine(engine: Engine | None, params: GenerationParams, image: np.ndarray | None) -> np.ndarray:

@@ -173,7 +173,8 @@ class Worker:
 
     # --- one-shot requests (Gradio and other non-WebSocket callers) ---------------------------------------------
     async def submit_one(self, params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
-        """Run one request through the same scheduler; `image` uint8 RGB (size, size, 3) or None.
+        """Run one request through the same scheduler; `image` uint8 RGB (H, W, 3) of any size (the engine squares
+        it) or None.
 
         Returns uint8 RGB (size, size, 3). Raises InvalidRequest or InferenceError.
         """
