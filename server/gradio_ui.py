@@ -40,12 +40,13 @@ from PIL import Image, ImageOps
 from pydantic import ValidationError
 
 from sdxs.errors import InvalidRequest
-from sdxs.params import GenerationParams
+from sdxs.params import LIVE_STABILITY, STABILITY_PRESETS, GenerationParams, live_defaults
 from server import zerogpu
-from server.worker import InferenceError, NotReady, make_request
+from server.worker import InferenceError, LiveStream, NotReady, make_request
 
 DEFAULT_PROMPT = GenerationParams.model_fields["prompt"].default
 STREAM_EVERY_S = 0.2
+LIVE = live_defaults()  # what the webcam tab starts with: stability and the skip filter on (as the page)
 
 
 # ---- one request through the shared worker ----------------------------------------------------------------------
@@ -85,9 +86,11 @@ def _run_pipeline(pipe: Any, params: GenerationParams, image: np.ndarray | None)
 
 
 async def _generate(app_state: Any, params: GenerationParams, image: Any = None,
-                    direct: Callable[[GenerationParams, np.ndarray | None], np.ndarray] | None = None) -> np.ndarray:
+                    direct: Callable[[GenerationParams, np.ndarray | None], np.ndarray] | None = None,
+                    live: LiveStream | None = None) -> np.ndarray | None:
     """Submit one request to the worker, or with `direct` (ZeroGPU) run it through that function on a thread; turn
-    every failure into a message the visitor understands."""
+    every failure into a message the visitor understands.  `live`: a webcam viewer's stream (history, skip filter);
+    None comes back for a frame the skip filter skipped."""
     worker = app_state.worker
     if worker is None or not app_state.ready:
         progress = round(100 * float(app_state.loading.get("progress") or 0))
@@ -99,7 +102,7 @@ async def _generate(app_state: Any, params: GenerationParams, image: Any = None,
     try:
         if direct is not None:
             return await asyncio.to_thread(direct, params, model_input)
-        return await worker.submit_one(params, model_input)
+        return await worker.submit_one(params, model_input, live)
     except InvalidRequest as err:
         raise gr.Error(f"{err.field}: {err.message}") from None
     except NotReady:
@@ -147,6 +150,19 @@ def _webcam_modes(app_state: Any) -> gr.Radio:
     return gr.Radio(choices=modes or ["image"], value="image")
 
 
+def _schema_slider(name: str, step: float) -> gr.Slider:
+    """A slider with the schema's range, title and description, at the field's live default."""
+    prop = GenerationParams.model_json_schema()["properties"][name]
+    return gr.Slider(prop["minimum"], prop["maximum"], prop.get("live_default", prop["default"]), step=step,
+                     label=prop["title"], info=prop["description"])
+
+
+def _release(live: LiveStream | None) -> None:
+    """A webcam viewer left (gr.State's delete callback): free its stream's history now."""
+    if live is not None:
+        live.release()
+
+
 def build_gradio(app_state: Any) -> gr.Blocks:
     """Build the Blocks app; no model access here (the worker may not exist yet).  On ZeroGPU (server/zerogpu.py)
     the text, sketch and image endpoints run the pipeline under `@spaces.GPU` and the webcam tab explains why there
@@ -178,11 +194,18 @@ def build_gradio(app_state: Any) -> gr.Blocks:
             raise gr.Error("Draw something first.")
         return await sketch_to_image(np.asarray(sketch), prompt, seed, control_scale)
 
-    async def webcam_frame(frame: np.ndarray | None, prompt: str, seed: int, strength: float, mode: str):
+    async def webcam_frame(frame: np.ndarray | None, prompt: str, seed: int, strength: float, mode: str,
+                           stability: str, skip: bool, smooth: int, live: LiveStream | None):
+        """One webcam frame of a viewer's stream; `live` is the viewer's own (gr.State), made on the first frame."""
         if frame is None:
-            return None
-        params = _params(prompt=prompt, mode=mode, seed=int(seed), strength=strength)
-        return await _generate(app_state, params, frame)
+            return gr.skip(), live
+        live = live or LiveStream()
+        video = {**STABILITY_PRESETS.get(stability, STABILITY_PRESETS["off"]),
+                 "skip_threshold": LIVE["skip_threshold"] if skip else 0.0}
+        params = _params(prompt=prompt, mode=mode, seed=int(seed), strength=strength, transition_frames=int(smooth),
+                         skip_max=LIVE["skip_max"], **video)
+        image = await _generate(app_state, params, frame, live=live)
+        return (gr.skip() if image is None else image), live  # skipped: the picture shown stands
 
     sessions, time_limit, concurrency = _limits(app_state)
     # Gradio keeps its own uploads and results as files; delete them after a few minutes (docs/hosting.md).
@@ -235,8 +258,16 @@ def build_gradio(app_state: Any) -> gr.Blocks:
             with gr.Row():
                 w_strength = gr.Slider(0.02, 1, 0.5, step=0.02, label="Strength")
                 w_mode = gr.Radio(["image", "edges"], value="image", label="Mode")
+            with gr.Row():
+                w_stability = gr.Radio(list(STABILITY_PRESETS), value=LIVE_STABILITY, label="Stability",
+                                       info="How much each picture holds on to the ones before (less flicker)")
+                w_skip = gr.Checkbox(LIVE["skip_threshold"] > 0, label="Skip still frames",
+                                     info="A frame nearly the same as the last generated one keeps its picture")
+                smooth = _schema_slider("transition_frames", step=1)
+            w_live = gr.State(None, time_to_live=time_limit, delete_callback=_release)  # the viewer's own stream
             demo.load(lambda: _webcam_modes(app_state), None, w_mode, api_visibility="private")
-            w_in.stream(webcam_frame, [w_in, prompt, seed, w_strength, w_mode], w_out, api_visibility="private",
-                        stream_every=STREAM_EVERY_S, time_limit=time_limit, concurrency_limit=sessions)
+            w_in.stream(webcam_frame, [w_in, prompt, seed, w_strength, w_mode, w_stability, w_skip, smooth, w_live],
+                        [w_out, w_live], api_visibility="private", stream_every=STREAM_EVERY_S,
+                        time_limit=time_limit, concurrency_limit=sessions)
     demo.queue(default_concurrency_limit=concurrency)
     return demo
