@@ -177,3 +177,23 @@ def test_with_cuda_graphs_every_live_path_is_warmed_and_equals_the_eager_pipelin
                     for a, b in zip(outs[graphs], outs[eager]):
                         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, (mode, n, t)
             assert activity.result.quiet, (mode, n, activity.result.as_dict())
+
+
+def test_the_schema_offers_live_video_with_ranges_live_defaults_and_presets():
+    """One schema drives the page, Gradio and the protocol: each live-video field has a title, a description, a
+    range, and a live default inside it; the presets and the live defaults are parameters the server accepts."""
+    from sdxs.params import live_defaults
+
+    schema = GenerationParams.model_json_schema()
+    fields = ("feedback", "bank", "transition_frames", "skip_threshold", "skip_max")
+    for name in fields:
+        prop = schema["properties"][name]
+        assert prop["title"] and prop["description"] and prop["minimum"] <= prop["live_default"] <= prop["maximum"]
+        assert GenerationParams().model_dump()[name] == prop["default"]
+    assert set(live_defaults()) == set(fields) and live_defaults()["skip_threshold"] > 0
+    presets = schema["stability_presets"]
+    assert schema["live_stability"] in presets and presets["off"] == {"feedback": 0.0, "bank": 0.0}
+    for values in presets.values():
+        GenerationParams(**values, **{k: v for k, v in live_defaults().items() if k not in values})
+    live = presets[schema["live_stability"]]
+    assert {k: live_defaults()[k] for k in live} == live  # a live client starts on the live preset
