@@ -7,10 +7,14 @@ Contract with app.py (building is cheap and touches no model; the worker is look
     app = gr.mount_gradio_app(app, blocks, path="/gradio")
 
 `app_state` must offer `ready`, `loading`, `model_info` (dict or None, with `size`, `modes`, `is_random`) and
-`worker` (None until ready; `await worker.submit_one(params, image)` with image uint8 RGB (size, size, 3) or None,
-returning uint8 RGB (size, size, 3)). If it has `config` (a ServerConfig), the webcam stream takes its
-`max_sessions` as concurrency limit and `session_time_limit_s` as time limit. Every request goes through that
-worker, so batching, limits and `/metrics` cover Gradio too.
+`worker` (None until ready; `await worker.submit_one(params, image, live=None)` with image uint8 RGB (size, size, 3)
+or None, returning uint8 RGB (size, size, 3), or None for a frame the skip filter skipped). If it has `config` (a
+ServerConfig), the webcam stream takes its `max_sessions` as concurrency limit and `session_time_limit_s` as time
+limit. Every request goes through that worker, so batching, limits and `/metrics` cover Gradio too.
+
+The webcam tab is a live stream as the page's (docs/protocol.md section 5a): Stability (`steady`), Skip still frames
+(on) and Smooth changes start at the schema's live defaults; each viewer's `server.worker.LiveStream` (its history and
+skip filter) lives in a `gr.State`, released when Gradio drops the state (the viewer left, or its time ran out).
 
 Named endpoints for `gradio_client` (images come back as file paths):
 
