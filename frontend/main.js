@@ -32,6 +32,7 @@ const modes = new Modes({ controls, session, pump });
 const output = new OutputView({ session, sketch, controls, preview: (ctx, size) => pump.drawInput(ctx, size),
   onError: (text) => status.flash(text), onChange: (value) => metrics.changed(value) });
 
+let live = null; // LiveSettings (stability.js), once the controls are built
 const sources = new Sources({
   video, sketch, pump,
   onSourceChange: (source) => {
@@ -55,8 +56,6 @@ status.onPhase = (phase) => {
 session.addEventListener("loading", (e) => status.loading(e.detail));
 
 /** Build the controls once from the schema (config.json lets visitors prepare a prompt before Start). */
-let live = null; // LiveSettings, once the controls are built
-
 function buildControls(schema, model, params) {
   modes.model = model.modes || null;
   const choices = { ...(modes.model && { mode: modes.model }), ...(model.styles && { style: model.styles }) };

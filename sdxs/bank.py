@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -154,10 +155,11 @@ def bytes_per_stream(layers: list[tuple[int, int]], latent_side: int, dtype: tor
 
 
 def gather(banks: list[FeatureBank | None], strengths: list[float], layers: list[tuple[int, int]],
-           latent_side: int, rows: int, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+           latent_side: int, rows: int, dtype: torch.dtype, device: torch.device,
+           upload: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
     """The ``bank`` kwarg for a batch: per layer (rows, F*N, C) keys and values (zeros where a row has none), the
     (rows, F) bias, and the empty ``out`` dict the layers fill.  Rows past ``len(banks)`` repeat the last (bucket
-    padding)."""
+    padding).  ``upload``: the bias to the device without making the host wait (default: ``.to(device)``)."""
     bias = [bank.bias(s) if bank is not None else [-math.inf] * BANK_FRAMES for bank, s in zip(banks, strengths)]
     bias += [bias[-1]] * (rows - len(bias))
     padded = [*banks, *[banks[-1]] * (rows - len(banks))]
@@ -169,5 +171,5 @@ def gather(banks: list[FeatureBank | None], strengths: list[float], layers: list
             rows, BANK_FRAMES * tokens, channels))
         values.append(torch.stack([b.values[layer] if b is not None and b.values else empty for b in padded]).view(
             rows, BANK_FRAMES * tokens, channels))
-    return {"keys": keys, "values": values, "bias": torch.tensor(bias, dtype=torch.float32).to(device),
-            "out": {}}
+    bias = torch.tensor(bias, dtype=torch.float32)
+    return {"keys": keys, "values": values, "bias": upload(bias) if upload else bias.to(device), "out": {}}

@@ -267,14 +267,12 @@ class SDXSPipeline:
         return batches
 
     def thumbnails(self, images: Sequence[Any], side: int) -> torch.Tensor:
-        """Frames (as ``square`` takes them) -> float32 (B, side, side) grey levels 0-255 on the device, made on the
-        staging stream and waited for (the caller reads them on the host): the skip filter's small copies."""
-        with self._staging_stream() as stream:
+        """Frames (as ``square`` takes them) -> float32 (B, side, side) grey levels 0-255 on the CPU: the skip
+        filter's small copies, squared and reduced on the device (on the staging stream, which the copy to the host
+        waits for: never on the models' stream), then 4 bytes a pixel to the host."""
+        with self._staging_stream():
             small = frames.square(images, side, self.device).float()
-            grey = small[:, 0] * 0.299 + small[:, 1] * 0.587 + small[:, 2] * 0.114
-            if stream is not None:
-                stream.synchronize()
-        return grey
+            return (small[:, 0] * 0.299 + small[:, 1] * 0.587 + small[:, 2] * 0.114).cpu()
 
     @property
     def compiled(self) -> bool:

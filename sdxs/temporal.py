@@ -57,9 +57,7 @@ def slerp(start: torch.Tensor, end: torch.Tensor, weight: float) -> torch.Tensor
     """Spherical interpolation of two (1, ...) noise tensors (their norm stays that of Gaussian noise)."""
     a, b = start.flatten().double(), end.flatten().double()
     cos = torch.dot(a, b) / (a.norm() * b.norm())
-    theta = torch.arccos(cos.clamp(-1.0, 1.0))
-    if theta.abs() < 1e-4:
-        return lerp(start, end, weight)
+    theta = torch.arccos(cos.clamp(-1.0, 1.0)).clamp(min=1e-4)  # two seeds' noise: about pi/2; no host sync
     mixed = (torch.sin((1 - weight) * theta) * a + torch.sin(weight * theta) * b) / torch.sin(theta)
     return mixed.view(end.shape).to(end.dtype)
 
@@ -233,7 +231,7 @@ class LiveBatch:
     def feed_input(self, encoded: torch.Tensor, image_rows: Sequence[int]) -> torch.Tensor:
         """Image mode: (len(image_rows), C, h, w) encoded latents, each blended with its stream's last output."""
         weights = [self._weight(i, self.params[i].feedback) for i in image_rows]
-        return _blend(encoded, [self.states[i] for i in image_rows], weights)
+        return _blend(encoded, [self.states[i] for i in image_rows], weights, self.pipe._upload)
 
     def attention(self, rows: int, latent_side: int) -> dict[str, Any] | None:
         """The UNet's ``cross_attention_kwargs`` (``sdxs.bank``) for ``rows`` rows, or None when no row uses a bank."""
@@ -242,7 +240,7 @@ class LiveBatch:
         used = [s.bank if s is not None and p.bank > 0 else None for p, s in zip(self.params, self.states)]
         strengths = [p.bank for p in self.params]
         self._bank = banks.gather(used, strengths, self.pipe.bank_layers, latent_side, rows, self.pipe.dtype,
-                                  self.pipe.device)
+                                  self.pipe.device, self.pipe._upload)
         return {"bank": self._bank}
 
     def finish(self, x0: torch.Tensor) -> torch.Tensor:
@@ -253,7 +251,8 @@ class LiveBatch:
             fade = s.style.advance(p.style, p.transition_frames) if s is not None else 0.0
             own = p.feedback if p.mode is not Mode.image else 0.0
             weights.append(self._weight(i, max(own, fade)))
-        x0 = torch.cat([_blend(x0[:self.n], self.states, weights), x0[self.n:]]) if any(weights) else x0
+        x0 = torch.cat([_blend(x0[:self.n], self.states, weights, self.pipe._upload), x0[self.n:]]) if any(
+            weights) else x0
         for i, p, s in self._rows():
             if s.closed:
                 continue
@@ -276,10 +275,12 @@ def uses_history(params: GenerationParams) -> bool:
     return params.feedback > 0 or params.bank > 0 or params.transition_frames > 0
 
 
-def _blend(latents: torch.Tensor, states: Sequence[TemporalState | None], weights: Sequence[float]) -> torch.Tensor:
-    """Rows ``latents[i] + weights[i] * (states[i].latent - latents[i])``; the tensor itself when every weight is 0."""
+def _blend(latents: torch.Tensor, states: Sequence[TemporalState | None], weights: Sequence[float],
+           upload: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Rows ``latents[i] + weights[i] * (states[i].latent - latents[i])``; the tensor itself when every weight is 0.
+    ``upload``: a small CPU tensor to the latents' device without making the host wait (``SDXSPipeline._upload``)."""
     if not any(weights):
         return latents
     previous = torch.cat([s.latent if w else latents[i:i + 1] for i, (s, w) in enumerate(zip(states, weights))])
-    w = torch.tensor(weights, dtype=torch.float32).to(latents.device).view(-1, 1, 1, 1)
+    w = upload(torch.tensor(weights, dtype=torch.float32)).view(-1, 1, 1, 1)
     return torch.lerp(latents.float(), previous.float(), w).to(latents.dtype)

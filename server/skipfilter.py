@@ -1,12 +1,14 @@
 """Skip near-identical frames: a still camera never repeats its bytes, but it need not cost inference either.
 
 In the spirit of StreamDiffusion's stochastic similarity filter (arXiv 2312.12491, section 3.4), on the worker's
-staging thread, before a batch is staged.  For every job whose parameters ask for it (`skip_threshold` > 0, a mode
+staging thread, before a batch is staged. For every job whose parameters ask for it (`skip_threshold` > 0, a mode
 with an input frame) the pipeline makes a small grey copy of the decoded frame on its device (`thumbnails`: THUMB
-pixels square, antialiased); its change is the largest, over a TILES x TILES grid of regions, of the mean absolute
-difference from the copy of the last frame of that stream sent to the model (grey levels 0-255).  A region's mean
-averages camera noise away while a moved edge anywhere still shows in its own region.  The job is skipped (the stream
-answers it with the picture of that last generated frame, flag SKIPPED) when:
+pixels square, antialiased, on its staging stream), which comes to the host (16 KB: the comparison never waits on
+the models' stream, and a session's reference holds no device memory); its change is the largest, over a TILES x
+TILES grid of regions, of the mean absolute difference from the copy of the last frame of that stream sent to the
+model (grey levels 0-255). A region's mean averages camera noise away while a moved edge anywhere still shows in its
+own region. The job is skipped (the stream answers it with the picture of that last generated frame, flag SKIPPED)
+when:
 
 * its change is below `skip_threshold`, and its parameters equal those of that frame (a new prompt is never skipped);
 * its stream's history is settled (no smooth change under way, and latent feedback and the attention bank have
@@ -37,7 +39,7 @@ class SkipState:
     """One stream's reference: the small copy and parameters of its last frame sent to the model."""
 
     on_skip: Callable[[Any], None]  # answers a skipped job (its stream's previous picture); staging thread
-    reference: torch.Tensor | None = None  # float32 (side, side) grey levels 0-255 on the pipeline's device
+    reference: torch.Tensor | None = None  # float32 (side, side) grey levels 0-255, on the CPU
     params: Any = None  # GenerationParams of that frame
     received_at: float | None = None  # that frame's receipt time: the reference is never compared with itself
     skipped: int = 0  # frames skipped in a row since
@@ -126,6 +128,6 @@ def change(thumbs: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """(B, S, S) and (B, S, S) grey copies -> (B,) the largest mean absolute difference over TILES x TILES regions."""
     batch, side, _ = thumbs.shape
     tiles = min(TILES, side)
-    diff = (thumbs - references.to(thumbs.device)).abs()[:, : side // tiles * tiles, : side // tiles * tiles]
+    diff = (thumbs - references).abs()[:, : side // tiles * tiles, : side // tiles * tiles]
     cell = side // tiles
     return diff.reshape(batch, tiles, cell, tiles, cell).mean(dim=(2, 4)).amax(dim=(1, 2))

@@ -235,7 +235,7 @@ class FrameStream:
 
     def moved(self, device: str) -> None:
         """server/devices.py moved this session to `device` (its own device kept failing); any thread."""
-        self.live.skip.reset()  # a reference on the old device; the history notices the new device itself
+        self.live.skip.reset()  # the new device generates afresh; the history notices the new device itself
         if self.on_moved is not None:
             self._to_loop(self.on_moved, device)
 
