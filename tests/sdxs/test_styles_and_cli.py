@@ -84,7 +84,7 @@ def test_every_cli_option_has_help_text():
 
 
 def test_a_style_change_fades_in_over_the_transition_frames(tiny_model_dir, lora_dir):
-    """Live video (issue 23): a stream's style change blends from its last picture, then lands exactly on the style's."""
+    """Live video (issue 23): a style change blends from the stream's last picture, then lands on the style's."""
     from sdxs.temporal import TemporalState
 
     styled = SDXSPipeline.from_pretrained(str(tiny_model_dir), adapters={"ink": str(lora_dir)}, device="cpu",
