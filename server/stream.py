@@ -81,7 +81,8 @@ class FrameStream:
         self.last_input: PendingFrame | None = None  # event loop only
         self.live = LiveStream()  # history (sdxs.temporal) and skip filter: this session's own
         self.live.skip_state(self._skipped)
-        self._parked: tuple[PendingFrame, int] | None = None  # a skipped frame waiting for its picture (its frame id)
+        self._parked: tuple[PendingFrame, float] | None = None  # a skipped frame, and the receipt time of the frame
+        # whose picture it waits for
         self._answer_lock = threading.Lock()  # the parked frame and the reuse cache, between staging and codec threads
 
     # --- event loop: incoming frames ----------------------------------------------------------------------------
