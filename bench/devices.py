@@ -89,7 +89,7 @@ class Trace:
     """What one session saw: output times, error times, and the time and device of a move."""
 
     outputs: list[float] = field(default_factory=list)  # generated frames only
-    reused: int = 0  # outputs answered from the server's cache (flag REUSED): counted apart, never as frames
+    reused: int = 0  # outputs without inference (flag REUSED or SKIPPED): counted apart, never as frames
     errors: list[float] = field(default_factory=list)
     moved: tuple[float, str] | None = None
 
@@ -108,7 +108,7 @@ async def session(url: str, frames: list[bytes], until: float, in_flight: int, t
         message = await client.recv(timeout=60)
         now = time.monotonic()
         if isinstance(message, OutputFrame):
-            if message.flags & OutputFlag.REUSED:
+            if message.flags & (OutputFlag.REUSED | OutputFlag.SKIPPED):  # no inference: not a frame the model made
                 trace.reused += 1
             else:
                 trace.outputs.append(now)
@@ -186,7 +186,7 @@ def print_table(result: dict) -> None:
         f"{result['move_s_max']} s   target <= 5 s; failed frames: {result['errors_during_fault']}"
     )
     if not result["valid"]:
-        print(f"INVALID: {result['reused']} outputs were answered from the cache")
+        print(f"INVALID: {result['reused']} outputs were answered without inference (REUSED or SKIPPED)")
 
 
 def free_port() -> int:

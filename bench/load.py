@@ -9,14 +9,13 @@ Each session streams synthetic webcam-like JPEG frames (a moving disc on a gradi
 nothing is answered from the reuse cache) keeping `--in-flight` frames unanswered, as the browser does. Before the
 load runs, one session with one frame in flight measures the server's overhead: end-to-end latency minus inference.
 
-Only generated frames count: outputs flagged REUSED (answered from the server's cache) are counted apart and make the
-run invalid (`valid: false`). Reported per run: per-session FPS, aggregate FPS, end-to-end latency p50/p95/p99 (client
-send -> output received, same clock), inference p50, overhead p50, fairness (slowest session FPS / fastest, counted in
-the window where every session streams; `fairness_whole_sessions` counts each session's own run), mean batch size,
-errors and server RSS at start and end (from /metrics, sampled ~30 times per run; growth is counted from 20% into the
-run).
-JSON goes to bench/results/load-<name>-<time>.json.
-"""
+Only generated frames count: outputs flagged REUSED (answered from the server's cache) or SKIPPED (the skip filter
+repeated a picture) are counted apart and make the run invalid (`valid: false`). Reported per run: per-session FPS,
+aggregate FPS, end-to-end latency p50/p95/p99 (client send -> output received, same clock), inference p50, overhead
+p50, fairness (slowest session FPS / fastest, counted in the window where every session streams;
+`fairness_whole_sessions` counts each session's own run), mean batch size, errors and server RSS at start and end
+(from /metrics, sampled ~30 times per run; growth is counted from 20% into the run). JSON goes to
+bench/results/load-<name>-<time>.json. """
 
 from __future__ import annotations
 
@@ -52,6 +51,7 @@ RESULTS = ROOT / "bench" / "results"
 class SessionStats:
     outputs: int = 0  # generated frames only
     reused: int = 0  # outputs answered from the server's cache (flag REUSED): counted apart, never as frames
+    skipped: int = 0  # outputs the skip filter repeated (flag SKIPPED): counted apart, never as frames
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     inference_ms: list[float] = field(default_factory=list)
@@ -105,6 +105,8 @@ async def run_session(url: str, frames: list[bytes], duration: float, in_flight:
             unanswered.popleft()
         if isinstance(message, OutputFrame) and message.flags & OutputFlag.REUSED:
             stats.reused += 1
+        elif isinstance(message, OutputFrame) and message.flags & OutputFlag.SKIPPED:
+            stats.skipped += 1
         elif isinstance(message, OutputFrame):
             stats.outputs += 1
             stats.output_times.append(now_ms / 1000.0)
@@ -149,7 +151,8 @@ def summarize(sessions: int, in_flight: int, stats: list[SessionStats], rss: tup
         "overhead_ms_p50": round(percentile(overhead, 50), 1),
         "mean_batch": round(float(np.mean(batches)), 2) if batches else 0.0,
         "outputs": sum(s.outputs for s in stats), "reused": sum(s.reused for s in stats),
-        "valid": not any(s.reused for s in stats), "errors": sum(s.errors for s in stats),
+        "skipped": sum(s.skipped for s in stats), "valid": not any(s.reused or s.skipped for s in stats),
+        "errors": sum(s.errors for s in stats),
         "rss_mb_start": round(rss[0], 1), "rss_mb_end": round(rss[1], 1),
     }
 
@@ -209,7 +212,7 @@ def print_table(runs: list[dict]) -> None:
               f"{r['aggregate_fps'] / r['sessions']:>9.2f} {r['fairness']:>5.2f} {lat['p50']:>8.1f} {lat['p95']:>8.1f} "
               f"{lat['p99']:>8.1f} {r['inference_ms_p50']:>8.1f} {r['overhead_ms_p50']:>8.1f} {r['mean_batch']:>6.2f} "
               f"{r['errors']:>4} {r['rss_mb_start']:>8.0f} -> {r['rss_mb_end']:<7.0f}"
-              + ("" if r["valid"] else f"  INVALID: {r['reused']} reused"))
+              + ("" if r["valid"] else f"  INVALID: {r['reused']} reused, {r['skipped']} skipped"))
 
 
 async def main_async(args: argparse.Namespace, url: str, http: str, config: dict) -> dict:

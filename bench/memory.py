@@ -3,8 +3,8 @@ streams small webcam JPEGs; the server's RSS per round and the good session's ge
 
     python bench/memory.py --rounds 10                   # tiny model, 7 sessions x 3 PNGs a round (issue 25's case)
 
-A PNG cannot be decoded at a reduced scale as a JPEG can; the server decodes it whole, shrinks it by an integer box
-filter to about the served size and keeps only that (server/codec.py), and glibc gives freed blocks of 16 MB and up
+A PNG cannot be decoded at a reduced scale as a JPEG can; the server decodes it whole, squares it at once as the
+pipeline would and keeps only that (server/codec.py), and glibc gives freed blocks of 16 MB and up
 back to the system (server/loading.py `keep_freed_memory`).  Before that, 3 rounds took a tiny-model server from 585 MB
 to 1857 MB and it kept it.  RSS comes from /metrics (`process_resident_memory_bytes`), sampled every 50 ms for the
 peak.  JSON goes to bench/results/memory-<time>.json (or `--out`).

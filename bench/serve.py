@@ -52,7 +52,7 @@ async def latency(url: str, frames: list[bytes], count: int) -> dict:
         frame_id = await client.send_frame(frames[i % 2], ImageFormat.JPEG)
         out = await client.expect_output(frame_id, timeout=60)
         ms = (time.perf_counter() - sent) * 1000.0
-        if out.flags & OutputFlag.REUSED:  # answered from the cache: not a frame the model made
+        if out.flags & (OutputFlag.REUSED | OutputFlag.SKIPPED):  # no inference: not a frame the model made
             reused += 1
         elif i >= 5:  # the first few warm the path
             total.append(ms)
@@ -83,7 +83,7 @@ async def routed_session(url: str, index: int, frames: list[bytes], start: float
             sent[frame_id] = index * 1e9 + frame_id
             await client.ws.send(pack_input(frame_id, sent[frame_id], ImageFormat.JPEG, frames[frame_id % 2]))
         message = await client.recv(timeout=60)
-        if isinstance(message, OutputFrame) and message.flags & OutputFlag.REUSED:
+        if isinstance(message, OutputFrame) and message.flags & (OutputFlag.REUSED | OutputFlag.SKIPPED):
             reused += 1
             answered = max(answered, message.frame_id)
         elif isinstance(message, OutputFrame):

@@ -9,15 +9,14 @@ stream a generated video (a moving scene with sensor noise, JPEG q80, 640x480 li
 most `max_in_flight` frames unanswered as the page does, for `--duration` seconds.
 
 Only generated frames count: every frame sent differs from the one before (the server's reuse answers an unchanged
-input from its cache in about a millisecond), outputs flagged REUSED are counted apart, and a cell in which any
-output was reused is marked invalid.  Reported per cell: generated frames/s (aggregate and per stream), p50/p95
-latency of generated frames from send to receive (one clock), reused and errors, the server process's CPU ms per
-generated frame (psutil, and by thread from /proc), the p50 of the frame header's stage timings, mean batch, and on a
-GPU its busy share and the largest memory in use (nvidia-smi).  In this process a stage breakdown at batch 1 and at
-the largest batch: thread CPU ms per frame on the CPU; CUDA-event ms per frame on a GPU.  The server's /readyz
-features (CUDA graphs, warm-up passes, nvJPEG self-test) are recorded too.  JSON is written after every cell to
-`--out` (default bench/results/).
-"""
+input from its cache in about a millisecond), outputs flagged REUSED or SKIPPED (the skip filter, off unless asked
+for) are counted apart, and a cell in which any output was reused or skipped is marked invalid. Reported per cell:
+generated frames/s (aggregate and per stream), p50/p95 latency of generated frames from send to receive (one clock),
+reused and errors, the server process's CPU ms per generated frame (psutil, and by thread from /proc), the p50 of
+the frame header's stage timings, mean batch, and on a GPU its busy share and the largest memory in use
+(nvidia-smi). In this process a stage breakdown at batch 1 and at the largest batch: thread CPU ms per frame on the
+CPU; CUDA-event ms per frame on a GPU. The server's /readyz features (CUDA graphs, warm-up passes, nvJPEG self-test)
+are recorded too. JSON is written after every cell to `--out` (default bench/results/). """
 
 from __future__ import annotations
 
@@ -159,7 +158,7 @@ async def stream(url: str, video: list[bytes], mode: str, fps: float, duration: 
     client = await Client.open(url, {"params": {"mode": mode, "prompt": PROMPT, "seed": 1}, "output_format": "jpeg"})
     ws, limit = client.ws, client.welcome["limits"]["max_in_flight"]
     in_flight: list[int] = []
-    counts = {"generated": 0, "reused": 0, "errors": 0}
+    counts = {"generated": 0, "reused": 0, "skipped": 0, "errors": 0}
     start = time.perf_counter()
 
     async def receive() -> None:
@@ -171,6 +170,8 @@ async def stream(url: str, video: list[bytes], mode: str, fps: float, duration: 
                 acknowledged = frame.frame_id
                 if frame.flags & OutputFlag.REUSED:  # answered from the cache: no inference, not counted
                     counts["reused"] += 1
+                elif frame.flags & OutputFlag.SKIPPED:  # the skip filter repeated a picture: not counted either
+                    counts["skipped"] += 1
                 else:
                     counts["generated"] += 1
                     stats["latencies"].append(now - frame.client_ts)
@@ -245,6 +246,7 @@ def measure(url: str, pid: int, video: list[bytes], mode: str, clients: int, arg
     sessions = stats["sessions"]
     generated = sum(s["generated"] for s in sessions)
     reused = sum(s["reused"] for s in sessions)
+    skipped = sum(s["skipped"] for s in sessions)
     per_thread = {k: round(1000 * (v - threads0.get(k, 0.0)) / generated, 3) if generated else None
                   for k, v in sorted(threads1.items())}
     timings = np.array(stats["timings"]) if stats["timings"] else np.zeros((0, 6))
@@ -252,8 +254,8 @@ def measure(url: str, pid: int, video: list[bytes], mode: str, clients: int, arg
     fps = [s["generated_fps"] for s in sessions]
     return {
         "mode": mode, "clients": clients, "sent": sum(s["sent"] for s in sessions), "generated": generated,
-        "reused": reused, "errors": sum(s["errors"] for s in sessions),
-        "valid": reused == 0,  # a cell with answers from the cache measures the cache, not the model
+        "reused": reused, "skipped": skipped, "errors": sum(s["errors"] for s in sessions),
+        "valid": reused == 0 and skipped == 0,  # answers without inference measure the cache, not the model
         "generated_fps": round(sum(fps), 2), "stream_fps_mean": round(float(np.mean(fps)), 2),
         "stream_fps_min": round(min(fps), 2),
         "latency_ms": {f"p{q}": round(float(np.percentile(stats["latencies"], q)), 1) if generated else None

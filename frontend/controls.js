@@ -43,6 +43,7 @@ export class Controls {
       const label = el("label", { className: "field", title: prop.description || "" },
         el("span", {}, prop.title || name), row, el("span", { className: "error", id: `e-${name}` }));
       label.dataset.field = name;
+      if (prop.modes) label.dataset.modes = prop.modes.join(","); // the modes it applies in, from the schema
       label.hidden = choices[name]?.length === 0 && !prop.enum; // e.g. no style adapters loaded: nothing to pick
       this.inputs.set(name, { input, prop, row });
       this.form.append(label);
@@ -67,6 +68,7 @@ export class Controls {
       this.showError(name, "");
     }
     this.#relevance();
+    this.form.dispatchEvent(new Event("values")); // e.g. the stability picker follows (stability.js)
   }
 
   /** Change a value as if the visitor had (e.g. the mode when the source changes). */
@@ -130,10 +132,8 @@ export class Controls {
 
   #relevance() {
     const mode = this.inputs.get("mode")?.input.value;
-    for (const [name, { prop }] of this.inputs) {
-      if (!prop.modes) continue;
-      const label = this.form.querySelector(`[data-field="${name}"]`);
-      if (label) label.hidden = !!mode && !prop.modes.includes(mode);
+    for (const label of this.form.querySelectorAll("[data-modes]")) {
+      label.hidden = !!mode && !label.dataset.modes.split(",").includes(mode);
     }
   }
 }

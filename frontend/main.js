@@ -15,13 +15,14 @@ import { Runner } from "./run.js";
 import { Sources } from "./sources.js";
 import { OutputView } from "./view.js";
 import { addPromptPresets, addSeedTools } from "./extras.js";
+import { LiveSettings, liveDefaults } from "./stability.js";
 
 const $ = (id) => document.getElementById(id);
 
 const status = new Status({ pill: "status", notice: "notice", noticeText: "notice-text", progress: "notice-progress",
   action: "notice-action", banner: "model-banner", timeLeft: "time-left", hint: "output-hint" });
 const metrics = new Metrics({ inFps: $("m-in"), outFps: $("m-out"), outUnit: $("m-out-unit"),
-  latency: $("m-latency"), server: $("m-server") });
+  latency: $("m-latency"), server: $("m-server"), skipped: $("m-skipped"), change: $("m-change") });
 const video = new VideoSource($("video"));
 const sketch = new Sketch($("sketch"), $("guide"));
 const controls = new Controls($("controls"), { onChange: (changed) => modes.send(changed) });
@@ -29,12 +30,14 @@ const session = new Session({ initialParams: () => (controls.inputs.size ? contr
 const pump = new Pump({ session, metrics, video, sketch, settled: () => modes.settled });
 const modes = new Modes({ controls, session, pump });
 const output = new OutputView({ session, sketch, controls, preview: (ctx, size) => pump.drawInput(ctx, size),
-  onError: (text) => status.flash(text) });
+  onError: (text) => status.flash(text), onChange: (value) => metrics.changed(value) });
 
+let live = null; // LiveSettings (stability.js), once the controls are built
 const sources = new Sources({
   video, sketch, pump,
   onSourceChange: (source) => {
     status.clearNote(); // a refused camera is no news once another source is chosen
+    live?.fit(source);
     modes.fit(source, true);
   },
   onError: (text) => status.flash(text, 8000),
@@ -59,6 +62,8 @@ function buildControls(schema, model, params) {
   controls.build(schema, params, choices);
   addPromptPresets(controls, model.example_prompts || []);
   addSeedTools(controls);
+  live = new LiveSettings(controls, schema);
+  live.fit(sources.current);
   modes.fit(sources.current, false);
 }
 
@@ -79,10 +84,7 @@ session.addEventListener("config", (e) => {
   $("gradio-link").hidden = !gradio;
   if (live && !live.available) noLive(live);
   if (model) status.modelNotice(model);
-  if (!controls.inputs.size && schema && model) {
-    const defaults = Object.fromEntries(Object.entries(schema.properties).map(([k, v]) => [k, v.default]));
-    buildControls(schema, model, defaults);
-  }
+  if (!controls.inputs.size && schema && model) buildControls(schema, model, liveDefaults(schema));
 });
 
 session.addEventListener("welcome", (e) => {
@@ -117,6 +119,7 @@ session.addEventListener("timeleft", (e) => status.timeLeft(e.detail));
 session.addEventListener("frame", (e) => {
   metrics.frameReceived(e.detail);
   output.show(e.detail);
+  if (e.detail.settling) pump.touch(); // an idle sketch or prompt is sent again: the change goes on to its end
 });
 
 session.addEventListener("control-image", (e) => output.showControl(e.detail));

@@ -1,8 +1,10 @@
-// The readout visitors asked for: input FPS, output FPS, end-to-end latency and the server's share of it.
-// FPS counts events in a sliding window; latencies are medians of the frames of the last few seconds. Answers the
-// server took from its cache (REUSED: same input and parameters, no inference, ~0 ms) are never output or latency:
-// when they are all that comes, the output reads "unchanged". While nothing streams (not started, queued,
-// reconnecting) every readout is blank; while waiting for video the counts start afresh: no stale number stays up.
+// The readout visitors asked for: input FPS, output FPS, end-to-end latency and the server's share of it, skipped
+// frames, and how much the picture changes. FPS counts events in a sliding window; latencies and changes are medians
+// of the frames of the last few seconds. Answers without inference are never output or latency: REUSED (same input
+// and parameters, from the server's cache) and SKIPPED (an input nearly the same as the last generated one: its
+// picture again) are counted apart, and when they are all that comes the output reads "unchanged". While nothing
+// streams (not started, queued, reconnecting) every readout is blank; while waiting for video the counts start
+// afresh: no stale number stays up.
 
 const WINDOW_MS = 2000;
 const LATENCY_WINDOW_MS = 5000; // latencies of older frames no longer describe the stream
@@ -37,7 +39,7 @@ function median(values) {
 }
 
 export class Metrics {
-  /** `fields`: elements to write into: {inFps, outFps, outUnit, latency, server}. */
+  /** `fields`: elements to write into: {inFps, outFps, outUnit, latency, server, skipped, change}. */
   constructor(fields) {
     this.fields = fields;
     this.framesOut = 0;
@@ -51,9 +53,10 @@ export class Metrics {
   }
 
   /** An output frame: `clientTs` is performance.now() when its input left, `serverMs` the server's own time. */
-  frameReceived({ clientTs, serverMs, reused }) {
+  frameReceived({ clientTs, serverMs, reused, skipped }) {
     const now = performance.now();
     if (reused) return this.cached.tick(now);
+    if (skipped) return this.skipped.tick(now);
     this.output.tick(now);
     this.framesOut += 1;
     if (clientTs == null || this.waiting) return; // a late answer to a picture from before the wait
@@ -68,8 +71,16 @@ export class Metrics {
     this.input = new Rate();
     this.output = new Rate();
     this.cached = new Rate();
+    this.skipped = new Rate();
     this.recent = []; // {at, latencyMs, serverMs} of the latest generated frames
+    this.changes = []; // {at, value} of the latest generated frames: mean change from the picture before (change.js)
     this.render();
+  }
+
+  /** A generated picture differs from the one before by `value` (mean grey levels of a small copy). */
+  changed(value) {
+    this.changes.push({ at: performance.now(), value });
+    if (this.changes.length > KEEP) this.changes.shift();
   }
 
   /** Show dashes until the next reset. */
@@ -85,7 +96,9 @@ export class Metrics {
       inFps: this.input.perSecond(now),
       outFps: this.output.perSecond(now),
       cachedFps: this.cached.perSecond(now),
-      cachedRecently: this.cached.count(now) > 0,
+      cachedRecently: this.cached.count(now) + this.skipped.count(now) > 0,
+      skippedFps: this.skipped.perSecond(now),
+      change: median(this.changes.filter((c) => now - c.at <= LATENCY_WINDOW_MS).map((c) => c.value)),
       latencyMs: median(recent.map((f) => f.latencyMs)),
       serverMs: median(recent.filter((f) => f.serverMs != null).map((f) => f.serverMs)),
       framesOut: this.framesOut,
@@ -101,6 +114,8 @@ export class Metrics {
     f.outFps.textContent = this.blanked ? dash : unchanged ? "unchanged" : s.outFps.toFixed(1);
     f.outUnit.hidden = unchanged;
     f.latency.textContent = this.blanked || s.latencyMs == null ? dash : `${Math.round(s.latencyMs)} ms`;
+    f.skipped.textContent = this.blanked ? dash : s.skippedFps.toFixed(1);
+    f.change.textContent = this.blanked || s.change == null ? dash : s.change.toFixed(1);
     if (this.blanked || s.serverMs == null || s.latencyMs == null) {
       f.server.textContent = dash;
     } else {

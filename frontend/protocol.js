@@ -9,7 +9,7 @@ const OUT_HEADER = 40;
 
 export const Format = Object.freeze({ NONE: 0, JPEG: 1, WEBP: 2, PNG: 3 });
 const MIME = { 1: "image/jpeg", 2: "image/webp", 3: "image/png" };
-export const Flags = Object.freeze({ REUSED: 1, SAFETY_REPLACED: 2, CONTROL: 4 });
+export const Flags = Object.freeze({ REUSED: 1, SAFETY_REPLACED: 2, CONTROL: 4, SKIPPED: 8, SETTLING: 16 });
 
 // Server -> client text messages.
 export const Msg = Object.freeze({
@@ -183,6 +183,8 @@ export function decodeFrame(buffer) {
     encodeMs: v.getFloat32(28, true),
     serverMs: v.getFloat32(32, true),
     reused: !!(flags & Flags.REUSED),
+    skipped: !!(flags & Flags.SKIPPED), // nearly the same input: the last generated picture again, no inference
+    settling: !!(flags & Flags.SETTLING), // a step of a change over several frames: the same input gives the next
     safetyReplaced: !!(flags & Flags.SAFETY_REPLACED),
     isControl: !!(flags & Flags.CONTROL),
     batchSize: v.getUint8(38),

@@ -8,7 +8,7 @@ import { Format } from "./protocol.js";
 const REFRESH_MS = 1000;
 const JPEG_QUALITY = 0.85;
 const STALL_MS = 3000; // a video source without a new picture this long is waiting, not live
-const VIDEO_SOURCES = ["camera", "screen", "file"];
+export const VIDEO_SOURCES = ["camera", "screen", "file"];
 
 export class Pump {
   /** `settled()`: true when the parameters in force on the server are the ones the controls show (mode included). */

@@ -3,6 +3,7 @@
 // black square), while not live the last picture is dimmed, and Snapshot/Record wait for a generated frame.
 
 import { snapshot, Recorder, toggleFullscreen } from "./output.js";
+import { ChangeMeter } from "./change.js";
 import { Feature } from "./protocol.js";
 
 const $ = (id) => document.getElementById(id);
@@ -10,13 +11,16 @@ const CONTROL_EVERY_MS = 500;
 const PREVIEW_EVERY_MS = 100;
 
 export class OutputView {
-  /** `preview(ctx, size)`: draws the current input, shown while queued. */
-  constructor({ session, sketch, controls, preview, onError }) {
+  /** `preview(ctx, size)`: draws the current input, shown while queued; `onChange(value)`: a generated picture
+   * differs from the one before by `value` (change.js). */
+  constructor({ session, sketch, controls, preview, onError, onChange = () => {} }) {
     this.session = session;
     this.sketch = sketch;
     this.controls = controls;
     this.preview = preview;
     this.onError = onError;
+    this.onChange = onChange;
+    this.meter = new ChangeMeter();
     this.hasFrame = false; // the canvas shows a generated picture (not a preview, not empty)
     this.canvas = $("output");
     this.ctx = this.canvas.getContext("2d");
@@ -37,6 +41,7 @@ export class OutputView {
   setPhase(phase) {
     $("output-view").dataset.phase = phase;
     clearInterval(this.previewTimer);
+    this.meter.reset();
     if (phase !== "queued") return;
     const draw = () => {
       if (this.drawing || this.next) return;
@@ -59,10 +64,13 @@ export class OutputView {
     try {
       const bitmap = await createImageBitmap(frame.image);
       this.ctx.drawImage(bitmap, 0, 0, this.canvas.width, this.canvas.height);
+      const change = frame.reused || frame.skipped ? null : this.meter.measure(bitmap);
+      if (change != null) this.onChange(change);
       bitmap.close();
       this.frames += 1;
       this.#setHasFrame(true);
-      Object.assign(this.canvas.dataset, { frames: this.frames, frameId: frame.frameId, reused: frame.reused });
+      Object.assign(this.canvas.dataset, { frames: this.frames, frameId: frame.frameId, reused: frame.reused,
+        skipped: frame.skipped });
     } catch {
       // An undecodable frame is skipped; the next one replaces it.
     }

@@ -7,12 +7,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.json_schema import JsonDict
 
+if TYPE_CHECKING:
+    from sdxs.temporal import TemporalState
+
 MAX_PROMPT_CHARS = 1000  # CLIP sees 77 tokens; longer prompts are truncated by the tokenizer, absurd ones refused
+
+# Live video (issue 23; sdxs/temporal.py, server/skipfilter.py).  Each field's "live_default" is what a live client
+# (the page, Gradio's webcam tab) starts with; the plain defaults leave every frame generated on its own, as before.
+# "video": the field serves moving pictures (a camera, a screen, a video file); inputs that repeat exactly (a sketch,
+# a prompt alone) are answered from the server's cache and take the plain default.
+# "Stability" presets a live client offers: values of `feedback` and `bank`, chosen by bench/temporal.py (bench/
+# README.md): feedback 0.5 is the strongest whose lag stays within 3 frames in every mode; the attention bank showed no
+# effect on the shipped miniature and costs time, so no preset turns it on.
+STABILITY_PRESETS = {
+    "off": {"feedback": 0.0, "bank": 0.0},
+    "smooth": {"feedback": 0.3, "bank": 0.0},
+    "steady": {"feedback": 0.5, "bank": 0.0},
+}
+LIVE_STABILITY = "steady"
 
 
 class Mode(StrEnum):
@@ -36,13 +53,22 @@ def _modes(*modes: Mode) -> JsonDict:
     return {"modes": [m.value for m in modes]}
 
 
+def _video(live_default: float | int) -> JsonDict:
+    """json_schema_extra of a live-video field: the modes with an input frame, "video" and what a live client starts
+    with."""
+    return {"modes": [m.value for m, kind in MODE_INPUTS.items() if kind != "none"], "video": True,
+            "live_default": live_default}
+
+
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
 
 
 class GenerationParams(BaseModel):
     """What a visitor can set per request.  NaN and infinities are refused; unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_enum_values=False, frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_enum_values=False, frozen=True,
+                              json_schema_extra=cast(JsonDict, {"stability_presets": STABILITY_PRESETS,
+                                                                "live_stability": LIVE_STABILITY}))
 
     prompt: Prompt = Field("a photo of a cat, highly detailed", title="Prompt", description="What to generate.")
     mode: Mode = Field(Mode.image, title="Mode", description="How the input frame is used.",
@@ -62,6 +88,34 @@ class GenerationParams(BaseModel):
                           json_schema_extra=_modes(Mode.edges))
     edge_high: int = Field(160, ge=0, le=255, title="Edge high threshold",
                            description="Edge mode: Canny high threshold.", json_schema_extra=_modes(Mode.edges))
+    feedback: float = Field(
+        0.0, ge=0.0, le=0.9, title="Latent feedback",
+        description="Live video: how much of the previous picture is blended into the next (steadier; more trails "
+                    "behind motion). 0 = off.",
+        json_schema_extra=_video(STABILITY_PRESETS[LIVE_STABILITY]["feedback"]),
+    )
+    bank: float = Field(
+        0.0, ge=0.0, le=1.0, title="Attention bank",
+        description="Live video: how strongly the model also looks at the last frames' features (StreamV2V's "
+                    "feature bank). 0 = off.",
+        json_schema_extra=_video(STABILITY_PRESETS[LIVE_STABILITY]["bank"]),
+    )
+    transition_frames: int = Field(
+        0, ge=0, le=60, title="Smooth changes",
+        description="Live video: a new prompt, seed or style blends in over this many frames. 0 = at once.",
+        json_schema_extra={"live_default": 8},
+    )
+    skip_threshold: float = Field(
+        0.0, ge=0.0, le=10.0, title="Skip still frames",
+        description="Live video: a frame that differs from the last generated one by less than this (grey levels, "
+                    "in its most changed region of a small copy) gets that picture again, without inference. 0 = off.",
+        json_schema_extra=_video(1.5),
+    )
+    skip_max: int = Field(
+        10, ge=1, le=120, title="Longest skip run",
+        description="Live video: after this many skipped frames in a row the next one is generated anyway.",
+        json_schema_extra=_video(10),
+    )
 
     @property
     def uses_controlnet(self) -> bool:
@@ -86,11 +140,20 @@ class GenerationParams(BaseModel):
         return bounds["Ge"].ge, bounds["Le"].le, info.default
 
 
+def live_defaults() -> dict[str, object]:
+    """The values a live client starts with: every field's "live_default" (stability and the skip filter on)."""
+    return {name: field.json_schema_extra["live_default"] for name, field in GenerationParams.model_fields.items()
+            if isinstance(field.json_schema_extra, dict) and "live_default" in field.json_schema_extra}
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """Parameters plus the input frame: a PIL image, a uint8 (H, W, 3) array or tensor, or encoded image bytes (PNG,
-    JPEG, WebP); ``None`` in text mode.  What crosses from a caller (the server's worker, a library user) into the
-    pipeline; torch-free, like the rest of this module."""
+    JPEG, WebP); ``None`` in text mode.  ``temporal``: the stream's history (``sdxs.temporal.TemporalState``) for live
+    video, or None (the frame is generated on its own; ``feedback``, ``bank`` and ``transition_frames`` need a
+    state).  What crosses from a caller (the server's worker, a library user) into the pipeline; torch-free, like the
+    rest of this module."""
 
     params: GenerationParams = field(default_factory=GenerationParams)
     image: Any = None
+    temporal: TemporalState | None = None

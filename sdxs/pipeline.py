@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdxs import control, frames
+from sdxs import bank, control, frames
 from sdxs.buckets import bucket, pad_rows
 from sdxs.caches import LRUCache
 from sdxs.device import resolve_device, resolve_dtype
@@ -39,6 +39,7 @@ from sdxs.loading import AUTO, DEFAULT_MODEL, DEFAULT_SKETCH_CONTROLNET, MINI, m
 from sdxs.onestep import add_noise
 from sdxs.params import GenerationParams, GenerationRequest, Mode
 from sdxs.schedule import OneStepSchedule
+from sdxs.temporal import LiveBatch, TemporalState
 from sdxs.tiny import MARKER
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class StagedBatch:
     pixels: torch.Tensor | None = None  # (len(image_rows), 3, S, S) in [-1, 1], the encoder's dtype
     control: torch.Tensor | None = None  # (B, 3, S, S) in [0, 1], model dtype: white on black
     control_scale: torch.Tensor | None = None  # (B,), model dtype
+    states: list[TemporalState | None] | None = None  # the rows' stream histories (sdxs.temporal), if any has one
     ready: Any = None  # CUDA event: the staging stream's work is done
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -115,6 +117,7 @@ class SDXSPipeline:
         self._stream = None  # the CUDA staging stream, made on first use
         self._prompts = LRUCache(256)
         self._noise = LRUCache(64)
+        self.bank_layers = bank.install(unet)  # self-attention layers' (factor, channels): sdxs.bank
 
     # ---- construction ------------------------------------------------------------------------------------------
 
@@ -178,6 +181,7 @@ class SDXSPipeline:
         if self.decoder_dtype != self.dtype:
             self.decoder_vae.to(dtype=self.decoder_dtype)
         components.set_attention(self, attention)
+        self.bank_layers = bank.install(self.unet)  # again: xformers replaced every processor
         if channels_last:
             self.memory_format = torch.channels_last
             for net in filter(None, [self.unet, self.controlnet, self.encoder_vae, self.decoder_vae]):
@@ -255,12 +259,29 @@ class SDXSPipeline:
         return report
 
     def warmup_batches(self, batch_sizes: Sequence[int]) -> list[list[GenerationRequest]]:
-        """One batch per path (``batch_key``) and batch size: text, image, sketch (edges runs the same modules) for
-        every style, with a still grey frame."""
+        """One batch per path (``batch_key``), batch size and UNet variant: text, image, sketch (edges runs the same
+        modules) for every style, with a still grey frame, each once plainly and once with the attention bank (its
+        keys and values are inputs of their own: a graph per bucket; feedback and smooth changes are no module's)."""
         still = np.full((self.size, self.size, 3), 200, np.uint8)
         modes = [m for m in (Mode.text, Mode.image, Mode.sketch) if m in self.modes]
-        return [[GenerationRequest(GenerationParams(mode=mode, style=style), None if mode is Mode.text else still)] * n
-                for style in (None, *self.adapters) for mode in modes for n in batch_sizes]
+        batches = []
+        for style in (None, *self.adapters):
+            for mode in modes:
+                image = None if mode is Mode.text else still
+                plain = GenerationParams(mode=mode, style=style)
+                banked = plain.model_copy(update={"bank": 1.0, "feedback": 0.5})
+                for n in batch_sizes:
+                    batches.append([GenerationRequest(plain, image)] * n)
+                    batches.append([GenerationRequest(banked, image, TemporalState()) for _ in range(n)])
+        return batches
+
+    def thumbnails(self, images: Sequence[Any], side: int) -> torch.Tensor:
+        """Frames (as ``square`` takes them) -> float32 (B, side, side) grey levels 0-255 on the CPU: the skip
+        filter's small copies, squared and reduced on the device (on the staging stream, which the copy to the host
+        waits for: never on the models' stream), then 4 bytes a pixel to the host."""
+        with self._staging_stream():
+            small = frames.square(images, side, self.device).float()
+            return (small[:, 0] * 0.299 + small[:, 1] * 0.587 + small[:, 2] * 0.114).cpu()
 
     @property
     def compiled(self) -> bool:
@@ -316,6 +337,11 @@ class SDXSPipeline:
             for request in requests:
                 self.check(request)
         staged = StagedBatch(params)
+        states = [r.temporal for r in requests]
+        if any(states):
+            if len({id(s) for s in states if s is not None}) < sum(s is not None for s in states):
+                raise ValueError("a batch holds one frame per stream: two requests share a TemporalState")
+            staged.states = states
         with self._staging_stream() as stream:
             with self._timed("preprocess", staged.timings):
                 self._stage_frames(requests, staged)
@@ -360,24 +386,32 @@ class SDXSPipeline:
             torch.compiler.cudagraph_mark_step_begin()
         params, n = staged.params, len(staged.params)
         rows = bucket(n, self.buckets)
-        # 1. prompt embeddings (cached)
+        # 0. the streams' histories (sdxs.temporal): None when no row uses one, and nothing below changes
+        live = LiveBatch.gather(params, staged.states, self)
+        # 1. prompt embeddings (cached; interpolated while a stream's prompt changes)
         with self._timed("prompt"):
-            embeds = pad_rows(torch.cat([self.encode_prompt(p.prompt) for p in params]), rows)
-        # 2. latents: fixed noise per seed; image-mode inputs encoded and noised to their strength's timestep
+            embeds = [self.encode_prompt(p.prompt) for p in params]
+            embeds = pad_rows(torch.cat(live.prompts(embeds) if live else embeds), rows)
+        # 2. latents: fixed noise per seed; image-mode inputs encoded (blended with their stream's last output) and
+        #    noised to their strength's timestep
         timesteps = pad_rows(staged.timesteps, rows)
-        latents = pad_rows(self._prepare_latents(staged), rows).contiguous(memory_format=self.memory_format)
+        latents = pad_rows(self._prepare_latents(staged, live), rows).contiguous(memory_format=self.memory_format)
         # 3. ControlNet residuals (sketch and edge modes), scaled per request
         extra = {}
         if params[0].uses_controlnet:
             extra = self._control_residuals(pad_rows(staged.control, rows), pad_rows(staged.control_scale, rows),
                                             latents, timesteps, embeds)
-        # 4. one UNet forward
+        # 4. one UNet forward (its self-attention over the streams' attention banks, if any row uses one)
+        attention = live.attention(rows, latents.shape[-1]) if live else None
         with self._timed("unet"), self._style(params[0].style):
-            model_output = self.unet(latents, timesteps, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
-        # 5. the one-step update
+            model_output = self.unet(latents, timesteps, encoder_hidden_states=embeds, return_dict=False,
+                                     cross_attention_kwargs=attention, **extra)[0]
+        # 5. the one-step update (then the streams' output blends, and their histories written)
         with self._timed("step"):
             x0 = self.schedule.step(model_output, latents, pad_rows(staged.timesteps_cpu, rows),
                                     alphas=pad_rows(staged.alphas, rows))
+            if live:
+                x0 = live.finish(x0)
         # 6. decode to uint8 pixels
         return self.decode(x0)[:n]
 
@@ -419,13 +453,17 @@ class SDXSPipeline:
 
         return self._noise.get((seed, shape), compute)
 
-    def _prepare_latents(self, staged: StagedBatch) -> torch.Tensor:
+    def _prepare_latents(self, staged: StagedBatch, live: LiveBatch | None = None) -> torch.Tensor:
         noise, n = staged.noise, len(staged.image_rows)
+        if live:
+            noise = live.noise(noise)
         if not n:
             return noise
         with self._timed("encode"):
             pixels = pad_rows(staged.pixels, bucket(n, self.buckets))  # the encoder has its own buckets
             encoded = self.encoder_vae.encode(pixels).latents[:n] * self.encoder_vae.config.scaling_factor
+            if live:
+                encoded = live.feed_input(encoded, staged.image_rows)
             index = staged.image_index
             alphas = staged.alphas.index_select(0, index).float()
             noised = add_noise(encoded.float(), noise.index_select(0, index).float(), alphas).to(self.dtype)

@@ -6,8 +6,9 @@ thread then decodes a whole batch with `decode_frames`: JPEG with nvJPEG on CUDA
 and right (server/nvjpeg.py: a stream of its own, a self-test, the CPU whenever it is not), else libjpeg-turbo
 (simplejpeg) at the smallest DCT scale that still covers the served size. PNG and WebP are decoded with PIL on
 receipt, on a decode thread (`decode_now`: they cannot be decoded scaled down, so a huge one must not hold up a
-batch), transparent pixels composited on white, then shrunk by an integer box filter to about the served size. The
-pipeline squares the frames (sdxs.frames). `encode` writes JPEG with libjpeg-turbo, WebP and PNG with PIL.
+batch), transparent pixels composited on white, then squared at once as the pipeline squares every frame (so only size
+x size pixels are kept). The pipeline squares the frames (sdxs.frames). `encode` writes JPEG with libjpeg-turbo, WebP
+and PNG with PIL.
 
 Pixel convention at this boundary: uint8 RGB, shape (H, W, 3), values 0-255.
 """
@@ -108,7 +109,7 @@ def _decode_one(image: Encoded, size: int) -> np.ndarray:
     try:
         pil = Image.open(io.BytesIO(image.payload), formats=[image.fmt.pil_name])
         pil.load()
-        return np.asarray(reduced(to_rgb(pil), size))
+        return squared(np.asarray(to_rgb(pil)), size)
     # PIL's decoders raise OSError and ValueError mostly, but also EOFError, struct.error, IndexError... on corrupt
     # bytes: every one means "not a valid image", the client's bad_image, never a server error
     except Exception as exc:  # noqa: BLE001
@@ -116,12 +117,13 @@ def _decode_one(image: Encoded, size: int) -> np.ndarray:
                             f"{type(exc).__name__}: {exc}") from exc
 
 
-def reduced(image: Image.Image, size: int) -> Image.Image:
-    """`image` shrunk by the largest integer factor that keeps its short side at least `size` (a box filter, as
-    libjpeg-turbo's DCT scaling does for JPEG): what a session keeps of a huge PNG or WebP is then at most about
-    twice the served size on its short side, not the full decode."""
-    factor = min(image.size) // max(size, 1)
-    return image.reduce(factor) if factor >= 2 else image
+def squared(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> uint8 RGB (size, size, 3), squared as the pipeline squares every frame (sdxs.frames, on
+    the CPU): what a session keeps of a PNG or WebP, however large it came, and exactly what the pipeline would have
+    made of it (a huge one is decoded whole, then only this much is kept)."""
+    from sdxs import frames
+
+    return frames.square([rgb], size)[0].permute(1, 2, 0).numpy()
 
 
 def _open_checked(payload: bytes, fmt: ImageFormat, limits: ImageLimits, frame_id: int | None) -> Image.Image:

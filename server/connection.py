@@ -64,6 +64,13 @@ STOP_TIMEOUT_S = 2.0  # the session's tasks get this long to finish once cancell
 TICK_S = 0.2
 
 
+def frame_result(flags: OutputFlag) -> str:
+    """The `sdxs_frames_total` result of an output frame: only inference counts as generated."""
+    if flags & OutputFlag.REUSED:
+        return "reused"
+    return "skipped" if flags & OutputFlag.SKIPPED else "generated"
+
+
 def _contained(method: Callable) -> Callable:
     """For methods called from outside this session's own tasks: an exception ends this session (1011) instead of
     escaping into the caller (another session's admission, the event loop's callback runner)."""
@@ -156,6 +163,7 @@ class Connection:
         pool = self.app.pool
         if pool is not None:
             pool.unregister(self.stream)
+        self.stream.release()
         self.app.admission.leave(self)
 
     def _spawn(self, coro: Coroutine, what: str) -> asyncio.Task:
@@ -255,7 +263,7 @@ class Connection:
         await self.ws.send_bytes(pack_output(item.frame_id, item.client_ts, item.fmt, item.payload, timings,
                                              item.flags, item.batch_size))
         if not item.flags & OutputFlag.CONTROL:
-            self.app.metrics.frame_sent(server_s, "reused" if item.flags & OutputFlag.REUSED else "generated")
+            self.app.metrics.frame_sent(server_s, frame_result(item.flags))
 
     def send(self, text: str) -> None:
         self.outbox.put_text(text)

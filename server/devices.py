@@ -24,6 +24,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,7 +33,7 @@ import numpy as np
 
 from sdxs.params import GenerationParams
 from server.metrics import Metrics
-from server.worker import NotReady, Source
+from server.worker import LiveStream, NotReady, Source
 
 if TYPE_CHECKING:
     from server.engine import Engine
@@ -173,6 +174,7 @@ class DevicePool:
         self.metrics = metrics
         self.max_failures = max_failures
         self._placed: dict[Source, DeviceSlot] = {}
+        self._live_slots: weakref.WeakKeyDictionary[LiveStream, DeviceSlot] = weakref.WeakKeyDictionary()  # Gradio
         self._lock = threading.RLock()
         for slot in self.slots:
             if slot.worker is not None:
@@ -212,11 +214,17 @@ class DevicePool:
         for worker in [slot.running] if slot is not None else [s.worker for s in self.slots if s.worker is not None]:
             worker.notify()
 
-    async def submit_one(self, params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
-        """One request (Gradio) on the least-loaded slot in rotation; see Worker.submit_one."""
+    async def submit_one(self, params: GenerationParams, image: np.ndarray | None,
+                         live: LiveStream | None = None) -> np.ndarray | None:
+        """One request (Gradio) on the least-loaded slot in rotation; see Worker.submit_one.  A live stream's
+        requests (a webcam viewer's) stay on the slot of its first while that slot serves: its history lives there."""
         with self._lock:
-            slot = self._least_loaded()
-        return await slot.running.submit_one(params, image)
+            slot = self._live_slots.get(live) if live is not None else None
+            if slot is None or not slot.serving:
+                slot = self._least_loaded()
+                if live is not None:
+                    self._live_slots[live] = slot
+        return await slot.running.submit_one(params, image, live)
 
     def pending_count(self) -> int:
         return sum(slot.worker.pending_count() for slot in self.slots if slot.worker is not None)

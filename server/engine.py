@@ -75,6 +75,9 @@ class Engine(Protocol):
 
     def to_host(self, images: torch.Tensor) -> HostFrames: ...
 
+    def thumbnails(self, images: Sequence[Any], side: int) -> torch.Tensor:
+        """The skip filter's small grey copies of decoded frames: float32 (B, side, side), 0-255, on the CPU."""
+
     def control_image(self, request: GenerationRequest) -> Image.Image: ...
 
     def warmup(self, batch_sizes: Sequence[int] = (1,), max_passes: int = 4) -> WarmupReport: ...

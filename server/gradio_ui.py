@@ -7,10 +7,14 @@ Contract with server/routes.py (building is cheap and touches no model; the pool
     app = gr.mount_gradio_app(app, blocks, path="/gradio")
 
 `app_state` (a server.state.AppState) offers `ready`, `loading`, `model_info` (dict or None, with `size`, `modes`,
-`is_random`), `engine` and `pool` (None until ready; `await pool.submit_one(params, image)` with image uint8 RGB
-(size, size, 3) or None, returning uint8 RGB (size, size, 3)), and `config`: the webcam stream takes its
-`max_sessions` as concurrency limit and `session_time_limit_s` as time limit. Every request goes through the pool's
-workers, so batching, limits and `/metrics` cover Gradio too.
+`is_random`), `engine` and `pool` (None until ready; `await pool.submit_one(params, image, live=None)` with image
+uint8 RGB (H, W, 3) or None, returning uint8 RGB (size, size, 3), or None for a frame the skip filter skipped), and
+`config`: the webcam stream takes its `max_sessions` as concurrency limit and `session_time_limit_s` as time limit.
+Every request goes through the pool's workers, so batching, limits and `/metrics` cover Gradio too.
+
+The webcam tab is a live stream as the page's (docs/protocol.md section 5a): Stability (`steady`), Skip still frames
+(on) and Smooth changes start at the schema's live defaults; each viewer's `server.worker.LiveStream` (its history and
+skip filter) lives in a `gr.State`, released when Gradio drops the state (the viewer left, or its time ran out).
 
 Named endpoints for `gradio_client` (images come back as file paths):
 
@@ -40,10 +44,18 @@ from PIL import Image
 from pydantic import ValidationError
 
 from sdxs.errors import InvalidRequest
-from sdxs.params import MODE_INPUTS, GenerationParams, GenerationRequest, Mode
+from sdxs.params import (
+    LIVE_STABILITY,
+    MODE_INPUTS,
+    STABILITY_PRESETS,
+    GenerationParams,
+    GenerationRequest,
+    Mode,
+    live_defaults,
+)
 from server import codec, zerogpu
 from server.engine import Engine
-from server.worker import InferenceError, NotReady
+from server.worker import InferenceError, LiveStream, NotReady
 
 if TYPE_CHECKING:
     from server.state import AppState
@@ -51,6 +63,7 @@ if TYPE_CHECKING:
 DEFAULT_PROMPT = GenerationParams.model_fields["prompt"].default
 STREAM_EVERY_S = 0.2
 WEBCAM_MODES = [m for m, kind in MODE_INPUTS.items() if kind in ("photo", "picture")]  # what a webcam can feed
+LIVE = live_defaults()  # what the webcam tab starts with: stability and the skip filter on (as the page)
 
 
 # ---- one request through the shared worker ----------------------------------------------------------------------
@@ -65,13 +78,12 @@ def _params(**fields: Any) -> GenerationParams:
 
 
 def _model_input(image: np.ndarray | Image.Image | None, size: int) -> np.ndarray | None:
-    """Any RGB(A)/L picture -> uint8 RGB (H, W, 3), transparency composited on white paper and shrunk by an integer
-    box filter to about `size` (as the server decodes PNG frames, server/codec.py); the pipeline squares it, as it
-    squares every frame (sdxs.frames)."""
+    """Any RGB(A)/L picture -> uint8 RGB (size, size, 3): transparency composited on white paper, then squared as the
+    pipeline squares every frame (as the server keeps PNG frames, server/codec.py)."""
     if image is None:
         return None
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    return np.asarray(codec.reduced(codec.to_rgb(pil), size), dtype=np.uint8)
+    return codec.squared(np.asarray(codec.to_rgb(pil)), size)
 
 
 def _run_engine(engine: Engine | None, params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
@@ -88,9 +100,11 @@ def _run_engine(engine: Engine | None, params: GenerationParams, image: np.ndarr
 
 
 async def _generate(app_state: AppState, params: GenerationParams, image: Any = None,
-                    direct: Callable[[GenerationParams, np.ndarray | None], np.ndarray] | None = None) -> np.ndarray:
+                    direct: Callable[[GenerationParams, np.ndarray | None], np.ndarray] | None = None,
+                    live: LiveStream | None = None) -> np.ndarray | None:
     """Submit one request to the pool, or with `direct` (ZeroGPU) run it through that function on a thread; turn
-    every failure into a message the visitor understands."""
+    every failure into a message the visitor understands.  `live`: a webcam viewer's stream (history, skip filter);
+    None comes back for a frame the skip filter skipped."""
     pool = app_state.pool
     if pool is None or app_state.model_info is None:
         progress = round(100 * float(app_state.loading.get("progress") or 0))
@@ -102,7 +116,7 @@ async def _generate(app_state: AppState, params: GenerationParams, image: Any = 
     try:
         if direct is not None:
             return await asyncio.to_thread(direct, params, model_input)
-        return await pool.submit_one(params, model_input)
+        return await pool.submit_one(params, model_input, live)
     except InvalidRequest as err:
         raise gr.Error(f"{err.field}: {err.message}") from None
     except NotReady:
@@ -153,9 +167,16 @@ def _webcam_modes(app_state: AppState) -> gr.Radio:
 
 
 def _slider(name: str, step: float) -> gr.Slider:
-    """A slider for parameter `name`: its range, default and title from GenerationParams' schema."""
-    low, high, default = GenerationParams.field_range(name)
-    return gr.Slider(low, high, default, step=step, label=GenerationParams.model_fields[name].title)
+    """A slider for parameter `name`: the schema's range, title and description, at its live default if it has one."""
+    prop = GenerationParams.model_json_schema()["properties"][name]
+    return gr.Slider(prop["minimum"], prop["maximum"], prop.get("live_default", prop["default"]), step=step,
+                     label=prop["title"], info=prop["description"])
+
+
+def _release(live: LiveStream | None) -> None:
+    """A webcam viewer left (gr.State's delete callback): free its stream's history now."""
+    if live is not None:
+        live.release()
 
 
 def build_gradio(app_state: AppState) -> gr.Blocks:
@@ -170,18 +191,21 @@ def build_gradio(app_state: AppState) -> gr.Blocks:
 
     direct = on_gpu if zero_gpu else None
 
+    async def picture(params: GenerationParams, image: np.ndarray | None = None) -> np.ndarray:
+        out = await _generate(app_state, params, image, direct=direct)
+        assert out is not None  # no live stream, no skip filter: every request is generated
+        return out
+
     async def text_to_image(prompt: str, seed: int) -> np.ndarray:
-        return await _generate(app_state, _params(prompt=prompt, mode="text", seed=int(seed)), direct=direct)
+        return await picture(_params(prompt=prompt, mode="text", seed=int(seed)))
 
     async def image_to_image(image: np.ndarray, prompt: str, seed: int, strength: float) -> np.ndarray:
-        params = _params(prompt=prompt, mode="image", seed=int(seed), strength=strength)
-        return await _generate(app_state, params, image, direct=direct)
+        return await picture(_params(prompt=prompt, mode="image", seed=int(seed), strength=strength), image)
 
     async def sketch_to_image(sketch: np.ndarray, prompt: str, seed: int, control_scale: float) -> np.ndarray:
         modes = (app_state.model_info or {}).get("modes", [])
         mode = "sketch" if "sketch" in modes else "image"  # without a ControlNet: image-to-image on the drawing
-        params = _params(prompt=prompt, mode=mode, seed=int(seed), control_scale=control_scale)
-        return await _generate(app_state, params, sketch, direct=direct)
+        return await picture(_params(prompt=prompt, mode=mode, seed=int(seed), control_scale=control_scale), sketch)
 
     async def sketchpad_to_image(pad: dict | None, prompt: str, seed: int, control_scale: float) -> np.ndarray:
         sketch = _sketch_composite(pad)
@@ -189,11 +213,18 @@ def build_gradio(app_state: AppState) -> gr.Blocks:
             raise gr.Error("Draw something first.")
         return await sketch_to_image(np.asarray(sketch), prompt, seed, control_scale)
 
-    async def webcam_frame(frame: np.ndarray | None, prompt: str, seed: int, strength: float, mode: str):
+    async def webcam_frame(frame: np.ndarray | None, prompt: str, seed: int, strength: float, mode: str,
+                           stability: str, skip: bool, smooth: int, live: LiveStream | None):
+        """One webcam frame of a viewer's stream; `live` is the viewer's own (gr.State), made on the first frame."""
         if frame is None:
-            return None
-        params = _params(prompt=prompt, mode=mode, seed=int(seed), strength=strength)
-        return await _generate(app_state, params, frame)
+            return gr.skip(), live
+        live = live or LiveStream()
+        video = {**STABILITY_PRESETS.get(stability, STABILITY_PRESETS["off"]),
+                 "skip_threshold": LIVE["skip_threshold"] if skip else 0.0}
+        params = _params(prompt=prompt, mode=mode, seed=int(seed), strength=strength, transition_frames=int(smooth),
+                         skip_max=LIVE["skip_max"], **video)
+        image = await _generate(app_state, params, frame, live=live)
+        return (gr.skip() if image is None else image), live  # skipped: the picture shown stands
 
     sessions, time_limit, concurrency = _limits(app_state)
     # Gradio keeps its own uploads and results as files; delete them after a few minutes (docs/hosting.md).
@@ -247,8 +278,16 @@ def build_gradio(app_state: AppState) -> gr.Blocks:
             with gr.Row():
                 w_strength = _slider("strength", step=0.02)
                 w_mode = gr.Radio([m.value for m in WEBCAM_MODES], value=Mode.image.value, label="Mode")
+            with gr.Row():
+                w_stability = gr.Radio(list(STABILITY_PRESETS), value=LIVE_STABILITY, label="Stability",
+                                       info="How much each picture holds on to the ones before (less flicker)")
+                w_skip = gr.Checkbox(bool(LIVE["skip_threshold"]), label="Skip still frames",
+                                     info="A frame nearly the same as the last generated one keeps its picture")
+                smooth = _slider("transition_frames", step=1)
+            w_live = gr.State(None, time_to_live=time_limit, delete_callback=_release)  # the viewer's own stream
             demo.load(lambda: _webcam_modes(app_state), None, w_mode, api_visibility="private")
-            w_in.stream(webcam_frame, [w_in, prompt, seed, w_strength, w_mode], w_out, api_visibility="private",
-                        stream_every=STREAM_EVERY_S, time_limit=time_limit, concurrency_limit=sessions)
+            w_in.stream(webcam_frame, [w_in, prompt, seed, w_strength, w_mode, w_stability, w_skip, smooth, w_live],
+                        [w_out, w_live], api_visibility="private", stream_every=STREAM_EVERY_S,
+                        time_limit=time_limit, concurrency_limit=sessions)
     demo.queue(default_concurrency_limit=concurrency)
     return demo

@@ -20,7 +20,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 FPS_WINDOW_S = 10.0
 SESSION_STATES = ("active", "queued")  # the labels of sdxs_sessions (server/admission.py)
-FRAME_RESULTS = ("generated", "reused", "error", "dropped")  # the labels of sdxs_frames_total
+FRAME_RESULTS = ("generated", "reused", "skipped", "error", "dropped")  # the labels of sdxs_frames_total
 
 
 class Metrics:

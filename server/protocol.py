@@ -76,6 +76,8 @@ class OutputFlag(enum.IntFlag):
     REUSED = 1
     SAFETY_REPLACED = 2
     CONTROL = 4  # the payload is the control image (answer to a `control` message), not a generated frame
+    SKIPPED = 8  # the skip filter found the input nearly unchanged: the last generated picture again, no inference
+    SETTLING = 16  # a step of a change made over several frames: the same input again gives the next step
 
 
 FEATURES = ("control",)  # optional protocol features this server supports (welcome.features)

@@ -48,6 +48,7 @@ class CachedOutput:
     params: GenerationParams
     fmt: ImageFormat
     payload: bytes
+    received_at: float = 0.0  # its input frame's receipt time (the skip filter's reference names it so)
 
 
 class Mailbox:
@@ -187,6 +188,10 @@ class Session:
         if cache is not None and cache.digest == frame.digest and cache.params == params:
             return cache
         return None
+
+    def cached_output(self) -> CachedOutput | None:
+        with self._cache_lock:
+            return self._cache
 
     def remember_output(self, output: CachedOutput) -> None:
         with self._cache_lock:

@@ -4,7 +4,13 @@
 loop; `prepare` checks the image header (size limits, bomb guard: errors go out at once) and keeps the frame encoded
 (server.codec.Encoded): the worker's staging thread decodes it with the rest of its batch.  `take_job`, `return_job`
 and the job callback run on the worker's threads; outputs are encoded on the codec pool and return to the loop with
-`call_soon_threadsafe`. Nothing here is shared with another session.
+`call_soon_threadsafe`. Nothing here is shared with another session: its history for the pipeline and its skip
+filter's reference (server.worker.LiveStream) are its own, and freed by `release` when the session ends.
+
+A frame the skip filter skips (server/skipfilter.py, staging thread) is answered with the picture of the stream's last
+generated frame, flag SKIPPED: at once when that picture was sent, else right after it (it may still be in the
+model), so answers keep their order.  If that picture never comes (its batch failed, the safety checker replaced it)
+the skipped frame goes back to the mailbox to be generated, unless a newer frame is there.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -33,7 +40,7 @@ from server.protocol import (
     SessionState,
 )
 from server.session import CachedOutput, PendingFrame, Session
-from server.worker import Job, JobResult
+from server.worker import Job, JobResult, LiveStream
 
 if TYPE_CHECKING:
     from server.state import AppState
@@ -72,6 +79,11 @@ class FrameStream:
         self.quality = app.config.output_quality
         self.last_served = 0.0  # worker fairness
         self.last_input: PendingFrame | None = None  # event loop only
+        self.live = LiveStream()  # history (sdxs.temporal) and skip filter: this session's own
+        self.skip = self.live.skip_state(self._skipped)
+        # a skipped frame, and the receipt time of the frame whose picture it waits for
+        self._parked: tuple[PendingFrame, float | None] | None = None
+        self._answer_lock = threading.Lock()  # the parked frame and the reuse cache, between staging and codec threads
 
     # --- event loop: incoming frames ----------------------------------------------------------------------------
     async def prepare(self, frame: InputFrame, received_at: float) -> None:
@@ -147,25 +159,58 @@ class FrameStream:
             return None
         params = self.session.params
         cached = self.session.reusable(frame, params)
-        if cached is not None:
+        temporal = self.live.temporal
+        if cached is not None and temporal.settled_for(params):
             queue_ms = (time.perf_counter() - frame.received_at) * 1000.0
             self._to_loop(self.deliver, OutgoingFrame(frame.frame_id, frame.client_ts, frame.received_at, cached.fmt,
                                                       cached.payload, FrameTimings(queue_ms, frame.decode_ms),
                                                       OutputFlag.REUSED, 0))
             return None
-        on_done = functools.partial(self._on_result, frame, params)
-        return Job(GenerationRequest(params, frame.image), frame.received_at, on_done, tag=frame)
+        return Job(GenerationRequest(params, frame.image, temporal), frame.received_at,
+                   functools.partial(self._on_result, frame, params), tag=frame, skip=self.skip,
+                   still=cached is not None)
 
     @_fails_session("scheduling a frame")
     def return_job(self, job: Job) -> None:
         if isinstance(job.tag, PendingFrame):
             self.session.mailbox.put_back(job.tag)
 
+    @_fails_session("answering a skipped frame")
+    def _skipped(self, job: Job) -> None:
+        """The skip filter skipped `job` (staging thread): answer with the picture of the reference frame, the last
+        one generated (job.skip.received_at), now if it was sent, else when it is."""
+        frame = job.tag
+        assert isinstance(frame, PendingFrame)  # take_job's tag
+        reference = self.skip.received_at
+        with self._answer_lock:
+            cache = self.session.cached_output()
+            if cache is not None and cache.received_at == reference:
+                self._send_skipped(frame, cache)
+                return
+            if self._parked is not None:  # a newer skipped frame replaces it (and its answer acknowledges it)
+                self.app.metrics.frames.labels("dropped").inc()
+            self._parked = (frame, reference)
+
+    def _send_skipped(self, frame: PendingFrame, cache: CachedOutput) -> None:
+        queue_ms = (time.perf_counter() - frame.received_at) * 1000.0
+        self._to_loop(self.deliver, OutgoingFrame(frame.frame_id, frame.client_ts, frame.received_at, cache.fmt,
+                                                  cache.payload, FrameTimings(queue_ms, frame.decode_ms),
+                                                  OutputFlag.SKIPPED, 0))
+
+    def _no_picture(self) -> None:
+        """The reference frame's picture will not come: forget it, and have a parked skipped frame generated."""
+        self.skip.reset()
+        with self._answer_lock:
+            parked, self._parked = self._parked, None
+        if parked is not None and self.session.open and self.session.mailbox.put_back(parked[0]):
+            self.app.require_pool().notify(self)
+
     @_fails_session("handling an inference result")
     def _on_result(self, frame: PendingFrame, params: GenerationParams, result: JobResult) -> None:
         if not self.session.open:
             return  # the client left mid-inference: the result is simply dropped
         if result.error is not None:
+            self._no_picture()
             self._to_loop(self.report, inference_error(result.error, frame.frame_id))
             return
         self.app.codec_pool.submit(self._encode, frame, params, result)
@@ -178,15 +223,32 @@ class FrameStream:
         assert result.image is not None  # results with an error never come here (_on_result)
         payload = codec.encode(result.image, self.output_format, self.quality)
         encode_ms = (time.perf_counter() - start) * 1000.0
-        if not result.flagged:
-            self.session.remember_output(CachedOutput(frame.digest, params, self.output_format, payload))
         flags = OutputFlag.SAFETY_REPLACED if result.flagged else OutputFlag(0)
+        if not self.live.temporal.settled_for(params):  # the same input again gives the next step of a change
+            flags |= OutputFlag.SETTLING
         timings = FrameTimings(result.queue_ms, frame.decode_ms + result.stage_ms, result.inference_ms, encode_ms)
-        self._to_loop(self.deliver, OutgoingFrame(frame.frame_id, frame.client_ts, frame.received_at,
-                                                  self.output_format, payload, timings, flags, result.batch_size))
+        with self._answer_lock:
+            cache = CachedOutput(frame.digest, params, self.output_format, payload, frame.received_at)
+            if not result.flagged:
+                self.session.remember_output(cache)
+            self._to_loop(self.deliver, OutgoingFrame(frame.frame_id, frame.client_ts, frame.received_at,
+                                                      self.output_format, payload, timings, flags, result.batch_size))
+            parked = self._parked
+            if parked is not None and parked[1] == frame.received_at and not result.flagged:
+                self._parked = None
+                self._send_skipped(parked[0], cache)
+        if result.flagged:
+            self._no_picture()
+
+    def release(self) -> None:
+        """The session ended: free its history and skip reference now (event loop)."""
+        with self._answer_lock:
+            self._parked = None
+        self.live.release()
 
     def moved(self, device: str) -> None:
         """server/devices.py moved this session to `device` (its own device kept failing); any thread."""
+        self.skip.reset()  # the new device generates afresh; the history notices the new device itself
         if self.on_moved is not None:
             self._to_loop(self.on_moved, device)
 

@@ -35,8 +35,10 @@ import numpy as np
 
 from sdxs.errors import InvalidRequest
 from sdxs.params import GenerationParams, GenerationRequest
+from server import skipfilter
 from server.engine import Engine, Staged
 from server.metrics import Metrics
+from server.skipfilter import SkipState
 
 if TYPE_CHECKING:
     from sdxs.pipeline import HostFrames
@@ -63,6 +65,7 @@ class JobResult:
     batch_size: int
     flagged: bool = False
     stage_ms: float = 0.0  # the batch's decode and staging (before inference)
+    skipped: bool = False  # the skip filter answered it: no image, the stream's previous picture stands
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,8 @@ class Job:
     received_at: float  # time.perf_counter() when the input arrived
     on_done: Callable[[JobResult], None]  # called on the worker thread; must be quick and not raise
     tag: object = None  # the source's own handle for the job (e.g. the input frame, for return_job)
+    skip: SkipState | None = None  # the source's skip filter (server/skipfilter.py); None: always generated
+    still: bool = False  # input bytes and parameters equal those of the source's last generated frame
 
 
 class Source(Protocol):
@@ -172,11 +177,13 @@ class Worker:
             self._wake.notify_all()
 
     # --- one-shot requests (Gradio and other non-WebSocket callers) ---------------------------------------------
-    async def submit_one(self, params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
+    async def submit_one(self, params: GenerationParams, image: np.ndarray | None,
+                         live: LiveStream | None = None) -> np.ndarray | None:
         """Run one request through the same scheduler; `image` uint8 RGB (H, W, 3) of any size (the engine squares
-        it) or None.
+        it) or None.  `live`: the caller's stream (a Gradio webcam viewer's), for its history and skip filter.
 
-        Returns uint8 RGB (size, size, 3). Raises InvalidRequest or InferenceError.
+        Returns uint8 RGB (size, size, 3), or None when the skip filter skipped the frame (the previous picture
+        stands). Raises InvalidRequest or InferenceError.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[JobResult] = loop.create_future()
@@ -184,7 +191,11 @@ class Worker:
         def done(result: JobResult) -> None:
             loop.call_soon_threadsafe(_resolve, future, result)
 
-        job = Job(GenerationRequest(params, image), time.perf_counter(), done)
+        skip = None
+        if live is not None:
+            skip = live.skip_state(lambda job: job.on_done(JobResult(None, None, 0.0, 0.0, 0, skipped=True)))
+        job = Job(GenerationRequest(params, image, live.temporal if live else None), time.perf_counter(), done,
+                  skip=skip)
         source = _OneShot(job)
         self.register(source)
         self.notify()
@@ -193,9 +204,13 @@ class Worker:
         finally:
             self.unregister(source)
         if result.error is not None:
+            if live is not None and live.skip is not None:
+                live.skip.reset()
             if isinstance(result.error, InvalidRequest):
                 raise result.error
             raise InferenceError(str(result.error)) from result.error
+        if result.skipped:
+            return None
         return np.array(result.image)  # a copy: the row is a view of the batch's host buffer
 
     # --- the model thread ---------------------------------------------------------------------------------------
@@ -301,7 +316,7 @@ class Worker:
     def _stage(self, jobs: list[Job]) -> _Batch | None:
         """Decode the batch's frames and check its requests (answering the ones that fail), run `engine.stage`."""
         start = time.perf_counter()
-        jobs = self._checked(self._decoded(jobs))
+        jobs = self._skip_similar(self._checked(self._decoded(jobs)))
         if not jobs:
             return None
         batch = _Batch(jobs)
@@ -330,6 +345,20 @@ class Worker:
             else:
                 kept.append(dataclasses.replace(job, request=dataclasses.replace(job.request, image=image)))
         return kept
+
+    def _skip_similar(self, jobs: list[Job]) -> list[Job]:
+        """The skip filter (server/skipfilter.py): frames nearly equal to their stream's last generated one are
+        answered with its picture and leave the batch."""
+        if not any(job.skip is not None or job.request.temporal is not None for job in jobs):
+            return jobs
+        try:
+            return skipfilter.split(jobs, self.engine)
+        except Exception:  # noqa: BLE001 - a bug in an optimisation: logged loudly, and every frame is generated
+            log.exception("the skip filter failed on a batch of %d; generating every frame", len(jobs))
+            for job in jobs:
+                if job.skip is not None:
+                    job.skip.reset()
+            return jobs
 
     def _checked(self, jobs: list[Job]) -> list[Job]:
         """The jobs whose requests the engine can run (`engine.check`, once per frame); the others are answered."""
@@ -425,6 +454,29 @@ class _Batch:
 
 
 _STOP = object()
+
+
+class LiveStream:
+    """What a live stream keeps between its frames: its history for the pipeline (sdxs.temporal.TemporalState: the
+    last latent, the attention bank, smooth changes) and its skip filter's reference.  One per WebSocket session or
+    Gradio webcam viewer; `release` frees it when the stream ends."""
+
+    def __init__(self) -> None:
+        from sdxs.temporal import TemporalState
+
+        self.temporal = TemporalState()
+        self.skip: SkipState | None = None
+
+    def skip_state(self, on_skip: Callable[[Job], None]) -> SkipState:
+        if self.skip is None:
+            self.skip = SkipState(on_skip)
+        self.skip.on_skip = on_skip
+        return self.skip
+
+    def release(self) -> None:
+        self.temporal.release()
+        if self.skip is not None:
+            self.skip.reset()
 
 
 def _resolve(future: asyncio.Future, result: JobResult) -> None:

@@ -115,12 +115,13 @@ def _half(plane: np.ndarray) -> np.ndarray:
     return plane.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
 
-def write_y4m(path: Path, fps: int = 2, n: int = 6, w: int = 320, h: int = 240) -> Path:
+def write_y4m(path: Path, fps: int = 2, n: int = 6, w: int = 320, h: int = 240,
+              frames: list[np.ndarray] | None = None) -> Path:
     """A YUV4MPEG2 (C420) file: Chromium's --use-file-for-fake-video-capture plays it, looping at `fps`, as the
-    webcam."""
+    webcam: `frames` (uint8 RGB (h, w, 3) each), or `n` pattern frames."""
     with open(path, "wb") as f:
         f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for rgb in pattern_frames(n, w, h):
+        for rgb in frames if frames is not None else pattern_frames(n, w, h):
             r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
             y = 0.299 * r + 0.587 * g + 0.114 * b  # BT.601 full range, as C420jpeg means
             u = (b - y) * 0.564 + 128

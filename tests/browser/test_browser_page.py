@@ -94,6 +94,8 @@ def test_prompt_change_reaches_the_server_and_later_frames_use_it(app, open_page
     start(page)
     wait_status(page, "Live")
     use_sketch(page)
+    page.select_option("#stability", "off")  # with it on, a picture also remembers the ones before it
+    page.wait_for_function("() => window.sdxs.output.params.feedback === 0 && window.sdxs.output.params.bank === 0")
     draw_stroke(page, [(0.2, 0.2), (0.8, 0.5), (0.3, 0.8)])
     cat = settled_output(page, frames_drawn(page))
 
@@ -190,7 +192,11 @@ def test_two_mode_changes_while_frames_are_in_flight_go_out_as_one_and_the_last_
     page.evaluate("() => { window.__hold = false; }")
     page.wait_for_function("() => window.sdxs.modes.server === 'text'")
     before = frames_drawn(page)
-    assert page.evaluate("() => window.__sent") == [{"mode": "text", "prompt": "a lighthouse at noon"}]
+    # one message; leaving the webcam also turned its video settings (stability, skip filter) off (stability.js)
+    (sent,) = page.evaluate("() => window.__sent")
+    video = {k: v for k, v in sent.items() if k not in ("mode", "prompt")}
+    assert sent["mode"] == "text" and sent["prompt"] == "a lighthouse at noon" and video, sent
+    assert set(video) <= {"feedback", "bank", "skip_threshold"} and not any(video.values()), sent
     settled_output(page, before)  # frames flow again, in text mode
     assert page.evaluate("() => window.sdxs.output.params.prompt") == "a lighthouse at noon"
     assert not page.errors

@@ -102,9 +102,10 @@ def test_batch_keys_follow_the_paths_through_the_models(pipe, at_size):
     keys = [pipe.batch_key(r) for r in requests(*at_size)]
     assert keys == [("text", None), ("image", None), ("image", None), ("control", None), ("control", None),
                     ("control", None)]
-    batches = pipe.warmup_batches((1, 3))
-    assert [(pipe.batch_key(b[0])[0], len(b)) for b in batches] == [
-        ("text", 1), ("text", 3), ("image", 1), ("image", 3), ("control", 1), ("control", 3)]
+    batches = pipe.warmup_batches((1, 3))  # each path plainly and with the attention bank (sdxs.bank: UNet inputs)
+    assert [(pipe.batch_key(b[0])[0], len(b), b[0].params.bank > 0) for b in batches] == [
+        (path, n, banked) for path in ("text", "image", "control") for n in (1, 3) for banked in (False, True)]
+    assert all(len({id(r.temporal) for r in b}) == len(b) for b in batches if b[0].temporal is not None)
 
 
 def test_mixed_host_and_device_frames_upload_as_one_batch():

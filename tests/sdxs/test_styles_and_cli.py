@@ -82,3 +82,18 @@ def test_every_cli_option_has_help_text():
         for action in sub._actions:
             if action.dest != "help":
                 assert action.help, f"`python -m sdxs {name}` option {action.dest!r} has no help text"
+
+
+def test_a_style_change_fades_in_over_the_transition_frames(tiny_model_dir, lora_dir):
+    """Live video (issue 23): a style change blends from the stream's last picture, then lands on the style's."""
+    from sdxs.temporal import TemporalState
+
+    styled = SDXSPipeline.from_pretrained(str(tiny_model_dir), adapters={"ink": str(lora_dir)}, device="cpu",
+                                          dtype="float32")
+    params = [GenerationParams(prompt="a cat", mode="text", seed=4, transition_frames=3,
+                               style=None if t < 2 else "ink") for t in range(5)]
+    state = TemporalState()
+    out = [styled([GenerationRequest(p, None, state)], output_type="np")[0].astype(int) for p in params]
+    ink = styled([GenerationRequest(params[-1])], output_type="np")[0].astype(int)
+    distance = [np.abs(o - ink).mean() for o in out]
+    assert distance[1] > distance[2] > distance[3] > distance[4] == 0, distance

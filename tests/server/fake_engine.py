@@ -80,6 +80,13 @@ class FakeEngine:
     def to_host(self, images: torch.Tensor) -> HostFrames:
         return HostFrames(images)
 
+    def thumbnails(self, images: Sequence[Any], side: int) -> torch.Tensor:
+        """Small grey copies as the real engine makes them (sdxs.frames squaring, BT.601 luma), float32 on the CPU."""
+        from sdxs import frames
+
+        small = frames.square(images, side).float()
+        return small[:, 0] * 0.299 + small[:, 1] * 0.587 + small[:, 2] * 0.114
+
     def control_image(self, request: GenerationRequest) -> Image.Image:
         return Image.fromarray(255 - self._frame(request))
 

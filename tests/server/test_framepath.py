@@ -65,7 +65,7 @@ def test_decode_frames_scales_jpeg_down_while_decoding_and_isolates_bad_frames()
     out = codec.decode_frames([good, cut, transparent, array, None], 128)
     assert out[0].shape[0] >= 128 and out[0].shape[0] < 480  # a reduced DCT scale, still covering 128
     assert isinstance(out[1], ProtocolError) and out[1].code is ErrorCode.BAD_IMAGE
-    assert out[2].shape == (40, 30, 3) and out[2].min() == 255  # transparent -> white paper
+    assert out[2].shape == (128, 128, 3) and out[2].min() == 255  # transparent -> white paper, squared at once
     assert out[3] is array and out[4] is None
     assert codec.decode_frames([good], 128)[0] is out[0]  # decoded once: an unchanged input is not decoded again
 

@@ -105,3 +105,38 @@ def _inferences(server: RunningServer) -> float:
         if line.startswith("sdxs_inference_seconds_count"):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_the_webcam_tab_streams_with_the_pages_live_defaults_and_frees_a_viewer(server):
+    """The webcam handler (private: its event streams) through the same worker: stability steady and the skip filter
+    on by default; a still camera's frames after the history settles are skipped (the picture shown stands), and a
+    viewer's history is freed when Gradio drops its state."""
+    import asyncio
+
+    import gradio as gr
+    import numpy as np
+
+    from server.gradio_ui import _release, build_gradio
+
+    demo = build_gradio(server.state)
+    webcam = next(f for f in demo.fns.values() if f.name == "webcam_frame")
+    defaults = {c.label: c.value for c in demo.blocks.values() if getattr(c, "label", None) in (
+        "Stability", "Skip still frames")}
+    assert defaults == {"Stability": "steady", "Skip still frames": True}
+    rng = np.random.default_rng(0)
+    scene = np.tile(np.linspace(0, 255, 256, dtype=np.float32), (256, 1))[..., None].repeat(3, 2)
+
+    async def stream(frames: int):
+        live, shown = None, []
+        for _ in range(frames):
+            frame = np.clip(scene + rng.normal(0, 3, scene.shape), 0, 255).astype(np.uint8)
+            image, live = await webcam.fn(frame, "a cat", 0, 0.5, "image", "steady", True, 8, live)
+            shown.append(image)
+        return live, shown
+
+    live, shown = asyncio.run(stream(9))
+    skipped = [isinstance(image, type(gr.skip())) for image in shown]
+    assert skipped == [False] * 7 + [True] * 2, skipped  # 6 still frames settle feedback 0.5, then skips
+    assert live.temporal.nbytes > 0
+    _release(live)
+    assert live.temporal.closed and live.temporal.nbytes == 0

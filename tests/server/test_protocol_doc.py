@@ -181,7 +181,7 @@ def test_metrics_list_every_session_state_and_frame_result_at_0_before_the_first
     text = TestClient(app).get("/metrics").text
     for state in ("active", "queued"):
         assert f'sdxs_sessions{{state="{state}"}} 0.0' in text, f"sdxs_sessions{{state={state!r}}} is missing"
-    for result in ("generated", "reused", "error", "dropped"):
+    for result in ("generated", "reused", "skipped", "error", "dropped"):
         assert f'sdxs_frames_total{{result="{result}"}} 0.0' in text, f"sdxs_frames_total{{{result}}} is missing"
 
 

@@ -64,10 +64,13 @@ def decode_one(payload: bytes, fmt: ImageFormat, limits: codec.ImageLimits, size
     return out
 
 
-def test_decode_keeps_pixels_and_guards():
+def test_decode_squares_png_as_the_pipeline_does_and_guards():
+    from sdxs import frames
+
     limits = codec.ImageLimits(min_side=16, max_side=4096, max_pixels=4096 * 4096)
     wide = noise_image(64, 0)[:32]
-    np.testing.assert_array_equal(decode_one(encode_image(wide), ImageFormat.PNG, limits), wide)  # squared later
+    expected = frames.square([wide], 48)[0].permute(1, 2, 0).numpy()  # what the pipeline makes of the array
+    np.testing.assert_array_equal(decode_one(encode_image(wide), ImageFormat.PNG, limits, size=48), expected)
     transparent = np.zeros((32, 32, 4), np.uint8)  # an untouched canvas -> white paper
     assert decode_one(encode_image(transparent), ImageFormat.PNG, limits).min() == 255
     with pytest.raises(ProtocolError) as err:
