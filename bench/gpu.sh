@@ -57,10 +57,12 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit; remember a f
 if [ "$device" = cpu ]; then  # the dry run: the same steps on the tiny model, seconds each
   export OMP_NUM_THREADS=1  # a CPU shared with other work stalls threads that wait for each other at every op
   model=tiny; dtype=float32; size=64; clients=1; duration=1; fps=30; batches="1 2"; iters=1; max_batch=2
+  pipeline_modes="image"; server_modes="image"  # one mode each: the steps' code paths, in seconds
   pipeline_args=(--model "$($py -c 'from sdxs.loading import resolve_folder; print(resolve_folder("tiny"))')" --sizes 64
                  --dtypes float32)
 else
   model=random; dtype=float16; size=512; clients=1,16; duration=8; fps=120; batches="1 16"; iters=10; max_batch=16
+  pipeline_modes="text image sketch"; server_modes="image,sketch"
   pipeline_args=(--sizes 512 --dtypes float16 --compile reduce-overhead)
 fi
 
@@ -97,7 +99,7 @@ fi
 # 4. the pipeline, compiled
 if has pipeline; then
   # shellcheck disable=SC2086
-  step pipeline 240 $py bench/pipeline.py "${pipeline_args[@]}" --modes text image sketch --batches $batches \
+  step pipeline 240 $py bench/pipeline.py "${pipeline_args[@]}" --modes $pipeline_modes --batches $batches \
     --iters "$iters" --no-stock --out "$out"
 fi
 
@@ -112,7 +114,7 @@ fi
 # 5. the server
 if has server; then
   step server 420 $py bench/server.py --model "$model" --device "$device" --dtype "$dtype" --resolution "$size" \
-    --clients "$clients" --modes image,sketch --duration "$duration" --fps "$fps" --max-batch "$max_batch" \
+    --clients "$clients" --modes "$server_modes" --duration "$duration" --fps "$fps" --max-batch "$max_batch" \
     --breakdown-iters "$iters" --ready-timeout 300 --out "$out" -- ${SERVER_ARGS:-}
 fi
 

@@ -18,7 +18,9 @@ PEAK_MB = 400  # RSS at any sampled moment, over the warm server's
 
 
 def run_rounds(tmp_path, rounds: int, frames: int) -> dict:
-    return memory.main(["--rounds", str(rounds), "--frames", str(frames), "--out", str(tmp_path)])
+    distinct = 7 * frames  # a round's frames all differ; the next round's sessions are new ones (nothing carries over)
+    return memory.main(["--rounds", str(rounds), "--frames", str(frames), "--distinct", str(distinct),
+                        "--out", str(tmp_path)])
 
 
 def check(result: dict) -> None:
