@@ -64,7 +64,7 @@ function buildControls(schema, model, params) {
   addSeedTools(controls);
   live = new LiveSettings(controls, schema);
   live.fit(sources.current);
-  modes.fit(sources.current, false);
+  modes.fit(sources.current, true); // a source picked before the schema came starts in its own mode now
 }
 
 /** No live stream here (ZeroGPU: a GPU per request): say why and offer the Gradio tabs. */

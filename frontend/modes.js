@@ -31,6 +31,7 @@ export class Modes {
   fit(source, newSource) {
     const fitting = fittingModes(source, this.controls.modeInfo.inputs)
       .filter((m) => !this.model || this.model.includes(m));
+    if (!fitting.length) return; // no schema yet: buildControls fits the source once it has one
     this.controls.restrict("mode", fitting);
     const mode = this.controls.inputs.get("mode")?.input.value;
     if (mode && (newSource ? mode !== fitting[0] : !fitting.includes(mode))) {

@@ -179,41 +179,44 @@ def _release(live: LiveStream | None) -> None:
         live.release()
 
 
-def build_gradio(app_state: AppState) -> gr.Blocks:
-    """Build the Blocks app; no model access here (the worker may not exist yet).  On ZeroGPU (server/zerogpu.py)
-    the text, sketch and image endpoints run the pipeline under `@spaces.GPU` and the webcam tab explains why there
-    is no live stream."""
-    zero_gpu = bool(getattr(app_state, "zero_gpu", False))
+class _Handlers:
+    """The Gradio events' functions, over one app state: every request through the pool (or, on ZeroGPU, straight
+    through the engine under `@spaces.GPU`)."""
 
-    @zerogpu.gpu(enabled=zero_gpu)
-    def on_gpu(params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
-        return _run_engine(app_state.engine, params, image)
+    def __init__(self, app_state: AppState):
+        self.app_state = app_state
+        self.zero_gpu = bool(getattr(app_state, "zero_gpu", False))
 
-    direct = on_gpu if zero_gpu else None
+        @zerogpu.gpu(enabled=self.zero_gpu)
+        def on_gpu(params: GenerationParams, image: np.ndarray | None) -> np.ndarray:
+            return _run_engine(app_state.engine, params, image)
 
-    async def picture(params: GenerationParams, image: np.ndarray | None = None) -> np.ndarray:
-        out = await _generate(app_state, params, image, direct=direct)
+        self.direct = on_gpu if self.zero_gpu else None
+
+    async def picture(self, params: GenerationParams, image: np.ndarray | None = None) -> np.ndarray:
+        out = await _generate(self.app_state, params, image, direct=self.direct)
         assert out is not None  # no live stream, no skip filter: every request is generated
         return out
 
-    async def text_to_image(prompt: str, seed: int) -> np.ndarray:
-        return await picture(_params(prompt=prompt, mode="text", seed=int(seed)))
+    async def text_to_image(self, prompt: str, seed: int) -> np.ndarray:
+        return await self.picture(_params(prompt=prompt, mode="text", seed=int(seed)))
 
-    async def image_to_image(image: np.ndarray, prompt: str, seed: int, strength: float) -> np.ndarray:
-        return await picture(_params(prompt=prompt, mode="image", seed=int(seed), strength=strength), image)
+    async def image_to_image(self, image: np.ndarray, prompt: str, seed: int, strength: float) -> np.ndarray:
+        return await self.picture(_params(prompt=prompt, mode="image", seed=int(seed), strength=strength), image)
 
-    async def sketch_to_image(sketch: np.ndarray, prompt: str, seed: int, control_scale: float) -> np.ndarray:
-        modes = (app_state.model_info or {}).get("modes", [])
+    async def sketch_to_image(self, sketch: np.ndarray, prompt: str, seed: int, control_scale: float) -> np.ndarray:
+        modes = (self.app_state.model_info or {}).get("modes", [])
         mode = "sketch" if "sketch" in modes else "image"  # without a ControlNet: image-to-image on the drawing
-        return await picture(_params(prompt=prompt, mode=mode, seed=int(seed), control_scale=control_scale), sketch)
+        params = _params(prompt=prompt, mode=mode, seed=int(seed), control_scale=control_scale)
+        return await self.picture(params, sketch)
 
-    async def sketchpad_to_image(pad: dict | None, prompt: str, seed: int, control_scale: float) -> np.ndarray:
+    async def sketchpad_to_image(self, pad: dict | None, prompt: str, seed: int, control_scale: float) -> np.ndarray:
         sketch = _sketch_composite(pad)
         if sketch is None:
             raise gr.Error("Draw something first.")
-        return await sketch_to_image(np.asarray(sketch), prompt, seed, control_scale)
+        return await self.sketch_to_image(np.asarray(sketch), prompt, seed, control_scale)
 
-    async def webcam_frame(frame: np.ndarray | None, prompt: str, seed: int, strength: float, mode: str,
+    async def webcam_frame(self, frame: np.ndarray | None, prompt: str, seed: int, strength: float, mode: str,
                            stability: str, skip: bool, smooth: int, live: LiveStream | None):
         """One webcam frame of a viewer's stream; `live` is the viewer's own (gr.State), made on the first frame."""
         if frame is None:
@@ -223,13 +226,19 @@ def build_gradio(app_state: AppState) -> gr.Blocks:
                  "skip_threshold": LIVE["skip_threshold"] if skip else 0.0}
         params = _params(prompt=prompt, mode=mode, seed=int(seed), strength=strength, transition_frames=int(smooth),
                          skip_max=LIVE["skip_max"], **video)
-        image = await _generate(app_state, params, frame, live=live)
+        image = await _generate(self.app_state, params, frame, live=live)
         return (gr.skip() if image is None else image), live  # skipped: the picture shown stands
 
+
+def build_gradio(app_state: AppState) -> gr.Blocks:
+    """Build the Blocks app; no model access here (the worker may not exist yet).  On ZeroGPU (server/zerogpu.py)
+    the text, sketch and image endpoints run the pipeline under `@spaces.GPU` and the webcam tab explains why there
+    is no live stream."""
+    h = _Handlers(app_state)
     sessions, time_limit, concurrency = _limits(app_state)
     # Gradio keeps its own uploads and results as files; delete them after a few minutes (docs/hosting.md).
     with gr.Blocks(title="SDXS", delete_cache=(60, 300)) as demo:
-        gr.Markdown("# SDXS: one-step image generation\n" + (zerogpu.NO_LIVE_REASON if zero_gpu else
+        gr.Markdown("# SDXS: one-step image generation\n" + (zerogpu.NO_LIVE_REASON if h.zero_gpu else
                                                                 "The real-time page is at [`../`](../)."))
         status = gr.Markdown()
         demo.load(lambda: _status(app_state), None, status, api_visibility="private")
@@ -237,57 +246,69 @@ def build_gradio(app_state: AppState) -> gr.Blocks:
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", max_length=1000, scale=4)
             low, high, default = GenerationParams.field_range("seed")
             seed = gr.Number(default, label="Seed", precision=0, minimum=low, maximum=high, scale=1)
-
-        with gr.Tab("Text to image"):
-            t_button = gr.Button("Generate", variant="primary")
-            t_out = gr.Image(label="Result", format="png", height=420)
-            t_button.click(text_to_image, [prompt, seed], t_out, api_name="text_to_image")
-            prompt.submit(text_to_image, [prompt, seed], t_out, api_visibility="private")
-
-        with gr.Tab("Sketch to image"):
-            with gr.Row():
-                pad = gr.Sketchpad(
-                    label="Sketch: pick the brush on the left, then draw", type="pil", image_mode="RGBA",
-                    canvas_size=(512, 512),
-                    brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
-                )
-                s_out = gr.Image(label="Result", format="png", height=420)
-            s_scale = _slider("control_scale", step=0.05)
-            s_button = gr.Button("Generate", variant="primary")
-            s_button.click(sketchpad_to_image, [pad, prompt, seed, s_scale], s_out, api_name="sketchpad_to_image")
-            pad.change(sketchpad_to_image, [pad, prompt, seed, s_scale], s_out, api_visibility="private",
-                       trigger_mode="always_last", show_progress="hidden")
-            s_plain = gr.Image(visible=False, label="Sketch")
-            gr.Button(visible=False).click(sketch_to_image, [s_plain, prompt, seed, s_scale], s_out,
-                                           api_name="sketch_to_image")
-
-        with gr.Tab("Image to image"):
-            with gr.Row():
-                i_in = gr.Image(label="Input", sources=["upload", "clipboard", "webcam"])
-                i_out = gr.Image(label="Result", format="png", height=420)
-            i_strength = _slider("strength", step=0.02)
-            i_button = gr.Button("Generate", variant="primary")
-            i_button.click(image_to_image, [i_in, prompt, seed, i_strength], i_out, api_name="image_to_image")
-
-        with gr.Tab("Webcam (live)", visible=not zero_gpu):
-            gr.Markdown(f"Streams a frame every {STREAM_EVERY_S} s; at most {sessions} viewers at once"
-                        + (f", {time_limit} s each." if time_limit else "."))
-            with gr.Row():
-                w_in = gr.Image(label="Webcam", sources=["webcam"], streaming=True)
-                w_out = gr.Image(label="Result", format="jpeg", streaming=True, height=420)
-            with gr.Row():
-                w_strength = _slider("strength", step=0.02)
-                w_mode = gr.Radio([m.value for m in WEBCAM_MODES], value=Mode.image.value, label="Mode")
-            with gr.Row():
-                w_stability = gr.Radio(list(STABILITY_PRESETS), value=LIVE_STABILITY, label="Stability",
-                                       info="How much each picture holds on to the ones before (less flicker)")
-                w_skip = gr.Checkbox(bool(LIVE["skip_threshold"]), label="Skip still frames",
-                                     info="A frame nearly the same as the last generated one keeps its picture")
-                smooth = _slider("transition_frames", step=1)
-            w_live = gr.State(None, time_to_live=time_limit, delete_callback=_release)  # the viewer's own stream
-            demo.load(lambda: _webcam_modes(app_state), None, w_mode, api_visibility="private")
-            w_in.stream(webcam_frame, [w_in, prompt, seed, w_strength, w_mode, w_stability, w_skip, smooth, w_live],
-                        [w_out, w_live], api_visibility="private", stream_every=STREAM_EVERY_S,
-                        time_limit=time_limit, concurrency_limit=sessions)
+        _text_tab(h, prompt, seed)
+        _sketch_tab(h, prompt, seed)
+        _image_tab(h, prompt, seed)
+        with gr.Tab("Webcam (live)", visible=not h.zero_gpu):
+            _webcam_tab(demo, h, prompt, seed, sessions, time_limit)
     demo.queue(default_concurrency_limit=concurrency)
     return demo
+
+
+def _text_tab(h: _Handlers, prompt: gr.Textbox, seed: gr.Number) -> None:
+    with gr.Tab("Text to image"):
+        button = gr.Button("Generate", variant="primary")
+        out = gr.Image(label="Result", format="png", height=420)
+        button.click(h.text_to_image, [prompt, seed], out, api_name="text_to_image")
+        prompt.submit(h.text_to_image, [prompt, seed], out, api_visibility="private")
+
+
+def _sketch_tab(h: _Handlers, prompt: gr.Textbox, seed: gr.Number) -> None:
+    with gr.Tab("Sketch to image"):
+        with gr.Row():
+            pad = gr.Sketchpad(
+                label="Sketch: pick the brush on the left, then draw", type="pil", image_mode="RGBA",
+                canvas_size=(512, 512),
+                brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
+            )
+            out = gr.Image(label="Result", format="png", height=420)
+        scale = _slider("control_scale", step=0.05)
+        button = gr.Button("Generate", variant="primary")
+        button.click(h.sketchpad_to_image, [pad, prompt, seed, scale], out, api_name="sketchpad_to_image")
+        pad.change(h.sketchpad_to_image, [pad, prompt, seed, scale], out, api_visibility="private",
+                   trigger_mode="always_last", show_progress="hidden")
+        plain = gr.Image(visible=False, label="Sketch")
+        gr.Button(visible=False).click(h.sketch_to_image, [plain, prompt, seed, scale], out, api_name="sketch_to_image")
+
+
+def _image_tab(h: _Handlers, prompt: gr.Textbox, seed: gr.Number) -> None:
+    with gr.Tab("Image to image"):
+        with gr.Row():
+            source = gr.Image(label="Input", sources=["upload", "clipboard", "webcam"])
+            out = gr.Image(label="Result", format="png", height=420)
+        strength = _slider("strength", step=0.02)
+        button = gr.Button("Generate", variant="primary")
+        button.click(h.image_to_image, [source, prompt, seed, strength], out, api_name="image_to_image")
+
+
+def _webcam_tab(demo: gr.Blocks, h: _Handlers, prompt: gr.Textbox, seed: gr.Number, sessions: int,
+                time_limit: int | None) -> None:
+    gr.Markdown(f"Streams a frame every {STREAM_EVERY_S} s; at most {sessions} viewers at once"
+                + (f", {time_limit} s each." if time_limit else "."))
+    with gr.Row():
+        camera = gr.Image(label="Webcam", sources=["webcam"], streaming=True)
+        out = gr.Image(label="Result", format="jpeg", streaming=True, height=420)
+    with gr.Row():
+        strength = _slider("strength", step=0.02)
+        mode = gr.Radio([m.value for m in WEBCAM_MODES], value=Mode.image.value, label="Mode")
+    with gr.Row():
+        stability = gr.Radio(list(STABILITY_PRESETS), value=LIVE_STABILITY, label="Stability",
+                             info="How much each picture holds on to the ones before (less flicker)")
+        skip = gr.Checkbox(bool(LIVE["skip_threshold"]), label="Skip still frames",
+                           info="A frame nearly the same as the last generated one keeps its picture")
+        smooth = _slider("transition_frames", step=1)
+    live = gr.State(None, time_to_live=time_limit, delete_callback=_release)  # the viewer's own stream
+    demo.load(lambda: _webcam_modes(h.app_state), None, mode, api_visibility="private")
+    camera.stream(h.webcam_frame, [camera, prompt, seed, strength, mode, stability, skip, smooth, live], [out, live],
+                  api_visibility="private", stream_every=STREAM_EVERY_S, time_limit=time_limit,
+                  concurrency_limit=sessions)

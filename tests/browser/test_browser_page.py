@@ -285,3 +285,16 @@ def test_each_mode_shows_exactly_the_fields_the_schema_gives_it_and_sources_offe
                             ".map((o) => o.value)")
     assert set(offered) == {m for m, kind in inputs.items() if kind in ("none", "picture", "drawing")}
     assert page.input_value("#p-mode") == "sketch"
+
+
+def test_a_source_picked_before_the_schema_arrives_starts_in_its_own_mode(app, open_page):
+    """The sketch tab chosen while config.json is still on its way: once the controls are built from the schema, the
+    mode is the sketch's own (the modes a source feeds come from the schema, so before it there is nothing to fit)."""
+    slow_config = """const fetch0 = window.fetch;
+        window.fetch = (url, ...rest) => String(url).includes('config.json')
+            ? new Promise((done) => setTimeout(() => done(fetch0(url, ...rest)), 1500)) : fetch0(url, ...rest);"""
+    page = open_page(app.url, init_script=slow_config)
+    page.check("input[name='source'][value='sketch']")
+    assert page.evaluate("() => document.querySelectorAll('[data-field]').length") == 0  # no schema yet
+    page.wait_for_function("() => document.getElementById('p-mode')?.value === 'sketch'", timeout=15000)
+    assert not page.errors
