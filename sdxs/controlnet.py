@@ -1,4 +1,5 @@
-"""A student ControlNet that mirrors a (possibly mid-block-free) student UNet's down path.
+"""ControlNets: a student ControlNet that mirrors a (possibly mid-block-free) student UNet's down path, and the one
+place a ControlNet's residuals are made for a UNet (``control_residuals``: the pipeline, the training stages).
 
 ``ControlNetModel.from_unet`` fails on a UNet with ``mid_block_type=None`` while the UNet still adds the ControlNet's
 mid residual, so the student ControlNet gets the cheapest mid block diffusers has (``UNetMidBlock2D`` with one resnet;
@@ -7,6 +8,9 @@ its zero-initialised output conv makes it a no-op at the start) and the down pat
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 _SHARED_KEYS = (
@@ -43,3 +47,28 @@ def build_student_controlnet(
             if source is not None and getattr(controlnet, name, None) is not None:
                 getattr(controlnet, name).load_state_dict(source.state_dict())
     return controlnet
+
+
+def control_residuals(
+    controlnet: ControlNetModel | None,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    embeds: torch.Tensor,
+    control: torch.Tensor,
+    scale: float | torch.Tensor = 1.0,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """``controlnet``'s residuals as the UNet's keyword arguments ({} without a ControlNet).
+
+    ``latents`` (B, 4, h, w) in the UNet's latent space, ``timesteps`` (B,), ``embeds`` (B, L, D) text hidden states,
+    ``control`` (B, 3, H, W) in [0, 1], all in the ControlNet's dtype; ``scale`` a float or (B, 1, 1, 1) per-row
+    conditioning scale.  ``dtype``: the residuals cast to it (the UNet's, where the two networks' dtypes differ).
+    Gradients flow as the caller's grad mode says.
+    """
+    if controlnet is None:
+        return {}
+    down, mid = controlnet(latents, timesteps, encoder_hidden_states=embeds, controlnet_cond=control,
+                           conditioning_scale=scale, return_dict=False)
+    if dtype is not None:
+        down, mid = tuple(r.to(dtype) for r in down), mid.to(dtype)
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}

@@ -32,6 +32,7 @@ from PIL import Image
 from sdxs import bank, control, frames
 from sdxs.buckets import bucket, pad_rows
 from sdxs.caches import LRUCache
+from sdxs.controlnet import control_residuals
 from sdxs.device import resolve_device, resolve_dtype
 from sdxs.errors import InvalidRequest, WeightsUnavailable
 from sdxs.graphs import Activity, GraphActivity
@@ -471,9 +472,7 @@ class SDXSPipeline:
 
     def _control_residuals(self, cond, scale, latents, timesteps, embeds) -> dict[str, Any]:
         with self._timed("control"):
-            down, mid = self.controlnet(latents, timesteps, encoder_hidden_states=embeds, controlnet_cond=cond,
-                                        conditioning_scale=scale.view(-1, 1, 1, 1), return_dict=False)
-        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            return control_residuals(self.controlnet, latents, timesteps, embeds, cond, scale.view(-1, 1, 1, 1))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (UNet scale) -> uint8 (B, S, S, 3) pixels, rounded as diffusers' ``numpy_to_pil``."""

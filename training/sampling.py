@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
+from sdxs.controlnet import control_residuals
 from sdxs.onestep import predict_x0
 
 
@@ -27,18 +28,8 @@ def model_output(unet, x_t, t, embeds, controlnet=None, control=None, control_sc
     kwargs = {}
     dtype = _dtype(unet)
     if controlnet is not None:
-        cn_dtype = _dtype(controlnet)
-        down, mid = controlnet(
-            x_t.to(cn_dtype),
-            t,
-            encoder_hidden_states=embeds.to(cn_dtype),
-            controlnet_cond=control.to(cn_dtype),
-            conditioning_scale=control_scale,
-            return_dict=False,
-        )
-        kwargs = dict(
-            down_block_additional_residuals=[r.to(dtype) for r in down], mid_block_additional_residual=mid.to(dtype)
-        )
+        cn = _dtype(controlnet)
+        kwargs = control_residuals(controlnet, x_t.to(cn), t, embeds.to(cn), control.to(cn), control_scale, dtype)
     return unet(x_t.to(dtype), t, encoder_hidden_states=embeds.to(dtype), **kwargs).sample.float()
 
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from sdxs.configs import TEACHERS, VARIANTS, RemovalRecipe
-from sdxs.controlnet import build_student_controlnet
+from sdxs.controlnet import build_student_controlnet, control_residuals
 from sdxs.inventory import component_parameters, unet_parameters
 from sdxs.student import derive_student, stage_map, student_config
 
@@ -121,3 +121,25 @@ def test_loading_a_tiny_vae_that_diffusers_saved_warns_nothing_and_other_unexpec
         assert len(warned) == 1 and "'colour'" in warned[0], warned
     finally:
         logging.getLogger("diffusers").removeHandler(catch)
+
+
+def test_control_residuals_scale_each_row_and_cast_to_the_unets_dtype():
+    """The one home of a ControlNet's residuals (pipeline and training): UNet keyword arguments, scaled row by row,
+    cast on request; none without a ControlNet."""
+    torch.manual_seed(0)
+    student = derive_student(UNet2DConditionModel.from_config(_small("sd15")), VARIANTS["sdxs-512-dreamshaper"].recipe)
+    controlnet = build_student_controlnet(student)
+    for conv in controlnet.controlnet_down_blocks:  # a trained ControlNet: not zero-initialised
+        torch.nn.init.normal_(conv.weight, std=0.1)
+    x, t, ctx = torch.randn(2, 4, 16, 16), torch.tensor([999, 500]), torch.randn(2, 7, 32)
+    cond, scale = torch.rand(2, 3, 128, 128), torch.tensor([0.0, 0.5]).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        full = control_residuals(controlnet, x, t, ctx, cond)
+        rows = control_residuals(controlnet, x, t, ctx, cond, scale, torch.bfloat16)
+        out = student(x, t, ctx, **full).sample
+    assert set(full) == {"down_block_additional_residuals", "mid_block_additional_residual"}
+    assert not torch.allclose(out, student(x, t, ctx).sample)  # the residuals steer the UNet
+    for whole, scaled in zip(full["down_block_additional_residuals"], rows["down_block_additional_residuals"]):
+        assert scaled.dtype == torch.bfloat16 and not scaled[0].any() and whole[1].abs().sum() > 0
+        torch.testing.assert_close(scaled[1].float(), 0.5 * whole[1], rtol=1e-2, atol=1e-2)
+    assert control_residuals(None, x, t, ctx, cond) == {}

@@ -70,6 +70,30 @@ def test_score_step_routes_samples_by_their_timestep_and_moves_only_the_student(
     assert logs["alpha"] == trainer.cfg.segment_alpha and 0 <= logs["score_fraction"] <= 1
 
 
+def test_teacher_controlnet_residuals_are_constants_unless_the_gan_term_asks_for_their_gradient(trainer):
+    """Stage 5's frozen teacher ControlNet (on both score models): constants for the scores and the fake model's
+    update, differentiable with respect to x_t for the GAN generator term, never trained; stage 4 has none."""
+    x_t = torch.randn(2, 4, 8, 8, requires_grad=True)
+    t, embeds, control = torch.tensor([10, 900]), trainer.teachers.uncond.expand(2, -1, -1), torch.rand(2, 3, 32, 32)
+    controlnet = trainer.teachers.controlnet
+    if controlnet is None:
+        assert trainer.residuals(x_t, t, embeds, None, grad=True) == {}
+        return
+    mid = controlnet.controlnet_mid_block.weight
+    saved = mid.detach().clone()
+    with torch.no_grad():
+        mid.normal_(std=0.1)  # a trained ControlNet: not zero-initialised
+    try:
+        assert not trainer.residuals(x_t, t, embeds, control)["mid_block_additional_residual"].requires_grad
+        live = trainer.residuals(x_t, t, embeds, control, grad=True)
+        live["mid_block_additional_residual"].pow(2).sum().backward()
+        assert x_t.grad is not None and x_t.grad.abs().sum() > 0
+        assert not any(p.grad is not None for p in controlnet.parameters())  # the teacher stays frozen
+    finally:
+        with torch.no_grad():
+            mid.copy_(saved)
+
+
 def test_fresh_noise_replaces_only_the_chosen_rows(trainer):
     batch = trainer.pairs.take(torch.tensor([0, 1]), trainer.device)
     draws = StepDraws(0, 2).start(0)

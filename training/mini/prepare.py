@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 
+from sdxs.controlnet import control_residuals
 from sdxs.onestep import add_noise
 from training.control import extract_control
 from training.mini import models
@@ -99,8 +100,7 @@ def train_teacher_controlnet(
         noise = torch.randn(latents[idx].shape, generator=gen).to(device)
         t = sample_timesteps(1000, batch, gen, device, timesteps)
         x_t = add_noise(latents[idx], noise, ac[t])
-        down, mid = controlnet(x_t, t, encoder_hidden_states=e, controlnet_cond=controls[idx], return_dict=False)
-        pred = unet(x_t, t, e, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        pred = unet(x_t, t, e, **control_residuals(controlnet, x_t, t, e, controls[idx])).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad()
         loss.backward()

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdxs.controlnet import control_residuals
 from sdxs.onestep import add_noise, predict_x0
 from training.config import TrainConfig, check_choice, parse_args
 from training.control import extract_control
@@ -152,16 +153,6 @@ class FakeScore(nn.Module):
         pred = self.unet(x_t, t, encoder_hidden_states=embeds, **(residuals or {})).sample
         feats = self.recorder.pop()["bottleneck"]
         return pred, (self.head(feats) if logits and self.head is not None else None)
-
-
-def controlnet_residuals(controlnet, x_t, t, embeds, control, grad: bool = False) -> dict:
-    """The frozen teacher ControlNet's residuals, as UNet keyword arguments ({} without a ControlNet); with ``grad``,
-    differentiable with respect to ``x_t`` (the GAN generator term, whose gradient reaches the student through them)."""
-    if controlnet is None:
-        return {}
-    with torch.set_grad_enabled(grad):
-        down, mid = controlnet(x_t, t, encoder_hidden_states=embeds, controlnet_cond=control, return_dict=False)
-    return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
 
 
 def check_config(cfg: OneStepConfig) -> None:
@@ -348,11 +339,13 @@ class OneStepTrainer:
 
     def residuals(self, x_t, t, embeds, control, grad: bool = False) -> dict:
         """The frozen teacher ControlNet's residuals at ``x_t`` in the weight dtype ({} without a ControlNet);
-        without ``grad`` they are constants."""
+        without ``grad`` they are constants, with it differentiable with respect to ``x_t`` (the GAN generator term,
+        whose gradient reaches the student through them)."""
         wd = self.run.weight_dtype
         cast = None if control is None else control.to(wd)
         x_t = x_t if grad else x_t.detach()
-        return controlnet_residuals(self.teachers.controlnet, x_t.to(wd), t, embeds.to(wd), cast, grad)
+        with torch.set_grad_enabled(grad):
+            return control_residuals(self.teachers.controlnet, x_t.to(wd), t, embeds.to(wd), cast)
 
     def real_batch(self, draws: StepDraws) -> dict:
         """Real data for the GAN head: latents (B, 4, h, w), their own prompts' embeddings and, with a ControlNet,
