@@ -12,6 +12,7 @@ about 0.3 instead of 0.005) because a random UNet is no denoiser.  The code path
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,16 +30,19 @@ TINY_TEXT_DIM = 32
 MARKER = "sdxs_random_weights.json"  # present in every folder this module writes: the app labels such models
 
 
-def char_level_tokenizer(max_length: int = 77) -> CLIPTokenizer:
-    """A CLIP tokenizer over single bytes (no merges): every prompt character is one token."""
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in alphabet:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    tokenizer.model_max_length = max_length
-    return tokenizer
+def char_level_tokenizer(
+    max_length: int = 77, chars: Sequence[str] | None = None, specials_first: bool = True
+) -> CLIPTokenizer:
+    """A CLIP tokenizer without merges: every prompt character is one token (the tiny models' and the miniature's).
+
+    The vocabulary holds each of ``chars`` (default: the 256 byte-level symbols, so any text encodes) and the same
+    character ending a word (``c + "</w>"``), with CLIP's two specials (start, end = padding) before them or, with
+    ``specials_first=False``, after them: token ids are the rows of a text encoder's embedding table, so an order
+    once trained is kept."""
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokens = [token for ch in (sorted(ByteLevel.alphabet()) if chars is None else chars) for token in (ch, ch + "</w>")]
+    tokens = specials + tokens if specials_first else tokens + specials
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[], model_max_length=max_length)
 
 
 def tiny_text_encoder(vocab_size: int, hidden: int = TINY_TEXT_DIM) -> CLIPTextModel:

@@ -6,7 +6,6 @@ stage, no attention at the highest-resolution stage).
 
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DCondi
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sdxs.configs import RemovalRecipe
+from sdxs.tiny import char_level_tokenizer
 
 CHARS = string.ascii_lowercase + string.digits + ".,'-"
 MAX_TOKENS = 32
@@ -24,18 +24,9 @@ RECIPE_DICT = {"keep_down": [[0], [0]], "keep_up": [[0, 2], [0, 2]], "no_attenti
 
 
 def write_char_tokenizer(directory: str | Path) -> CLIPTokenizer:
-    """A character-level CLIP tokenizer: vocab.json (each char, each char + '</w>', the two specials), empty merges."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {}
-    for c in CHARS:
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+    """The miniature's character-level CLIP tokenizer (``sdxs.tiny.char_level_tokenizer`` over ``CHARS``, the two
+    specials last, ``MAX_TOKENS`` long), saved to ``directory``."""
+    tokenizer = char_level_tokenizer(MAX_TOKENS, CHARS, specials_first=False)
     tokenizer.save_pretrained(directory)
     return tokenizer
 
