@@ -32,7 +32,8 @@ class DataConfig:
     a text file of prompts, one per line,
     whose images the teacher generates with ``prompt_steps`` DDIM steps at guidance ``prompt_guidance``), or
     ``cached`` (a ``.pt`` written by ``training.data``).
-    Images are centre-cropped and resized to ``resolution``; latents and prompt embeddings are cached under
+    Images are squared as the server squares a frame (``sdxs.frames.square``: centre crop, one antialiased bilinear
+    resize to ``resolution``); latents and prompt embeddings are cached under
     ``cache_dir`` (default: ``<output_dir>/cache``) on first use, and memory-mapped when read, so the processes of
     one machine share one copy through the page cache instead of each holding the whole dataset.
     """

@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from sdxs import frames
 from training.config import DataConfig
 from training.sampling import ddim_sample
 from training.shards import make_once
@@ -95,9 +95,9 @@ def iter_webdataset(pattern: str) -> Iterator[tuple[Image.Image, str]]:
 
 
 def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
-    """(3, R, R) float32 in [-1, 1]: RGB, centre crop, bicubic resize."""
-    image = ImageOps.fit(image.convert("RGB"), (resolution, resolution), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+    """(3, R, R) float32 in [-1, 1]: the image squared as the server squares a frame (``sdxs.frames.square``: RGB,
+    centre crop to the short side, one antialiased bilinear resize), so the models train on the pixels they serve."""
+    return frames.square([image], resolution)[0].float().div(127.5).sub(1).contiguous()
 
 
 def read_prompts(path: str | Path) -> list[str]:
