@@ -12,7 +12,7 @@ from PIL import Image
 
 from training.config import DataConfig
 from training.control import extract_control
-from training.data import Bank, iter_folder, load_bank
+from training.data import Bank, iter_folder, load_bank, to_pixels
 from training.models import freeze, load_part, load_text_encoder
 
 
@@ -93,6 +93,19 @@ def test_webdataset_shards_stream_into_the_same_cache_as_the_folder(toy, parts, 
                   vae, text, Accelerator(cpu=True), tmp_path / "x")  # fmt: skip
     with pytest.raises(ValueError, match="data.kind 'tfrecord'"):
         load_bank(DataConfig(kind="tfrecord", path="x", resolution=32), vae, text, Accelerator(cpu=True), tmp_path)
+
+
+def test_images_are_squared_as_the_server_squares_frames():
+    """Centre crop to the short side, then one resize (``sdxs.frames.square``), mapped to [-1, 1]: the side margins of
+    a wide image go, a grey image becomes RGB, and an image already at the resolution comes back exactly."""
+    wide = np.zeros((64, 128, 3), np.uint8)
+    wide[:, :32], wide[:, 32:96, 2], wide[:, 96:] = 255, 255, 255  # white margins around a blue centre
+    pixels = to_pixels(Image.fromarray(wide), 32)
+    assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.float32
+    assert torch.equal(pixels, torch.tensor([-1.0, -1.0, 1.0]).view(3, 1, 1).expand(3, 32, 32))
+    ramp = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 256
+    grey = to_pixels(Image.fromarray(ramp.astype(np.uint8)), 32)
+    assert torch.equal(grey, torch.from_numpy(ramp.astype(np.float32) / 127.5 - 1).expand(3, 32, 32))
 
 
 def test_bank_batches_follow_the_generator():
