@@ -119,21 +119,12 @@ class Runner:
     def unwrap(self, model):
         return self.accelerator.unwrap_model(model)
 
-    def backward_step(self, loss, model, optimizer, scheduler=None) -> None:
-        """backward, clip (on the sync step), step, zero_grad: inside ``accelerator.accumulate``."""
-        self.accelerator.backward(loss)
-        if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
-            self.accelerator.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
     def accumulated_step(self, model, optimizer, scheduler, phase: int, micro_loss: Callable) -> list:
-        """One optimiser step over ``grad_accum`` micro-batches, for stages that alternate several optimisers (where
-        ``accelerator.accumulate``'s single counter does not fit).  ``micro_loss(draws, micro)`` computes micro-batch
-        ``micro``'s loss (a mean over its rows) and returns ``(loss, anything)``; ``draws`` are its rows of the global
-        batch, in phase ``phase`` of the step (``training.draws``).  Gradients are synchronised across processes
+        """One optimiser step over ``grad_accum`` micro-batches, in every stage (written out, so that stages which
+        alternate several optimisers fit, where ``accelerator.accumulate``'s single counter does not).
+        ``micro_loss(draws, micro)`` computes micro-batch ``micro``'s loss (a mean over its rows) and returns
+        ``(loss, anything)``; ``draws`` are its rows of the global batch, in phase ``phase`` of the step
+        (``training.draws``).  Gradients are synchronised across processes
         only on the last micro-batch; ``accelerator.backward`` divides each loss by ``grad_accum``, so the step
         follows the mean over the global batch.  Returns the micro-batches' second values."""
         acc, outs = self.accelerator, []

@@ -5,6 +5,7 @@ latents, prompts and control image; loss = w_out * MSE(outputs) + w_feat * featu
 only (the ControlNet's residuals enter the UNet there) + optional w_denoise * MSE(student, eps).  Control images are
 extracted from the data's pixels (``control_kind``).  ``timestep_sampling: cubic`` draws mostly noisy timesteps, where
 the control decides the layout and where the one-step model of stage 5 runs.
+Code: ``ControlNetKD``, the student of ``training.stages.kd.KDTrainer``.
 """
 
 from __future__ import annotations
@@ -14,25 +15,15 @@ from typing import Any
 
 import torch
 
-from sdxs.onestep import add_noise
 from sdxs.student import stage_map
 from training.config import TrainConfig, check_choice, parse_args
 from training.control import extract_control
-from training.data import load_bank
-from training.hooks import FeatureRecorder, kd_pairs, unet_stage_paths
-from training.losses import denoising_loss, feature_kd_loss, output_kd_loss
-from training.models import (
-    freeze,
-    load_controlnet,
-    load_part,
-    load_text_encoder,
-    recipe_from,
-    student_controlnet,
-    student_unet,
-)
+from training.models import freeze, recipe_from, student_controlnet, student_unet
 from training.runner import Runner
-from training.sampling import ddim_sample, model_output
-from training.stages.common import TIMESTEP_SAMPLING, decode_unet_samples, draw_timesteps, drop_prompts
+from training.sampling import model_output
+from training.stages.common import TIMESTEP_SAMPLING
+from training.stages.kd import KDTrainer
+from training.stages.onestep import Teachers
 
 
 @dataclass
@@ -52,103 +43,45 @@ class DistillControlNetConfig(TrainConfig):
     validation_steps: int = 25
 
 
+class ControlNetKD:
+    """Stage 3's student for ``KDTrainer``: the student UNet (``student``, or cut from the teacher by ``recipe``) is
+    frozen in the weight dtype and its ControlNet (``student_controlnet``, or mirrored from it) trained in float32;
+    feature KD compares the UNet's up stages only, where the ControlNet's residuals enter."""
+
+    name, controlnet, feature_down = "controlnet", True, False
+
+    def __init__(self, cfg: DistillControlNetConfig, teachers: Teachers, device, weight_dtype):
+        recipe = recipe_from(cfg.recipe)
+        self.unet = freeze(student_unet(teachers.unet, cfg.student, recipe)).to(device, weight_dtype)
+        controlnet = student_controlnet(self.unet, cfg.student_controlnet, cfg.embedding_channels)
+        self.trained = controlnet.to(device, torch.float32)
+        self.stages = stage_map(recipe, len(self.unet.config.block_out_channels))
+        self.timestep_sampling, self.control_kind, self.dtype = cfg.timestep_sampling, cfg.control_kind, weight_dtype
+
+    def output(self, module, x_t, t, embeds, control) -> torch.Tensor:
+        """The frozen student UNet's prediction (B, 4, h, w) float32 with the residuals of ``module`` (the trained
+        ControlNet, wrapped or not) for ``control`` (B, 3, H, W) in [0, 1]; both networks see the latents and prompts
+        in the UNet's dtype."""
+        return model_output(self.unet, x_t.to(self.dtype), t, embeds.to(self.dtype), module, control)
+
+    def extra_columns(self, bank) -> dict:
+        """The control images (N, 3, H, W) float16 in [0, 1], extracted from the data's pixels (``control_kind``)."""
+        return {"control": extract_control(bank.tensors["pixels"].float(), self.control_kind).half()}
+
+    def sampler(self, module) -> tuple:
+        """(UNet, ControlNet) for DDIM sampling with the trained ``module``."""
+        return self.unet, module
+
+    def validation_inputs(self, cfg: DistillControlNetConfig, bank, text, device) -> tuple:
+        """(the data's first prompt embeddings (N, L, D), their controls (N, 3, H, W) in [0, 1], guidance 1)."""
+        n = cfg.num_validation
+        return bank.tensors["embeds"][:n].to(device).float(), bank.tensors["control"][:n].float().to(device), 1.0
+
+
 def main(argv=None) -> Runner:
     cfg = parse_args(DistillControlNetConfig, argv, __doc__)
     check_choice("timestep_sampling", cfg.timestep_sampling, TIMESTEP_SAMPLING)
-    run = Runner(cfg, "distill_controlnet")
-    device, wd = run.device, run.weight_dtype
-
-    # 1. models: frozen teacher pair, frozen student UNet, trained student ControlNet
-    teacher = freeze(load_part(cfg.teacher, "unet")).to(device, wd)
-    teacher_cn = freeze(load_controlnet(cfg.teacher_controlnet)).to(device, wd)
-    recipe = recipe_from(cfg.recipe)
-    student = freeze(student_unet(teacher, cfg.student, recipe)).to(device, wd)
-    controlnet = student_controlnet(student, cfg.student_controlnet, cfg.embedding_channels).to(device, torch.float32)
-    controlnet.train()
-    if cfg.gradient_checkpointing:
-        controlnet.enable_gradient_checkpointing()
-    scheduler = load_part(cfg.teacher, "scheduler")
-    vae = freeze(load_part(cfg.teacher, "vae")).to(device)
-    text = load_text_encoder(cfg.teacher, device)
-    uncond = text([""])
-    stages = stage_map(recipe, len(student.config.block_out_channels))
-    pairs = kd_pairs(stages, down=False, up=True)
-    t_rec = FeatureRecorder(teacher, unet_stage_paths(up=stages.up))
-    s_rec = FeatureRecorder(student, unet_stage_paths(up=stages.up.values()))
-
-    # 2. data (pixels kept: the control images are extracted from them)
-    bank = load_bank(
-        cfg.data,
-        vae,
-        text,
-        run.accelerator,
-        run.out / "cache",
-        keep_pixels=True,
-        teacher=(teacher, scheduler.config, uncond),
-    )
-    controls = extract_control(bank.tensors["pixels"].float(), cfg.control_kind).half()
-    bank.tensors["control"] = controls
-
-    # 3. optimiser
-    optimizer = run.optimizer(controlnet.parameters())
-    lr_scheduler = run.lr_scheduler(optimizer)
-    cn_ddp, optimizer, lr_scheduler = run.prepare(controlnet, optimizer, lr_scheduler)
-    run.add_ema("controlnet", cn_ddp)
-    ac = scheduler.alphas_cumprod.to(device)
-    T = scheduler.config.num_train_timesteps
-
-    def step() -> dict:
-        logs = {}
-        for micro in range(cfg.grad_accum):
-            with run.accelerator.accumulate(cn_ddp):
-                draws = run.draws.start(run.state.step, micro=micro)
-                batch = draws.sample(bank, device)
-                embeds = drop_prompts(batch["embeds"], uncond, cfg.uncond_prob, draws)
-                noise = draws.randn(batch["latents"].shape[1:], device)
-                t = draw_timesteps(draws, T, device, cfg.timestep_sampling)
-                x_t = add_noise(batch["latents"], noise, ac[t])
-                with torch.no_grad():
-                    target = model_output(teacher, x_t.to(wd), t, embeds.to(wd), teacher_cn, batch["control"].to(wd))
-                t_feats = t_rec.pop()
-                with run.accelerator.autocast():
-                    pred = model_output(student, x_t.to(wd), t, embeds.to(wd), cn_ddp, batch["control"])
-                s_feats = s_rec.pop()
-                parts = {
-                    "out_kd": output_kd_loss(pred, target),
-                    "feat_kd": feature_kd_loss(s_feats, t_feats, pairs),
-                    "denoise": denoising_loss(pred, noise),
-                }
-                loss = (
-                    cfg.out_kd_weight * parts["out_kd"]
-                    + cfg.feat_kd_weight * parts["feat_kd"]
-                    + cfg.denoise_weight * parts["denoise"]
-                )
-                run.backward_step(loss, cn_ddp, optimizer, lr_scheduler)
-                logs = {**{k: v.item() for k, v in parts.items()}, "loss": loss.item()}
-        return logs
-
-    def validate() -> torch.Tensor:
-        n = cfg.num_validation
-        gen = torch.Generator().manual_seed(cfg.seed)
-        noise = torch.randn((n, *bank.tensors["latents"].shape[1:]), generator=gen).to(device)
-        control = bank.tensors["control"][:n].float().to(device)
-        cn = run.unwrap(cn_ddp).eval()
-        latents = ddim_sample(
-            student,
-            scheduler.config,
-            noise,
-            bank.tensors["embeds"][:n].to(device).float(),
-            uncond,
-            cfg.validation_steps,
-            1.0,
-            cn,
-            control,
-        )
-        cn.train()
-        return torch.cat([control, decode_unet_samples(vae, latents)])  # top: control, bottom: samples
-
-    run.run(step, validate, models={"controlnet": cn_ddp})
-    return run
+    return KDTrainer(cfg, Runner(cfg, "distill_controlnet"), ControlNetKD).train()
 
 
 if __name__ == "__main__":

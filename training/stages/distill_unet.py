@@ -5,7 +5,7 @@ MSE(student, eps)], the features taken on every kept down and up stage through t
 (``sdxs.student.stage_map``).  The student is cut from the teacher with copied weights (``sdxs.student``).
 The paper excludes the denoising loss (section 3.1), so ``denoise_weight`` is 0 by default; BK-SDM's recipe adds it
 (``denoise_weight: 1``).  The same architecture without KD (the control) is ``out_kd_weight = feat_kd_weight = 0``
-with ``denoise_weight = 1``.
+with ``denoise_weight = 1``.  Code: ``UNetKD``, the student of ``training.stages.kd.KDTrainer``.
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ from typing import Any
 
 import torch
 
-from sdxs.onestep import add_noise
 from sdxs.student import stage_map
 from training.config import TrainConfig, parse_args
-from training.data import load_bank
-from training.hooks import FeatureRecorder, kd_pairs, unet_stage_paths
-from training.losses import denoising_loss, feature_kd_loss, output_kd_loss
-from training.models import freeze, load_part, load_text_encoder, recipe_from, student_unet
+from training.models import recipe_from, student_unet
 from training.runner import Runner
-from training.sampling import ddim_sample
-from training.stages.common import decode_unet_samples, drop_prompts
+from training.sampling import model_output
+from training.stages.kd import KDTrainer
+from training.stages.onestep import Teachers
 
 
 @dataclass
@@ -42,92 +39,48 @@ class DistillUNetConfig(TrainConfig):
     validation_prompts: Sequence[str] = field(default_factory=tuple)
 
 
-def main(argv=None) -> Runner:
-    cfg = parse_args(DistillUNetConfig, argv, __doc__)
+def check_config(cfg: DistillUNetConfig) -> None:
+    """Refuse a config with nothing to train before loading anything."""
     if cfg.denoise_weight == cfg.out_kd_weight == cfg.feat_kd_weight == 0:
         raise ValueError(
             "every loss weight is 0 (denoise_weight, out_kd_weight, feat_kd_weight): nothing to train; "
             "the no-KD control needs denoise_weight=1"
         )
-    run = Runner(cfg, "distill_unet")
-    device = run.device
 
-    # 1. models: frozen teacher, student cut from it (copied weights), hooks on the unwrapped modules
-    teacher = freeze(load_part(cfg.teacher, "unet")).to(device, run.weight_dtype)
-    recipe = recipe_from(cfg.recipe)
-    student = student_unet(teacher, cfg.student, recipe).to(device).train()
-    if cfg.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    scheduler = load_part(cfg.teacher, "scheduler")
-    vae = freeze(load_part(cfg.teacher, "vae")).to(device)
-    text = load_text_encoder(cfg.teacher, device)
-    uncond = text([""])
-    stages = stage_map(recipe, len(student.config.block_out_channels))
-    pairs = kd_pairs(stages)
-    t_rec = FeatureRecorder(teacher, unet_stage_paths(stages.down, stages.up))
-    s_rec = FeatureRecorder(student, unet_stage_paths(stages.down.values(), stages.up.values()))
 
-    # 2. data: cached latents + prompt embeddings
-    bank = load_bank(
-        cfg.data, vae, text, run.accelerator, run.out / "cache", teacher=(teacher, scheduler.config, uncond)
-    )
+class UNetKD:
+    """Stage 1's student for ``KDTrainer``: the block-removed UNet (``student``, or cut from the teacher by
+    ``recipe`` with copied weights) is trained; feature KD compares every kept down and up stage."""
 
-    # 3. optimiser, accelerate
-    optimizer = run.optimizer(student.parameters())
-    lr_scheduler = run.lr_scheduler(optimizer)
-    student_ddp, optimizer, lr_scheduler = run.prepare(student, optimizer, lr_scheduler)
-    run.add_ema("unet", student_ddp)
-    ac = scheduler.alphas_cumprod.to(device)
-    T = scheduler.config.num_train_timesteps
+    name, controlnet, feature_down, timestep_sampling = "unet", False, True, "uniform"
 
-    def step() -> dict:
-        logs = {}
-        for micro in range(cfg.grad_accum):
-            with run.accelerator.accumulate(student_ddp):
-                draws = run.draws.start(run.state.step, micro=micro)
-                batch = draws.sample(bank, device)
-                embeds = drop_prompts(batch["embeds"], uncond, cfg.uncond_prob, draws)
-                noise = draws.randn(batch["latents"].shape[1:], device)
-                t = draws.randint(T, device)
-                x_t = add_noise(batch["latents"], noise, ac[t])
-                with torch.no_grad():
-                    target = teacher(x_t.to(run.weight_dtype), t, embeds.to(run.weight_dtype)).sample
-                t_feats = t_rec.pop()
-                with run.accelerator.autocast():
-                    pred = student_ddp(x_t, t, embeds).sample
-                s_feats = s_rec.pop()
-                parts = {
-                    "denoise": denoising_loss(pred, noise),
-                    "out_kd": output_kd_loss(pred, target),
-                    "feat_kd": feature_kd_loss(s_feats, t_feats, pairs),
-                }
-                loss = (
-                    cfg.denoise_weight * parts["denoise"]
-                    + cfg.out_kd_weight * parts["out_kd"]
-                    + cfg.feat_kd_weight * parts["feat_kd"]
-                )
-                run.backward_step(loss, student_ddp, optimizer, lr_scheduler)
-                logs = {**{k: v.item() for k, v in parts.items()}, "loss": loss.item()}
-        return logs
+    def __init__(self, cfg: DistillUNetConfig, teachers: Teachers, device, weight_dtype):
+        recipe = recipe_from(cfg.recipe)
+        self.unet = self.trained = student_unet(teachers.unet, cfg.student, recipe).to(device)  # trained in float32
+        self.stages = stage_map(recipe, len(self.unet.config.block_out_channels))
 
-    def validate() -> torch.Tensor:
-        gen = torch.Generator().manual_seed(cfg.seed)
+    def output(self, module, x_t, t, embeds, control=None) -> torch.Tensor:
+        """The student's prediction (B, 4, h, w) float32, with grad through ``module`` (the trained UNet, wrapped or
+        not)."""
+        return model_output(module, x_t, t, embeds)
+
+    def extra_columns(self, bank) -> dict:
+        return {}
+
+    def sampler(self, module) -> tuple:
+        """(UNet, ControlNet) for DDIM sampling with the trained ``module``."""
+        return module, None
+
+    def validation_inputs(self, cfg: DistillUNetConfig, bank, text, device) -> tuple:
+        """(prompt embeddings (N, L, D), no control, guidance): ``validation_prompts`` or the data's first captions."""
         prompts = list(cfg.validation_prompts) or bank.extras["captions"][: cfg.num_validation]
-        noise = torch.randn((len(prompts), *bank.tensors["latents"].shape[1:]), generator=gen).to(device)
-        latents = ddim_sample(
-            run.unwrap(student_ddp).eval(),
-            scheduler.config,
-            noise,
-            text(prompts),
-            uncond,
-            cfg.validation_steps,
-            cfg.validation_guidance,
-        )
-        run.unwrap(student_ddp).train()
-        return decode_unet_samples(vae, latents)
+        return text(prompts), None, cfg.validation_guidance
 
-    run.run(step, validate, models={"unet": student_ddp})
-    return run
+
+def main(argv=None) -> Runner:
+    cfg = parse_args(DistillUNetConfig, argv, __doc__)
+    check_config(cfg)
+    return KDTrainer(cfg, Runner(cfg, "distill_unet"), UNetKD).train()
 
 
 if __name__ == "__main__":
