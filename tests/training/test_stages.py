@@ -678,7 +678,8 @@ def test_decoder_samples_made_in_shards_by_several_ranks_equal_one_process(runs,
     from training.config import from_dict
     from training.data import Bank
     from training.models import load_text_encoder
-    from training.stages.distill_decoder import DistillDecoderConfig, merge_chunks, onestep_latents, teacher_latents
+    from training.stages.decoder_latents import merge_chunks, onestep_latents, teacher_latents
+    from training.stages.distill_decoder import DistillDecoderConfig
 
     root, _ = runs
     text = load_text_encoder(toy.teacher, torch.device("cpu"))

@@ -10,6 +10,9 @@ the paper's section 4 says, a Projected GAN (``projected``: heads over the froze
 maps).  Only the decoder is trained by these losses; with ``encoder_weight > 0`` the tiny encoder is additionally
 regressed onto the teacher's latents (MSE, real images only) so the exported ``AutoencoderTiny`` also serves
 image-to-image.
+
+Code: ``DecoderTrainer``; a step is ``decoder_step``, then (once the GAN is on) ``discriminator_step`` on the same
+micro-batches.  The latent pool lives in ``training.stages.decoder_latents``.
 """
 
 from __future__ import annotations
@@ -18,19 +21,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from sdxs.decoder import build_tiny_autoencoder
 from training.config import TrainConfig, check_choice, parse_args
-from training.control import extract_control
 from training.data import Bank, load_bank
+from training.draws import StepDraws
 from training.features import PixelFeatures
 from training.losses import PatchDiscriminator, downsampled_l1, hinge_discriminator_loss, hinge_generator_loss
-from training.models import freeze, load_controlnet, load_part, load_text_encoder, load_tiny_vae, student_unet
+from training.models import freeze, load_part, load_text_encoder, load_tiny_vae
 from training.projected_gan import ProjectedDiscriminator
 from training.runner import Runner
-from training.sampling import ddim_sample, onestep_sample
-from training.shards import make_once
-from training.stages.common import alphas_cumprod, decode_unet_samples, mean_logs
+from training.stages.common import decode_unet_samples, mean_logs
+from training.stages.decoder_latents import latent_pool
 
 
 @dataclass
@@ -76,77 +79,6 @@ class TinyVAETrainable(torch.nn.Module):
         return decoded, encoded
 
 
-@torch.no_grad()
-def teacher_latents(cfg, run, bank: Bank, text, rank: int = 0, world: int = 1) -> list[tuple[int, torch.Tensor]]:
-    """``teacher_samples`` latents sampled by the teacher UNet (DDIM) from prompts of the data, in chunks of 64:
-    ``rank`` of ``world`` samples chunks ``rank``, ``rank + world``, ... (drawing every chunk's random numbers, so the
-    ranks' chunks put together equal one process's, ``merge_chunks``).  Returns (chunk, latents (n, 4, h, w))."""
-    unet = freeze(load_part(cfg.teacher, "unet")).to(run.device)
-    scheduler = load_part(cfg.teacher, "scheduler")
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    out, uncond = [], text([""])
-    for chunk, i in enumerate(range(0, cfg.teacher_samples, 64)):
-        n = min(64, cfg.teacher_samples - i)
-        index = torch.randint(len(bank), (n,), generator=gen)
-        noise = torch.randn((n, *bank.tensors["latents"].shape[1:]), generator=gen).to(run.device)
-        if chunk % world != rank:
-            continue
-        embeds = bank.tensors["embeds"][index].to(run.device).float()
-        sample = ddim_sample(unet, scheduler.config, noise, embeds, uncond, cfg.sample_steps, cfg.sample_guidance)
-        out.append((chunk, sample.cpu()))
-    return out
-
-
-@torch.no_grad()
-def onestep_latents(cfg, run, bank: Bank, rank: int = 0, world: int = 1) -> list[tuple[int, torch.Tensor]]:
-    """``onestep_samples`` latents (UNet space) from the one-step UNet for prompts of the data, from fresh noise, in
-    chunks of 64 shared out like ``teacher_latents``: the first ``onestep_control_share`` of them with the ControlNet,
-    on controls of the data's images [-1, 1], the rest without."""
-    if cfg.onestep_controlnet and "pixels" not in bank.tensors:
-        raise ValueError("onestep_controlnet needs the data's images for its controls: use data with pixels")
-    unet = freeze(student_unet(None, cfg.onestep_unet, None)).to(run.device)
-    controlnet = freeze(load_controlnet(cfg.onestep_controlnet)).to(run.device) if cfg.onestep_controlnet else None
-    scheduler = load_part(cfg.teacher, "scheduler")
-    ac = alphas_cumprod(scheduler, run.device)
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
-
-    def draw(noise, embeds, controlnet=None, control=None) -> torch.Tensor:
-        t, prediction = cfg.onestep_timestep, scheduler.config.prediction_type
-        return onestep_sample(unet, noise, embeds, ac, t, prediction, controlnet, control).float().cpu()
-
-    with_control = round(cfg.onestep_control_share * cfg.onestep_samples) if controlnet is not None else 0
-    out = []
-    for chunk, i in enumerate(range(0, cfg.onestep_samples, 64)):
-        n = min(64, cfg.onestep_samples - i)
-        index = torch.randint(len(bank), (n,), generator=gen)
-        noise = torch.randn((n, *bank.tensors["latents"].shape[1:]), generator=gen).to(run.device)
-        if chunk % world != rank:
-            continue
-        embeds = bank.tensors["embeds"][index].to(run.device).float()
-        k = max(0, min(n, with_control - i))  # this chunk's first k rows take the ControlNet
-        parts = []
-        if k:
-            control = extract_control(bank.tensors["pixels"][index[:k]].float().to(run.device), cfg.control_kind)
-            parts.append(draw(noise[:k], embeds[:k], controlnet, control))
-        if k < n:
-            parts.append(draw(noise[k:], embeds[k:]))
-        out.append((chunk, torch.cat(parts)))
-    return out
-
-
-def merge_chunks(shards: list[list[tuple[int, torch.Tensor]]]) -> torch.Tensor:
-    """The ranks' (chunk, tensor) lists as one tensor in chunk order."""
-    return torch.cat([t for _, t in sorted((pair for shard in shards for pair in shard), key=lambda p: p[0])])
-
-
-def _cached(run, name: str, make) -> torch.Tensor:
-    """The samples ``make(rank, world)`` makes, made once per run (resume reuses them), shared out over the processes
-    (``training.shards.make_once``, ``merge_chunks``); loaded everywhere."""
-    path = run.out / "cache" / name
-    make_once(run.accelerator, path, make, merge_chunks)
-    return torch.load(path)
-
-
 def discriminator(cfg: DistillDecoderConfig, vae, device) -> torch.nn.Module:
     """The PatchGAN (pixels (B, 3, H, W) in [-1, 1] -> patch logits), or the Projected GAN's heads over the frozen
     ``disc_features`` network (-> logits (B,)); hinge losses average either."""
@@ -157,107 +89,132 @@ def discriminator(cfg: DistillDecoderConfig, vae, device) -> torch.nn.Module:
     return ProjectedDiscriminator.over(features, example, hidden=cfg.disc_hidden).to(device)
 
 
-def main(argv=None) -> Runner:
-    cfg = parse_args(DistillDecoderConfig, argv, __doc__)
+def check_config(cfg: DistillDecoderConfig) -> None:
+    """Refuse choices the trainer would otherwise meet only after loading every model."""
     check_choice("discriminator", cfg.discriminator, ("patch", "projected"))
     if cfg.onestep_samples and not cfg.onestep_unet:
         raise ValueError("onestep_samples needs onestep_unet (a one-step UNet folder)")
-    run = Runner(cfg, "distill_decoder")
-    device = run.device
 
-    # 1. models
-    vae = freeze(load_part(cfg.teacher, "vae")).to(device, run.weight_dtype)
-    tiny = (load_tiny_vae(cfg.tiny_vae) if cfg.tiny_vae else build_tiny_autoencoder(**cfg.tiny_overrides)).to(device)
-    disc = discriminator(cfg, vae, device)
-    text = load_text_encoder(cfg.teacher, device)
 
-    # 2. data: real-image latents (+ pixels for the encoder), teacher samples and one-step samples
-    bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache")
-    pool = [bank.tensors["latents"]]
-    if cfg.teacher_samples:
-        pool.append(_cached(run, "teacher_latents.pt", lambda r, w: teacher_latents(cfg, run, bank, text, r, w)))
-    if cfg.onestep_samples:
-        pool.append(_cached(run, "onestep_latents.pt", lambda r, w: onestep_latents(cfg, run, bank, r, w)))
-    pool = torch.cat([p.float() for p in pool])
-    latent_bank = Bank({"latents": pool})
-    if cfg.cache_teacher_decodes:  # the teacher decoder is frozen: decode the fixed pool once, not every step
-        scale_ = vae.config.scaling_factor
-        with torch.no_grad():
-            decoded = [
-                vae.decode((c.to(device) / scale_).to(run.weight_dtype)).sample.half().cpu() for c in pool.split(256)
-            ]
-        latent_bank.tensors["teacher_pixels"] = torch.cat(decoded)
+class DecoderTrainer:
+    """Stage 2 (paper Fig. 2a): the tiny decoder (+ encoder) against the frozen teacher VAE's decodes, with a
+    discriminator.
 
-    # 3. optimisers: decoder (+ encoder) and discriminator
-    train_encoder = cfg.encoder_weight > 0 and "pixels" in bank.tensors
-    tiny.encoder.requires_grad_(train_encoder)
-    opt = run.optimizer(tiny.parameters())
-    opt_d = run.optimizer(disc.parameters(), cfg.disc_lr)
-    sched = run.lr_scheduler(opt)
-    tiny_ddp, disc_ddp, opt, opt_d, sched = run.prepare(TinyVAETrainable(tiny), disc, opt, opt_d, sched)
-    run.add_ema("vae", tiny_ddp)
-    disc_plain = run.unwrap(disc_ddp)
-    scale = vae.config.scaling_factor
+    A step is ``decoder_step`` (downsampled L1 + ``gan_weight`` * the GAN's generator term + ``encoder_weight`` * the
+    encoder's regression) and, from ``gan_start`` on, ``discriminator_step`` on the same micro-batches' pixels
+    (teacher decodes real, tiny decodes fake); each is one optimiser step over ``grad_accum`` micro-batches
+    (``Runner.accumulated_step``) whose draws are rows of the step's global batch (``training.draws``)."""
 
-    def decode_teacher(latents):
-        with torch.no_grad():
-            return vae.decode((latents / scale).to(run.weight_dtype)).sample.float()
+    def __init__(self, cfg: DistillDecoderConfig, run: Runner):
+        self.cfg, self.run, self.device = cfg, run, run.device
+        # 1. models: the frozen teacher VAE, the tiny autoencoder, the discriminator, the text encoder (for samples)
+        self.vae = vae = freeze(load_part(cfg.teacher, "vae")).to(self.device, run.weight_dtype)
+        tiny = load_tiny_vae(cfg.tiny_vae) if cfg.tiny_vae else build_tiny_autoencoder(**cfg.tiny_overrides)
+        self.tiny = tiny = tiny.to(self.device)
+        disc = discriminator(cfg, vae, self.device)
+        text = load_text_encoder(cfg.teacher, self.device)
+        # 2. data: real-image latents (+ pixels for the encoder), teacher and one-step samples, the pool's decodes
+        self.bank = load_bank(cfg.data, vae, text, run.accelerator, run.out / "cache")
+        self.pool = latent_pool(cfg, run, self.bank, text)
+        self.latent_bank = Bank({"latents": self.pool})
+        if cfg.cache_teacher_decodes:  # the teacher decoder is frozen: decode the fixed pool once, not every step
+            decoded = [self.decode_teacher(c.to(self.device)).half().cpu() for c in self.pool.split(256)]
+            self.latent_bank.tensors["teacher_pixels"] = torch.cat(decoded)
+        # 3. optimisers: decoder (+ encoder) and discriminator, accelerate, EMA
+        self.train_encoder = cfg.encoder_weight > 0 and "pixels" in self.bank.tensors
+        tiny.encoder.requires_grad_(self.train_encoder)
+        opt, opt_d = run.optimizer(tiny.parameters()), run.optimizer(disc.parameters(), cfg.disc_lr)
+        sched = run.lr_scheduler(opt)
+        self.trained, self.disc, self.opt, self.opt_d, self.sched = run.prepare(
+            TinyVAETrainable(tiny), disc, opt, opt_d, sched
+        )
+        run.add_ema("vae", self.trained)
+        self.disc_plain = run.unwrap(self.disc)
 
-    def generator_loss(draws, micro: int):
-        """Micro-batch loss of the tiny decoder (+ encoder); also returns the (real, fake) pixels the discriminator
-        then judges, and the logs."""
-        drawn = draws.sample(latent_bank, device)
+    # ---- pieces ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode_teacher(self, latents: torch.Tensor) -> torch.Tensor:
+        """UNet-space latents (B, 4, h, w) -> the teacher decoder's pixels (B, 3, H, W) in [-1, 1], weight dtype."""
+        return self.vae.decode((latents / self.vae.config.scaling_factor).to(self.run.weight_dtype)).sample
+
+    def use_gan(self) -> bool:
+        return self.cfg.gan_weight > 0 and self.run.state.step >= self.cfg.gan_start
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        """The hinge generator loss of the tiny decodes (B, 3, H, W) (0 before the GAN is on), through the unwrapped
+        discriminator (no discriminator grads to sync) in eval mode: its spectral norms' power iteration runs once
+        per step, in the discriminator's own step."""
+        if not self.use_gan():
+            return torch.zeros((), device=self.device)
+        self.disc_plain.requires_grad_(False).eval()
+        loss = hinge_generator_loss(self.disc_plain(fake))
+        self.disc_plain.requires_grad_(True).train()
+        return loss
+
+    def decoder_loss(self, draws: StepDraws, micro: int) -> tuple[torch.Tensor, tuple]:
+        """Micro-batch loss of the tiny decoder (+ encoder), and (real, fake pixels (B, 3, H, W) float32 in [-1, 1],
+        logs) for the discriminator step and the logs."""
+        cfg = self.cfg
+        drawn = draws.sample(self.latent_bank, self.device)
         latents = drawn["latents"]
-        real = drawn["teacher_pixels"] if cfg.cache_teacher_decodes else decode_teacher(latents)
-        batch = draws.sample(bank, device) if train_encoder else None
-        with run.accelerator.autocast():
-            fake, encoded = tiny_ddp(latents, batch["pixels"] if train_encoder else None)
+        real = drawn["teacher_pixels"] if cfg.cache_teacher_decodes else self.decode_teacher(latents).float()
+        batch = draws.sample(self.bank, self.device) if self.train_encoder else None
+        with self.run.accelerator.autocast():
+            fake, encoded = self.trained(latents, batch["pixels"] if self.train_encoder else None)
             l1 = downsampled_l1(fake, real, cfg.downsample)
-            # the generator's GAN term goes through the unwrapped discriminator (no discriminator grads to sync), in
-            # eval mode: its spectral norms' power iteration runs once per step, in the discriminator's own step
-            disc_plain.requires_grad_(False).eval()
-            g_loss = hinge_generator_loss(disc_plain(fake)) if use_gan() else torch.zeros((), device=device)
-            disc_plain.requires_grad_(True).train()
-            enc = (
-                torch.nn.functional.mse_loss(encoded, batch["latents"])
-                if train_encoder
-                else torch.zeros((), device=device)
-            )
+            g_loss = self.generator_loss(fake)
+            enc = F.mse_loss(encoded, batch["latents"]) if self.train_encoder else torch.zeros((), device=self.device)
             loss = l1 + cfg.gan_weight * g_loss + cfg.encoder_weight * enc
         logs = {"l1_down": l1.item(), "g_loss": g_loss.item(), "encoder_mse": enc.item(), "loss": loss.item()}
         return loss, (real.float(), fake.detach().float(), logs)
 
-    def use_gan() -> bool:
-        return cfg.gan_weight > 0 and run.state.step >= cfg.gan_start
+    # ---- the two kinds of update and the loop ----------------------------------------------------------
 
-    def step() -> dict:
-        """The decoder's step, then (with the GAN) the discriminator's on the same micro-batches: teacher decodes
-        are real, tiny decodes fake."""
-        judged = run.accumulated_step(tiny_ddp, opt, sched, 0, generator_loss)
-        logs = mean_logs([logs for _, _, logs in judged])
-        if use_gan():
+    def decoder_step(self, phase: int = 0) -> tuple[dict, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One optimiser step of the tiny autoencoder; returns the micro-batches' mean logs and their (real, fake)
+        pixels for ``discriminator_step``."""
+        judged = self.run.accumulated_step(self.trained, self.opt, self.sched, phase, self.decoder_loss)
+        return mean_logs([logs for _, _, logs in judged]), [(real, fake) for real, fake, _ in judged]
 
-            def discriminator_loss(draws, micro: int):
-                real, fake, _ = judged[micro]
-                disc_plain.train(micro == 0)  # one power iteration per step, whatever the number of micro-batches
-                with run.accelerator.autocast():
-                    logits = disc_ddp(torch.cat([real, fake]))  # one forward: one DDP reduction
-                    d_loss = hinge_discriminator_loss(*logits.chunk(2))
-                return d_loss, d_loss.item()
+    def discriminator_step(self, judged: list[tuple[torch.Tensor, torch.Tensor]], phase: int = 1) -> dict:
+        """One optimiser step of the discriminator on ``judged``, one (real, fake) pair of pixels (B, 3, H, W) in
+        [-1, 1] per micro-batch: hinge loss, teacher decodes real, tiny decodes fake."""
 
-            d_losses = run.accumulated_step(disc_ddp, opt_d, None, 1, discriminator_loss)
-            disc_plain.train()
-            logs["d_loss"] = sum(d_losses) / cfg.grad_accum
+        def micro_loss(draws: StepDraws, micro: int):
+            real, fake = judged[micro]
+            self.disc_plain.train(micro == 0)  # one power iteration per step, whatever the number of micro-batches
+            with self.run.accelerator.autocast():
+                logits = self.disc(torch.cat([real, fake]))  # one forward: one DDP reduction
+                d_loss = hinge_discriminator_loss(*logits.chunk(2))
+            return d_loss, d_loss.item()
+
+        d_losses = self.run.accumulated_step(self.disc, self.opt_d, None, phase, micro_loss)
+        self.disc_plain.train()
+        return {"d_loss": sum(d_losses) / self.cfg.grad_accum}
+
+    def step(self) -> dict:
+        logs, judged = self.decoder_step()
+        if self.use_gan():
+            logs.update(self.discriminator_step(judged))
         return logs
 
-    def validate() -> torch.Tensor:
-        latents = pool[: cfg.num_validation].to(device)
-        with torch.no_grad():
-            tiny_px = ((tiny.decode(latents).sample.float() + 1) / 2).clamp(0, 1)
-        return torch.cat([decode_unet_samples(vae, latents), tiny_px])  # top: teacher, bottom: tiny
+    @torch.no_grad()
+    def validate(self) -> torch.Tensor:
+        """The pool's first latents decoded, (2N, 3, H, W) in [0, 1]: top the teacher's decodes, bottom the tiny's."""
+        latents = self.pool[: self.cfg.num_validation].to(self.device)
+        tiny_px = ((self.tiny.decode(latents).sample.float() + 1) / 2).clamp(0, 1)
+        return torch.cat([decode_unet_samples(self.vae, latents), tiny_px])
 
-    run.run(step, validate, models={"vae": tiny})
-    return run
+    def train(self) -> Runner:
+        self.run.run(self.step, self.validate, models={"vae": self.tiny})
+        return self.run
+
+
+def main(argv=None) -> Runner:
+    cfg = parse_args(DistillDecoderConfig, argv, __doc__)
+    check_config(cfg)
+    return DecoderTrainer(cfg, Runner(cfg, "distill_decoder")).train()
 
 
 if __name__ == "__main__":
