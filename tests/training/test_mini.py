@@ -220,7 +220,16 @@ def _seed_results(one_step_fd: float, control_fd: float) -> dict:
         "one-step student without ControlNet": {"edge_f1": 0.2},
     }
     decoder = {"tiny_decoder_psnr": 29.0, "bilinear_psnr": 20.0}
-    return {"generation": {"rows": rows}, "controlnet": controlnet, "decoder": decoder, "export": {"ok": True}}
+    sketch = {"sketch: one-step student + one-step ControlNet": {"accuracy": 0.95}}
+    return {"generation": {"rows": rows}, "controlnet": controlnet, "decoder": decoder, "sketch": sketch,
+            "export": {"ok": True}}  # fmt: skip
+
+
+def test_the_rule_names_the_majority_of_the_seeds_it_was_judged_on():
+    from training.mini.report import claim_rule
+
+    assert claim_rule(3).endswith("(2 of 3 seeds).") and claim_rule(2).endswith("(2 of 2 seeds).")
+    assert claim_rule(5).endswith("(3 of 5 seeds).") and claim_rule(1).endswith("(1 of 1 seed).")
 
 
 def test_claims_aggregate_over_synthetic_seeds():

@@ -147,13 +147,20 @@ class Givens:
 
 
 def prepare_givens(givens: Givens, steps: dict, device: str = "cpu") -> dict:
-    """Write the data folders and train the teacher VAE, LDM, ControlNet and the classifier; returns their losses."""
+    """Write the data folders and train the teacher VAE, LDM, ControlNet and the classifier; returns their losses.
+
+    Folders: ``digits`` (every train digit with its prompt, plus neutral-prompt rows: the teacher, stages 1 and 4),
+    ``sketches`` (the train digits, half of them with the neutral prompt: the ControlNets, stages 3 and 5) and
+    ``decoder`` (digits and photos: stage 2)."""
     digits, photos = givens.digits(), givens.photos()
-    captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
-    mdata.write_folder(givens.work / "data" / "digits", digits.train, captions)
+    rows = mdata.with_neutral_rows(digits.train, digits.train_labels)
+    mdata.write_folder(givens.work / "data" / "digits", *rows)
+    control_rows = (digits.train, mdata.sketch_captions(digits.train_labels))
+    mdata.write_folder(givens.work / "data" / "sketches", *control_rows)
     mixed = torch.cat([digits.train, photos["train"]])
+    captions = mdata.captions(digits.train_labels)
     mdata.write_folder(givens.work / "data" / "decoder", mixed, captions + ["a photo"] * len(photos["train"]))
-    losses = build_teacher(givens.work, digits.train, captions, mixed, steps, seed=givens.seed, device=device)
+    losses = build_teacher(givens.work, rows, control_rows, mixed, steps, seed=givens.seed, device=device)
     givens.classifier(digits)
     givens.save()
     return losses
@@ -178,6 +185,9 @@ class Recipe:
     scale: float = 1.0
     timings: dict = field(default_factory=dict)
     equal_compute: dict = field(default_factory=dict)  # stage 4's warm-up-only control: its steps, the cost ratio
+    # every stage saves 8 snapshots along its steps and stage 4 logs its loss terms' gradient norms, for
+    # ``training.mini.diagnose`` (their time is left out of stage 4's step timings)
+    diagnose: bool = False
 
     @property
     def dir(self) -> Path:
@@ -219,6 +229,7 @@ class Recipe:
             log_every=5,
             num_validation=16,
             progress=False,
+            snapshot_every=max(1, steps // 8) if self.diagnose else 0,
             **extra,
         )
 
@@ -271,6 +282,7 @@ class Recipe:
         config = {
             **self.common("controlnet", self.steps["controlnet"]),
             **self.base(),
+            "data": self.data("sketches"),  # half of the prompts neutral (sketch mode's)
             "student": self.student,
             "teacher_controlnet": str(self.givens.teacher_controlnet),
             "embedding_channels": [16, 32, 64],
@@ -313,6 +325,7 @@ class Recipe:
             # the average removes most of that (FD 48.5 -> 31.9 on one trajectory; training/README.md, "Ablations")
             ema_decay=0.99,
             warmup_steps=self.steps["warmup"],
+            log_grad_norms=self.diagnose,
         )
 
     def stage4_onestep(self) -> None:
@@ -366,6 +379,7 @@ class Recipe:
         config = {
             **self.common("onestep_controlnet", steps),
             **self.onestep_config(),
+            "data": self.data("sketches"),  # half of the prompts neutral (sketch mode's)
             "student": self.onestep_unet,
             "warmup_steps": self.steps["cn_warmup"],
             "student_controlnet": str(self.dir / "controlnet" / "final" / "controlnet"),
