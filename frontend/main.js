@@ -15,6 +15,7 @@ import { Runner } from "./run.js";
 import { Sources } from "./sources.js";
 import { OutputView } from "./view.js";
 import { addPromptPresets, addSeedTools } from "./extras.js";
+import { ModelNotes } from "./modelnotes.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -31,9 +32,13 @@ const modes = new Modes({ controls, session, pump });
 const output = new OutputView({ session, sketch, controls, preview: (ctx, size) => pump.drawInput(ctx, size),
   onError: (text) => status.flash(text) });
 
+const notes = new ModelNotes({ sketch, controls, output: $("output"), brush: $("brush-size") });
 const sources = new Sources({
   video, sketch, pump,
-  onSourceChange: (source) => modes.fit(source, true),
+  onSourceChange: (source) => {
+    modes.fit(source, true);
+    notes.sourceChanged(source);
+  },
   onError: (text) => status.flash(text, 8000),
 });
 bindSketchTools(sketch, { isActive: () => sources.current === "sketch", onError: (text) => status.flash(text) });
@@ -56,6 +61,7 @@ function buildControls(schema, model, params) {
   addPromptPresets(controls, model.example_prompts || []);
   addSeedTools(controls);
   modes.fit(sources.current, false);
+  notes.apply(model, sources.current);
 }
 
 /** No live stream here (ZeroGPU: a GPU per request): say why and offer the Gradio tabs. */
@@ -146,4 +152,4 @@ status.idle();
 sources.select("camera");
 session.peek();
 // Test and debugging hook: read-only views of the page's state.
-window.sdxs = { session, metrics, controls, sketch, pump, output, runner, status, modes };
+window.sdxs = { session, metrics, controls, sketch, pump, output, runner, status, modes, notes };

@@ -124,7 +124,8 @@ class AppState:
                 "controlnet": any(getattr(m, "value", m) in ("sketch", "edges") for m in self.pipe.modes),
                 "styles": list(getattr(self.pipe, "adapters", ())),
                 "notice": notes.get("notice") or (RANDOM_NOTICE if is_random else None),
-                "example_prompts": list(notes.get("example_prompts", []))}
+                "example_prompts": list(notes.get("example_prompts", [])),
+                "sketch": notes.get("sketch"), "display": notes.get("display")}
 
     def start_loading(self) -> None:
         """Start the loader thread (once: a second call, e.g. the lifespan's under Ray Serve, does nothing)."""
