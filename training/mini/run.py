@@ -66,6 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the digits every seed is scored on: test for the claims table; validation to choose settings",
     )
     parser.add_argument(
+        "--givens-only",
+        action="store_true",
+        help="build the givens in --work and stop (a later run takes them with --reuse-givens)",
+    )
+    parser.add_argument(
         "--diagnose",
         action="store_true",
         help="stages 1 and 4 save snapshots along their steps and stage 4 logs each loss term's gradient norms "
@@ -149,6 +154,10 @@ def main(argv=None) -> dict:
         digits, photos = givens.digits(), givens.photos()
         classifier = givens.classifier(digits)
         timings["data_and_givens"] = round(time.time() - started, 1)
+        if args.givens_only:
+            givens.save()
+            log(f"givens in {work} after {timings['data_and_givens']} s")
+            return {"givens": str(work), "timings_s": timings}
 
         # 2. the students of every seed, scored on ``--split`` (``--jobs`` seeds at once, a process each)
         per_seed = {}
