@@ -311,6 +311,22 @@ def feature_matching(out: Path, steps: int = 300, batch: int = 256, every: int =
     }
 
 
+def feature_matching_mixture(out: Path, steps: int = 3000, batch: int = 256, n: int = 2048, every: int = 250) -> dict:
+    """Check 3 on the 4-mode mixture: feature matching alone with an MLP generator; its sliced W2 to the target
+    against the teacher's own 25-step ODE samples' (what matching the ODE outputs can reach)."""
+    target = circle_mixture()
+    trainer = build(target, mlp(2), out, pairs=4096, batch_size=batch, warmup_steps=steps, max_steps=steps, lr=2e-3)
+    reference = target.sample(n, torch.Generator().manual_seed(7)).flatten(1)
+    ode = solve_pairs(target, n, seed=5).tensors["target"].flatten(1)
+
+    def probe(tr):
+        return {"sliced_w2": sliced_w2(generate(tr, n), reference)}
+
+    rows = train(trainer, steps, every, probe)
+    return {"curve": rows, "final": rows[-1], "teacher_ode_sliced_w2": sliced_w2(ode, reference),
+            "noise_floor": sliced_w2(target.sample(n, torch.Generator().manual_seed(8)).flatten(1), reference)}
+
+
 def segmented_schedule(out: Path, warmup: int = 150, steps: int = 300, batch: int = 256, every: int = 25,
                        probe_every: int = 1, **config) -> dict:  # fmt: skip
     """Check 4: the paper's segmented Diff-Instruct on the 4-mode mixture: a feature-matching warm-up, then alpha
@@ -336,8 +352,9 @@ def segmented_schedule(out: Path, warmup: int = 150, steps: int = 300, batch: in
     for r in rows:
         if "alpha" in r:
             r["expected_score_fraction"] = (r["alpha"] * 1000 - cfg.t_min) / (cfg.t_max - cfg.t_min + 1)
-    return {"noise_floor": noise_floor, "curve": rows[every - 1 :: every] if every else rows, "rows": rows,
-            "warmup_steps": warmup}  # fmt: skip
+    probed = [r for r in rows if "sliced_w2" in r]
+    curve = probed[:: max(1, every // max(1, probe_every))] if probed else rows[every - 1 :: every] if every else rows
+    return {"noise_floor": noise_floor, "curve": curve, "rows": rows, "warmup_steps": warmup}
 
 
 # ---- documentation ------------------------------------------------------------------------------------------------
@@ -369,7 +386,14 @@ def plot(results: dict, out: Path) -> None:
     axes[1].legend(fontsize=7, markerscale=8)
     axes[1].set_aspect("equal")
     ax = axes[2]
-    ax.plot([r["step"] for r in m["curve"]], [r["sliced_w2"] for r in m["curve"]], "-o", label="2: Diff-Instruct only")
+    ax.plot([r["step"] for r in m["curve"]], [r["sliced_w2"] for r in m["curve"]], "-o", ms=3,
+            label="2: Diff-Instruct only, 5 fake updates per step")
+    m2 = results["mode_covering_2_fake_updates"]
+    ax.plot([r["step"] for r in m2["curve"]], [r["sliced_w2"] for r in m2["curve"]], "-", alpha=0.6,
+            label="2: the same, 2 fake updates")
+    fm = results["feature_matching_mixture"]
+    ax.plot([r["step"] for r in fm["curve"]], [r["sliced_w2"] for r in fm["curve"]], "--", label="3: feature matching")
+    ax.axhline(fm["teacher_ode_sliced_w2"], color="k", lw=0.6, ls="--", label="teacher's 25-step ODE")
     s = results["segmented"]
     probed = [r for r in s["rows"] if "sliced_w2" in r]
     ax.plot([r["step"] for r in probed], [r["sliced_w2"] for r in probed], label="4: warm-up, then segmented")
@@ -409,12 +433,15 @@ def main(argv=None) -> dict:
         tmp = Path(tmp)
         results = {
             "gradient": diff_instruct_gradient(tmp / "g"),
-            "mode_covering": mode_covering(tmp / "m", steps=800, every=50),
+            "mode_covering": mode_covering(tmp / "m", steps=1500, every=50),
+            "mode_covering_2_fake_updates": mode_covering(tmp / "m2", steps=1500, every=50, fake_updates=2),
             "feature_matching": feature_matching(tmp / "f", steps=400, every=25),
-            "segmented": segmented_schedule(tmp / "s", warmup=300, steps=800),
+            "feature_matching_mixture": feature_matching_mixture(tmp / "fm", steps=3000, every=250),
+            "segmented": segmented_schedule(tmp / "s", warmup=500, steps=1500, probe_every=10),
         }  # fmt: skip
     summary = {k: v for k, v in results.items() if k != "segmented"}
-    summary["mode_covering"] = {k: v for k, v in results["mode_covering"].items() if k != "samples"}
+    for key in ("mode_covering", "mode_covering_2_fake_updates"):
+        summary[key] = {k: v for k, v in results[key].items() if k != "samples"}
     summary["segmented"] = {k: v for k, v in results["segmented"].items() if k != "rows"}
     (out / "known_answer.json").write_text(json.dumps(summary, indent=1))
     plot(results, out)
