@@ -4,7 +4,8 @@ A run made with ``python -m training.mini.run --diagnose --split validation`` le
 (``snapshots/step_N``) and stage 4's per-term gradient norms in its ``losses.jsonl``.  This scores every snapshot of
 one training seed (FD and accuracy in the digit classifier; edge F1 and sketch accuracy for the ControlNets; PSNR for
 the decoders), puts stage 4's Diff-Instruct steps on the warm-up's compute axis (one Diff-Instruct step costs
-``diff_instruct_cost_ratio`` warm-up steps, as the equal-compute control is sized) and writes ``diagnose.json``.
+``diff_instruct_cost_ratio`` warm-up steps, measured in CPU time with the two kinds of step alternating) and writes
+``diagnose.json``.
 ``python -m training.mini.diagnose plot A.json B.json ... --out DIR`` draws the runs side by side (one per teacher):
 ``fd_along_stages.png`` and ``stage4_gradients.png``.
 
@@ -16,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from training.mini.evaluation import SKETCH, Evaluator, final_unet_dir
 from training.mini.metrics import edge_f1, psnr
@@ -51,11 +54,43 @@ def snapshots(run: Path, name: str) -> list[tuple[int, Path]]:
 
 
 def cost_ratio(seed_dir: Path) -> float:
-    """Warm-up steps one Diff-Instruct step costs (stage 4's timings, as ``Recipe.stage4_onestep`` measures it)."""
+    """Warm-up steps one Diff-Instruct step cost in the run (stage 4's own timings, which size the equal-compute
+    control)."""
     timing = json.loads((seed_dir / "onestep" / "timing.json").read_text())
     warmup = json.loads((seed_dir / "onestep_warmup_timing.json").read_text())
     di = timing["diff_instruct_seconds"] / timing["diff_instruct_steps"]
     return di / (warmup["warmup_seconds"] / warmup["warmup_steps"])
+
+
+def measured_cost_ratio(seed_dir: Path, steps: int = 8) -> float:
+    """Warm-up steps one Diff-Instruct step costs, measured now in CPU time with the run's stage-4 config: the two
+    kinds of step alternate, so a busy machine slows both alike (runs made before the timings moved to CPU time
+    sized their control by wall-clock time)."""
+    import tempfile
+
+    from training.config import from_dict
+    from training.runner import Runner
+    from training.stages.onestep import OneStepConfig, OneStepTrainer
+
+    values = yaml.safe_load((seed_dir / "configs" / "onestep.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        values.update(output_dir=tmp, log_grad_norms=False, ema_decay=None)
+        cfg = from_dict(OneStepConfig, values)
+        trainer = OneStepTrainer(cfg, Runner(cfg, "cost_ratio"), controlnet_mode=False)
+        spent = {"warmup": 0.0, "diff_instruct": 0.0}
+        for i in range(2 * steps + 2):
+            warmup = i % 2 == 0
+            trainer.run.state.step = 0 if warmup else cfg.warmup_steps
+            started = time.process_time()
+            if warmup:
+                trainer.warmup_step()
+            else:
+                for _ in range(cfg.fake_updates):
+                    trainer.fake_step()
+                trainer.score_step()
+            if i >= 2:  # the first of each kind warms up
+                spent["warmup" if warmup else "diff_instruct"] += time.process_time() - started
+    return spent["diff_instruct"] / spent["warmup"]
 
 
 def score_unet_stages(ev: Evaluator, seed_dir: Path, warmup_steps: int, ratio: float) -> dict:
@@ -121,10 +156,11 @@ def score(args) -> dict:
         ev = Evaluator(givens.teacher, givens.classifier(digits), digits, split="validation",
                        eval_per_class=args.per_class, device=args.device)  # fmt: skip
         warmup = json.loads((seed_dir / "onestep_warmup_timing.json").read_text())["warmup_steps"]
-        ratio = cost_ratio(seed_dir)
+        ratio = measured_cost_ratio(seed_dir)  # the compute axis
         result = {
             "givens_seed": givens.seed, "split_seed": givens.split_seed, "seed": args.seed, "split": "validation",
             "per_class": args.per_class, "warmup_steps": warmup, "diff_instruct_cost_ratio": ratio,
+            "run_cost_ratio": cost_ratio(seed_dir),  # what sized the run's own equal-compute control
             "teacher_25": ev.score("teacher_25", ev.multistep(ev.teacher)),
             "fd_floor": ev.floor(),
             "unets": score_unet_stages(ev, seed_dir, warmup, ratio),
