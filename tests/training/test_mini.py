@@ -297,6 +297,7 @@ def test_the_grid_pools_teachers_by_the_mean_and_a_majority_of_teachers():
     # three teachers hold (both seeds), one fails badly: holds for 3 of 4 teachers and on the pooled mean
     grid = pooled([teacher([20, 25]), teacher([28, 29]), teacher([25, 29]), teacher([60, 70])])
     assert grid[claim]["teachers_holding"] == 3 and not grid[claim]["mean"]["holds"]  # mean 35.75 > 30
+    assert pooled([teacher([20, 25]), teacher([29, 29])])[claim]["mean"]["left"] == pytest.approx(25.75)
     assert not grid[claim]["holds"]
     grid = pooled([teacher([20, 25]), teacher([28, 29]), teacher([25, 29]), teacher([31, 40])])
     assert grid[claim]["holds"] and grid[claim]["runs_holding"] == 6 and grid[claim]["runs"] == 8

@@ -6,8 +6,8 @@ seeds.  The verdicts, stated before the grid ran:
 
 * **per teacher**: ``report.claim_holds`` over that teacher's training seeds (the mean over seeds, and a strict
   majority of them: both of two);
-* **pooled**: a claim holds when it holds on the mean over every run of every teacher **and** for a strict majority
-  of the teachers (3 of 4) by the per-teacher verdict.
+* **pooled**: a claim holds when it holds on the mean over teachers (each teacher's mean over its seeds, so a teacher
+  with more seeds weighs the same) **and** for a strict majority of the teachers (3 of 4) by the per-teacher verdict.
 
 Writes ``grid.json`` (every teacher's claims, the pooled verdicts, the runs' sides) and ``grid.md``.
 """
@@ -24,7 +24,7 @@ from training.mini.report import OPS, claim_holds
 
 POOLED_RULE = (
     "Per teacher: the claim holds on the mean over its training seeds and in a strict majority of them. Pooled: it "
-    "holds on the mean over every run of every teacher and for a strict majority of the teachers."
+    "holds on the mean over teachers (each teacher's mean over its seeds) and for a strict majority of the teachers."
 )
 
 
@@ -38,7 +38,9 @@ def pooled(teachers: list[dict]) -> dict:
     for name in teachers[0]["claims"]:
         claims = [t["claims"][name] for t in teachers if name in t["claims"]]
         runs = [s for c in claims for s in c["per_seed"]]
-        left, right = float(np.mean([s["left"] for s in runs])), float(np.mean([s["right"] for s in runs]))
+        # each teacher's mean over its seeds, then the mean over teachers: a teacher with more seeds weighs the same
+        left = float(np.mean([np.mean([s["left"] for s in c["per_seed"]]) for c in claims]))
+        right = float(np.mean([np.mean([s["right"] for s in c["per_seed"]]) for c in claims]))
         on_mean = OPS[claims[0]["comparison"]](left, right)
         per_teacher = [bool(c["holds"]) for c in claims]
         out[name] = {
@@ -69,7 +71,7 @@ def markdown(grid: dict) -> str:
         "",
         POOLED_RULE,
         "",
-        "| claim | pooled | mean over runs | teachers holding | runs holding | " + " | ".join(names) + " |",
+        "| claim | pooled | mean over teachers | teachers holding | runs holding | " + " | ".join(names) + " |",
         "|---|---|---|---|---|" + "---|" * len(names),
     ]
     for name, p in grid["pooled"].items():
