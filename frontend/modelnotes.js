@@ -1,6 +1,8 @@
 // What the model's notes ask of the page (`model.sketch`, `model.display` in config.json and welcome; docs/protocol.md
-// section 1): the sketch canvas's default pen width, the prompt sketch mode starts with, and how the output is
-// enlarged (pixelated: each model pixel a sharp square).
+// section 1): the sketch canvas's default pen width, the prompt and control scale sketch mode starts with, and how
+// the output is enlarged (pixelated: each model pixel a sharp square).
+
+const SKETCH_PARAMS = { prompt: "prompt", control_scale: "control_scale" }; // note -> parameter
 
 export class ModelNotes {
   constructor({ sketch, controls, output, brush }) {
@@ -9,7 +11,7 @@ export class ModelNotes {
     this.output = output; // the output <canvas>
     this.brush = brush; // the brush-size slider (screen pixels)
     this.notes = null; // model.sketch, or null
-    this.saved = null; // the visitor's prompt while sketch mode shows the model's
+    this.saved = null; // the visitor's values of the parameters sketch mode sets, while it shows the model's
     window.addEventListener("resize", () => this.syncBrush());
   }
 
@@ -21,18 +23,19 @@ export class ModelNotes {
     this.sourceChanged(source);
   }
 
-  /** Entering the sketch puts the model's sketch prompt in the prompt box (the visitor's is kept); leaving it puts
-   * the visitor's back, unless they changed the sketch prompt meanwhile. */
+  /** Entering the sketch sets the model's sketch prompt and control scale (the visitor's are kept); leaving it puts
+   * back each one the visitor did not change meanwhile. */
   sourceChanged(source) {
     this.syncBrush();
-    const prompt = this.notes?.prompt;
-    const input = this.controls.inputs.get("prompt")?.input;
-    if (!prompt || !input) return;
-    if (source === "sketch" && input.value !== prompt && this.saved === null) {
-      this.saved = input.value;
-      this.controls.change("prompt", prompt);
+    const wanted = this.#wanted();
+    if (!Object.keys(wanted).length) return;
+    if (source === "sketch" && this.saved === null) {
+      this.saved = Object.fromEntries(Object.keys(wanted).map((k) => [k, this.#value(k)]));
+      for (const [name, value] of Object.entries(wanted)) this.controls.change(name, value);
     } else if (source !== "sketch" && this.saved !== null) {
-      if (input.value === prompt) this.controls.change("prompt", this.saved);
+      for (const [name, value] of Object.entries(this.saved)) {
+        if (String(this.#value(name)) === String(wanted[name])) this.controls.change(name, value);
+      }
       this.saved = null;
     }
   }
@@ -41,5 +44,17 @@ export class ModelNotes {
   syncBrush() {
     const pixels = this.sketch.defaultPenPixels();
     if (pixels) this.brush.value = String(pixels);
+  }
+
+  #wanted() {
+    const out = {};
+    for (const [note, param] of Object.entries(SKETCH_PARAMS)) {
+      if (this.notes?.[note] != null && this.controls.inputs.has(param)) out[param] = this.notes[note];
+    }
+    return out;
+  }
+
+  #value(name) {
+    return this.controls.inputs.get(name).input.value;
   }
 }

@@ -19,7 +19,7 @@ MINI = "mini"
 AUTO = "auto"
 MINI_DIR = Path(__file__).resolve().parents[1] / "models" / "sdxs-mini"  # shipped with the repository
 # optional notes in a model folder: {"notice": str, "example_prompts": [str, ...], "sketch": {"pen_width": float,
-# "prompt": str}, "display": {"upscale": "pixelated" | "smooth"}} (docs/protocol.md, section 1)
+# "prompt": str, "control_scale": float}, "display": {"upscale": "pixelated" | "smooth"}} (docs/protocol.md, sec. 1)
 NOTES = "sdxs_model.json"
 UPSCALES = ("pixelated", "smooth")
 
@@ -89,7 +89,8 @@ def model_notes(folder: Path) -> dict:
 
 def check_page_notes(notes: dict, path: Path | str = NOTES) -> None:
     """``sketch.pen_width``: the page's default pen, a fraction of the sketch canvas's side in (0, 0.5];
-    ``sketch.prompt``: the prompt sketch mode starts with (one that lets the drawing decide); ``display.upscale``: how
+    ``sketch.prompt``: the prompt sketch mode starts with (one that lets the drawing decide); ``sketch.control_scale``:
+    the control scale it starts with (the scale the model's ControlNet was trained at); ``display.upscale``: how
     the page enlarges the model's pictures (``pixelated``: each pixel a sharp square, for small pictures;
     ``smooth``)."""
     sketch, display = notes.get("sketch"), notes.get("display")
@@ -99,5 +100,8 @@ def check_page_notes(notes: dict, path: Path | str = NOTES) -> None:
             raise ValueError(f"{path}: sketch.pen_width {width!r}: expected a fraction of the canvas side in (0, 0.5]")
         if prompt is not None and not (isinstance(prompt, str) and prompt.strip()):
             raise ValueError(f"{path}: sketch.prompt {prompt!r}: expected a non-empty string")
+        scale = sketch.get("control_scale")
+        if scale is not None and not (isinstance(scale, int | float) and 0 <= scale <= 1):
+            raise ValueError(f"{path}: sketch.control_scale {scale!r}: expected a number in [0, 1]")
     if display is not None and display.get("upscale") not in (None, *UPSCALES):
         raise ValueError(f"{path}: display.upscale {display.get('upscale')!r}: expected one of {UPSCALES}")

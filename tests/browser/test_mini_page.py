@@ -109,8 +109,10 @@ def test_sketch_mode_takes_the_models_pen_and_prompt_and_gives_the_visitors_back
     page.wait_for_function("(p) => document.getElementById('p-prompt').value === p", arg=notes["prompt"])
     width = page.locator("#sketch").bounding_box()["width"]
     assert int(page.input_value("#brush-size")) == round(notes["pen_width"] * width)
+    assert float(page.input_value("#p-control_scale")) == notes["control_scale"]
     page.check("input[name='source'][value='text']")
     page.wait_for_function("(p) => document.getElementById('p-prompt').value === p", arg=mdata.PROMPT.format(3))
+    assert float(page.input_value("#p-control_scale")) == 0.8  # the schema's default, the visitor's
     assert not page.errors
 
 

@@ -15,7 +15,8 @@ def _folder(tmp_path, notes: dict):
 
 def test_notes_are_read_as_written_and_optional(tmp_path):
     assert model_notes(tmp_path) == {}
-    notes = {"notice": "n", "example_prompts": ["a"], "sketch": {"pen_width": 0.1, "prompt": "a photo of a digit"},
+    notes = {"notice": "n", "example_prompts": ["a"],
+             "sketch": {"pen_width": 0.1, "prompt": "a photo of a digit", "control_scale": 1.0},
              "display": {"upscale": "pixelated"}}
     assert model_notes(_folder(tmp_path, notes)) == notes
     assert model_notes(_folder(tmp_path, {"sketch": {"prompt": "x"}, "display": {}}))["sketch"] == {"prompt": "x"}
@@ -26,6 +27,7 @@ def test_notes_are_read_as_written_and_optional(tmp_path):
     ({"sketch": {"pen_width": 0.8}}, "sketch.pen_width"),
     ({"sketch": {"pen_width": "thin"}}, "sketch.pen_width"),
     ({"sketch": {"prompt": "  "}}, "sketch.prompt"),
+    ({"sketch": {"control_scale": 1.5}}, "sketch.control_scale"),
     ({"display": {"upscale": "nearest"}}, "display.upscale"),
 ])
 def test_a_note_the_page_cannot_use_is_refused_naming_its_field(tmp_path, notes, field):

@@ -35,9 +35,9 @@ NOTES = {
               "of the digit 7\"; sketch a digit, or hold one up to the webcam in edges mode. For SDXS-512 the "
               "server needs the Hugging Face Hub or a local copy (--model).",
     "example_prompts": [mdata.PROMPT.format(k) for k in range(10)],
-    # the page's sketch: the pen its ControlNet learned (strokes 0.05-0.15 of the side) and a prompt that names no
-    # digit, so the drawing decides (docs/protocol.md, section 1)
-    "sketch": {"pen_width": mdata.SKETCH_PEN_WIDTH, "prompt": mdata.NEUTRAL_PROMPT},
+    # the page's sketch: the pen its ControlNet learned (strokes 0.05-0.15 of the side), a prompt that names no digit,
+    # so the drawing decides, and the control scale stage 5 trained at (docs/protocol.md, section 1)
+    "sketch": {"pen_width": mdata.SKETCH_PEN_WIDTH, "prompt": mdata.NEUTRAL_PROMPT, "control_scale": 1.0},
     "display": {"upscale": "pixelated"},  # 32x32 pictures: sharp pixels, not a blur
 }
 
