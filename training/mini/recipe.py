@@ -334,7 +334,7 @@ class Recipe:
 
     def stage4_onestep(self) -> None:
         """Warm-up, then segmented Diff-Instruct (resuming the warm-up's checkpoint), and the warm-up-only control
-        trained for the same wall-clock compute."""
+        trained for the same compute (CPU time on a CPU: ``OneStepTrainer.clock``)."""
         w, d, work = self.steps["warmup"], self.steps["diff_instruct"], self.dir
         one = self.onestep_config()
         cfg_one = {**self.common("onestep", w + d), **one, "checkpoint_every": w, "checkpoint_limit": 3}
