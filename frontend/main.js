@@ -16,6 +16,7 @@ import { Sources } from "./sources.js";
 import { OutputView } from "./view.js";
 import { addPromptPresets, addSeedTools } from "./extras.js";
 import { LiveSettings, liveDefaults } from "./stability.js";
+import { ModelNotes } from "./modelnotes.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -33,12 +34,14 @@ const output = new OutputView({ session, sketch, controls, preview: (ctx, size) 
   onError: (text) => status.flash(text), onChange: (value) => metrics.changed(value) });
 
 let live = null; // LiveSettings (stability.js), once the controls are built
+const notes = new ModelNotes({ sketch, controls, output: $("output"), brush: $("brush-size") });
 const sources = new Sources({
   video, sketch, pump,
   onSourceChange: (source) => {
     status.clearNote(); // a refused camera is no news once another source is chosen
     live?.fit(source);
     modes.fit(source, true);
+    notes.sourceChanged(source);
   },
   onError: (text) => status.flash(text, 8000),
   onUnavailable: (text) => status.note(text),
@@ -65,6 +68,7 @@ function buildControls(schema, model, params) {
   live = new LiveSettings(controls, schema);
   live.fit(sources.current);
   modes.fit(sources.current, true); // a source picked before the schema came starts in its own mode now
+  notes.apply(model, sources.current);
 }
 
 /** No live stream here (ZeroGPU: a GPU per request): say why and offer the Gradio tabs. */
@@ -153,4 +157,4 @@ status.idle();
 sources.select("camera");
 session.peek();
 // Test and debugging hook: read-only views of the page's state.
-window.sdxs = { session, metrics, controls, sketch, pump, output, runner, status, modes };
+window.sdxs = { session, metrics, controls, sketch, pump, output, runner, status, modes, notes };

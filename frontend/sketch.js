@@ -12,7 +12,9 @@ export class Sketch {
     this.strokes = [];
     this.redoStack = [];
     this.tool = "pen";
-    this.size = 6;
+    this.size = 6; // screen pixels (the slider's)
+    this.defaultPen = null; // the model's default pen, a fraction of the side (ModelNotes)
+    this.userSized = false;
     this.version = 0;
     this.hasGuide = false;
     this.onchange = () => {};
@@ -24,8 +26,23 @@ export class Sketch {
     this.tool = tool;
   }
 
+  /** The visitor's brush size, in screen pixels (the slider's). */
   setSize(size) {
     this.size = Number(size);
+    this.userSized = true;
+  }
+
+  /** The model's default pen, a fraction of the canvas side (null: the slider's size), until the visitor picks one. */
+  setDefaultPen(fraction) {
+    this.defaultPen = fraction;
+  }
+
+  /** The default pen in screen pixels at the canvas's current size; null when the visitor chose a size, the model
+   * gave no pen, or the canvas is hidden. */
+  defaultPenPixels() {
+    const width = this.canvas.getBoundingClientRect().width;
+    if (!this.defaultPen || this.userSized || !width) return null;
+    return Math.max(1, Math.round(this.defaultPen * width));
   }
 
   undo() {
@@ -123,7 +140,9 @@ export class Sketch {
     const c = this.canvas;
     c.addEventListener("pointerdown", (e) => {
       c.setPointerCapture(e.pointerId);
-      const size = (this.size * c.width) / Math.max(1, c.getBoundingClientRect().width);
+      const size = this.defaultPen && !this.userSized
+        ? this.defaultPen * c.width
+        : (this.size * c.width) / Math.max(1, c.getBoundingClientRect().width);
       current = { tool: this.tool, size, points: [this.#point(e)] };
       this.strokes.push(current);
       this.redoStack = [];

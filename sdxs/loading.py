@@ -18,7 +18,10 @@ TINY = "tiny"
 MINI = "mini"
 AUTO = "auto"
 MINI_DIR = Path(__file__).resolve().parents[1] / "models" / "sdxs-mini"  # shipped with the repository
-NOTES = "sdxs_model.json"  # optional notes in a model folder: {"notice": str, "example_prompts": [str, ...]}
+# optional notes in a model folder: {"notice": str, "example_prompts": [str, ...], "sketch": {"pen_width": float,
+# "prompt": str, "control_scale": float}, "display": {"upscale": "pixelated" | "smooth"}} (docs/protocol.md, sec. 1)
+NOTES = "sdxs_model.json"
+UPSCALES = ("pixelated", "smooth")
 
 
 def sdxs_cache_dir() -> Path:
@@ -75,6 +78,30 @@ def _download(repo_id: str) -> Path:
 
 
 def model_notes(folder: Path) -> dict:
-    """The folder's ``sdxs_model.json`` notes for the page (what the model is, prompts it knows), or ``{}``."""
+    """The folder's ``sdxs_model.json`` notes for the page (what the model is, prompts it knows, how to sketch for it
+    and show its pictures), or ``{}``.  Raises ValueError, naming the field, for a ``sketch`` or ``display`` object
+    the page could not use."""
     path = folder / NOTES
-    return json.loads(path.read_text()) if path.exists() else {}
+    notes = json.loads(path.read_text()) if path.exists() else {}
+    check_page_notes(notes, path)
+    return notes
+
+
+def check_page_notes(notes: dict, path: Path | str = NOTES) -> None:
+    """``sketch.pen_width``: the page's default pen, a fraction of the sketch canvas's side in (0, 0.5];
+    ``sketch.prompt``: the prompt sketch mode starts with (one that lets the drawing decide); ``sketch.control_scale``:
+    the control scale it starts with (the scale the model's ControlNet was trained at); ``display.upscale``: how
+    the page enlarges the model's pictures (``pixelated``: each pixel a sharp square, for small pictures;
+    ``smooth``)."""
+    sketch, display = notes.get("sketch"), notes.get("display")
+    if sketch is not None:
+        width, prompt = sketch.get("pen_width"), sketch.get("prompt")
+        if width is not None and not (isinstance(width, int | float) and 0 < width <= 0.5):
+            raise ValueError(f"{path}: sketch.pen_width {width!r}: expected a fraction of the canvas side in (0, 0.5]")
+        if prompt is not None and not (isinstance(prompt, str) and prompt.strip()):
+            raise ValueError(f"{path}: sketch.prompt {prompt!r}: expected a non-empty string")
+        scale = sketch.get("control_scale")
+        if scale is not None and not (isinstance(scale, int | float) and 0 <= scale <= 1):
+            raise ValueError(f"{path}: sketch.control_scale {scale!r}: expected a number in [0, 1]")
+    if display is not None and display.get("upscale") not in (None, *UPSCALES):
+        raise ValueError(f"{path}: display.upscale {display.get('upscale')!r}: expected one of {UPSCALES}")

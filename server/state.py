@@ -147,7 +147,8 @@ class AppState:
         return {"id": engine.source or self.config.model, "is_random": engine.is_random, "size": int(engine.size),
                 "modes": modes, "controlnet": "sketch" in modes or "edges" in modes, "styles": list(engine.adapters),
                 "notice": engine.notes.get("notice") or (RANDOM_NOTICE if engine.is_random else None),
-                "example_prompts": list(engine.notes.get("example_prompts", []))}
+                "example_prompts": list(engine.notes.get("example_prompts", [])),
+                "sketch": engine.notes.get("sketch"), "display": engine.notes.get("display")}
 
     def start_loading(self) -> None:
         """Start the loader thread (once: a second call, e.g. the lifespan's under Ray Serve, does nothing)."""

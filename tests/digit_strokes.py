@@ -2,8 +2,9 @@
 and check that the miniature model draws that digit.
 
 Strokes are polylines in a unit square, (x, y) with y pointing down; `render` draws them as dark ink on white paper,
-the way a visitor sketches on the page.  `WIDTH`, 15% of the side, is about the stroke width of the miniature's
-training digits (scikit-learn's 8x8 digits upscaled to 32x32).
+the way a visitor sketches on the page.  `WIDTH`, 15% of the side, is about the ink width of the miniature's
+training digits (scikit-learn's 8x8 digits upscaled to 32x32); the page's default pen comes from the model's notes
+(`sdxs_model.json`: `sketch.pen_width`).
 """
 
 from __future__ import annotations

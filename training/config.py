@@ -78,6 +78,9 @@ class TrainConfig:
     resume: str | None = "latest"  # latest | a checkpoint folder | null
     log_every: int = 10
     validate_every: int = 0  # 0: only at the end
+    # save the trained models (EMA weights where tracked) as diffusers folders under snapshots/step_N/ every N steps,
+    # so a stage's quality can be scored along its steps (``training.mini.diagnose``); 0: never
+    snapshot_every: int = 0
     num_validation: int = 16
     progress: bool = True
     # seconds a collective (e.g. the barrier while rank 0 writes caches or ODE pairs) may wait before failing;

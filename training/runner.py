@@ -177,9 +177,11 @@ class Runner:
         start = time.perf_counter()
         first = self.state.step
         while self.state.step < cfg.max_steps:
+            began = time.perf_counter()
             logs = step_fn()
             for name, ema in self.emas.items():
                 ema.step(self.unwrap(models[name]).parameters())
+            self._time_step(time.perf_counter() - began if self.device.type != "cuda" else None, began)
             self.state.step += 1
             bar.update(1)
             if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
@@ -189,12 +191,28 @@ class Runner:
                 save_checkpoint(acc, self.out, self.state.step, cfg.checkpoint_limit)
             if validate_fn and cfg.validate_every and self.state.step % cfg.validate_every == 0:
                 self.validate(validate_fn)
+            if cfg.snapshot_every and self.state.step % cfg.snapshot_every == 0 and self.state.step < cfg.max_steps:
+                self.save_models(models or {}, self.out / "snapshots" / f"step_{self.state.step:07d}")
         bar.close()
         self.timing["seconds"] = time.perf_counter() - start
         self.timing["steps"] = self.state.step - first
         if validate_fn:
             self.validate(validate_fn)
         self.finish(models or {})
+
+    def _time_step(self, seconds: float | None, began: float) -> None:
+        """Keep the first step's time (allocator and kernel warm-up) apart from the rest: ``timing`` gets
+        ``first_step_seconds`` and ``steady_step_seconds`` (the mean of the others; ``training.cost`` reads it).  On
+        CUDA the step is timed after a synchronise."""
+        if seconds is None:
+            torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - began
+        if "first_step_seconds" not in self.timing:
+            self.timing["first_step_seconds"] = seconds
+            return
+        n = self.timing.get("steady_steps", 0)
+        mean = self.timing.get("steady_step_seconds", 0.0)
+        self.timing["steady_steps"], self.timing["steady_step_seconds"] = n + 1, (mean * n + seconds) / (n + 1)
 
     def log(self, logs: dict) -> None:
         logs = {k: float(v) for k, v in logs.items()}
@@ -219,6 +237,14 @@ class Runner:
 
     def finish(self, models: dict) -> None:
         """Save the final models (EMA weights where tracked) as diffusers folders under ``final/<name>``."""
+        self.save_models(models, self.out / "final")
+        if self.accelerator.is_main_process:
+            (self.out / "timing.json").write_text(json.dumps(self.timing))
+        self.accelerator.end_training()
+
+    def save_models(self, models: dict, folder: Path) -> None:
+        """``models`` (name -> model) as diffusers folders ``folder/<name>``, with their EMA weights where tracked
+        (the live weights are put back afterwards); main process only, the others wait."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -228,8 +254,7 @@ class Runner:
                 if ema is not None:
                     ema.store(model.parameters())
                     ema.copy_to(model.parameters())
-                model.save_pretrained(self.out / "final" / name)
+                model.save_pretrained(folder / name)
                 if ema is not None:
                     ema.restore(model.parameters())
-            (self.out / "timing.json").write_text(json.dumps(self.timing))
-        acc.end_training()
+        acc.wait_for_everyone()

@@ -70,8 +70,13 @@ def ddim_sample(
     control=None,
     control_scale: float = 1.0,
 ) -> torch.Tensor:
-    """The teacher's deterministic multi-step ODE sample (DDIM, trailing spacing, ending at x0) from ``noise``."""
-    scheduler = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing", set_alpha_to_one=True)
+    """The teacher's deterministic multi-step ODE sample (DDIM, trailing spacing, ending at x0) from ``noise``.
+
+    x0 is never clipped or thresholded: latents are unbounded, and diffusers' pixel-space defaults
+    (``clip_sample=True``, range 1), which a scheduler config saved with defaults keeps, would squash every step's x0
+    into [-1, 1] (the known-answer checks caught it: a Gaussian target at mean 1.5 came out at 0.6)."""
+    scheduler = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing", set_alpha_to_one=True,
+                                          clip_sample=False, thresholding=False)  # fmt: skip
     scheduler.set_timesteps(steps, device=noise.device)
     x = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:

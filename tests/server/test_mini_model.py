@@ -16,7 +16,7 @@ from digit_strokes import render
 from safetensors.torch import load_file
 from server_harness import RunningServer, reference, tiny_config
 
-from sdxs.loading import MINI_DIR
+from sdxs.loading import MINI_DIR, model_notes
 from server.client import Client, decode_image, encode_image
 from server.protocol import ImageFormat
 from training.mini import data as mdata
@@ -65,6 +65,9 @@ def test_the_page_is_told_what_the_miniature_is(mini_server):
     assert model["id"] == "mini" and model["size"] == 32 and not model["is_random"]
     assert "Miniature" in model["notice"] and model["modes"] == ["text", "image", "sketch", "edges"]
     assert model["example_prompts"][7] == mdata.PROMPT.format(7)
+    sketch = {"pen_width": mdata.SKETCH_PEN_WIDTH, "prompt": mdata.NEUTRAL_PROMPT, "control_scale": 1.0}
+    assert model["sketch"] == sketch
+    assert model["display"] == {"upscale": "pixelated"}
 
 
 def test_text_prompts_draw_their_digit(mini_server, classifier):
@@ -76,8 +79,10 @@ def test_text_prompts_draw_their_digit(mini_server, classifier):
 
 
 def test_a_sketched_digit_comes_back_as_that_digit(mini_server, classifier):
-    jobs = [({"prompt": mdata.PROMPT.format(k), "mode": "sketch", "seed": k}, encode_image(render(k)))
-            for k in range(10)]
+    """Drawn as the page draws it: the model's default pen and its sketch prompt, which names no digit."""
+    notes = model_notes(MINI_DIR)["sketch"]
+    jobs = [({"prompt": notes["prompt"], "mode": "sketch", "seed": k, "control_scale": notes["control_scale"]},
+             encode_image(render(k, width=notes["pen_width"]))) for k in range(10)]
     predicted = classify(classifier, asyncio.run(frames(mini_server.url, jobs)))
     assert (predicted == np.arange(10)).sum() >= 8, f"sketched 0-9 came back as {predicted.tolist()}"
 

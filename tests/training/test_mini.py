@@ -220,7 +220,16 @@ def _seed_results(one_step_fd: float, control_fd: float) -> dict:
         "one-step student without ControlNet": {"edge_f1": 0.2},
     }
     decoder = {"tiny_decoder_psnr": 29.0, "bilinear_psnr": 20.0}
-    return {"generation": {"rows": rows}, "controlnet": controlnet, "decoder": decoder, "export": {"ok": True}}
+    sketch = {"sketch: one-step student + one-step ControlNet": {"accuracy": 0.95}}
+    return {"generation": {"rows": rows}, "controlnet": controlnet, "decoder": decoder, "sketch": sketch,
+            "export": {"ok": True}}  # fmt: skip
+
+
+def test_the_rule_names_the_majority_of_the_seeds_it_was_judged_on():
+    from training.mini.report import claim_rule
+
+    assert claim_rule(3).endswith("(2 of 3 seeds).") and claim_rule(2).endswith("(2 of 2 seeds).")
+    assert claim_rule(5).endswith("(3 of 5 seeds).") and claim_rule(1).endswith("(1 of 1 seed).")
 
 
 def test_claims_aggregate_over_synthetic_seeds():
@@ -274,3 +283,27 @@ def test_cpu_is_kept_for_the_stages_on_a_gpu_machine_and_the_environment_restore
     assert "ACCELERATE_USE_CPU" not in os.environ
     with stage_device("cuda"):
         assert "ACCELERATE_USE_CPU" not in os.environ
+
+
+def test_the_grid_pools_teachers_by_the_mean_and_a_majority_of_teachers():
+    from training.mini.grid import markdown, pooled
+    from training.mini.report import aggregate, settle_claims
+
+    def teacher(fds: list[float]) -> dict:  # two seeds; the claim "one-step FD <= teacher's 30" per seed
+        seeds = [_seed_results(fd, 30.0) for fd in fds]
+        return {"teacher": f"t{fds}", "seeds": [0, 1], "claims": settle_claims(seeds, aggregate(seeds)["mean"])}
+
+    claim = "one-step FD <= teacher 25-step FD"
+    # three teachers hold (both seeds), one fails badly: holds for 3 of 4 teachers and on the pooled mean
+    grid = pooled([teacher([20, 25]), teacher([28, 29]), teacher([25, 29]), teacher([60, 70])])
+    assert grid[claim]["teachers_holding"] == 3 and not grid[claim]["mean"]["holds"]  # mean 35.75 > 30
+    assert pooled([teacher([20, 25]), teacher([29, 29])])[claim]["mean"]["left"] == pytest.approx(25.75)
+    assert not grid[claim]["holds"]
+    grid = pooled([teacher([20, 25]), teacher([28, 29]), teacher([25, 29]), teacher([31, 40])])
+    assert grid[claim]["holds"] and grid[claim]["runs_holding"] == 6 and grid[claim]["runs"] == 8
+    # one seed of two failing fails that teacher (strict majority of two): 2 of 4 teachers is no majority
+    grid = pooled([teacher([20, 25]), teacher([28, 29]), teacher([25, 31]), teacher([26, 31])])
+    assert grid[claim]["teachers_holding"] == 2 and not grid[claim]["holds"]
+    teachers = [teacher([20, 25]), teacher([28, 29])]
+    md = markdown({"teachers": teachers, "pooled": pooled(teachers)})
+    assert "| one-step FD <= teacher 25-step FD | yes |" in md and "2 of 2" in md

@@ -109,3 +109,28 @@ def test_a_step_switches_the_feature_matching_teacher_when_asked(toy, tmp_path):
     trainer.run.state.step = 1
     trainer.step()
     assert trainer.fm_teacher is not None and not any(p.requires_grad for p in trainer.fm_teacher.parameters())
+
+
+def test_logged_steps_report_each_loss_terms_gradient_and_leave_its_time_out(toy, tmp_path):
+    trainer = _trainer(toy, tmp_path, False, log_grad_norms=True, log_every=1, latent_weight=0.3, segment_alpha=0.9)
+    warm = trainer.warmup_step()
+    assert warm["grad_norm/fm"] > 0 and warm["grad_norm/latent"] > 0
+    trainer.run.state.step = trainer.cfg.warmup_steps  # phase (b)
+    logs = trainer.score_step()
+    assert {"grad_norm/sd", "grad_norm/fm", "grad_norm/latent", "grad_cos/sd_fm"} <= set(logs)
+    assert -1 <= logs["grad_cos/sd_fm"] <= 1 and trainer.diagnostic_seconds > 0
+    before = trainer.diagnostic_seconds
+    trainer.run.timing.clear()
+    trainer.step()  # the step's own timing leaves the diagnostics' seconds out
+    spent = trainer.diagnostic_seconds - before
+    assert spent > 0 and trainer.run.timing["diff_instruct_seconds"] > 0
+
+
+def test_gradient_logs_are_each_terms_own_gradient():
+    from training.diagnostics import gradient_logs
+
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    terms = {"a": (w * torch.tensor([3.0, 0.0])).sum(), "b": -(w * torch.tensor([3.0, 0.0])).sum(), "c": w.sum() * 0}
+    logs = gradient_logs(terms, [w], pairs=[("a", "b"), ("a", "c")])
+    assert logs["grad_norm/a"] == pytest.approx(3.0) and logs["grad_norm/c"] == 0
+    assert logs["grad_cos/a_b"] == pytest.approx(-1.0) and logs["grad_cos/a_c"] == 0

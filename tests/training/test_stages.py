@@ -53,7 +53,8 @@ def _onestep_config(toy, root: Path, **extra) -> dict:
 def runs(toy, tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     base = dict(teacher=str(toy.teacher), recipe=RECIPE_DICT, data=toy.data_cfg())
-    unet_cfg = dict(**base, max_steps=4, checkpoint_every=2, ema_decay=0.9, validation_steps=2, lr=1e-3)
+    unet_cfg = dict(**base, max_steps=4, checkpoint_every=2, ema_decay=0.9, validation_steps=2, lr=1e-3,
+                    snapshot_every=3)
     _run(distill_unet, root / "unet", **unet_cfg)
     # the same run interrupted after 2 steps, then resumed from its latest checkpoint
     _run(distill_unet, root / "unet_resumed", **{**unet_cfg, "max_steps": 2})
@@ -148,6 +149,14 @@ def test_distill_unet_writes_the_student_logs_and_samples(runs):
     assert list((root / "unet" / "samples").glob("*.png"))
     assert list((root / "unet" / "logs").rglob("events.out.tfevents*"))
     assert [p.name for p in sorted((root / "unet" / "checkpoints").iterdir())] == ["step_0000002", "step_0000004"]
+
+
+def test_snapshots_along_a_stage_hold_its_ema_weights(runs):
+    root, _ = runs
+    assert [p.name for p in (root / "unet" / "snapshots").iterdir()] == ["step_0000003"]  # the final goes to final/
+    snapshot, final = _weights(root / "unet" / "snapshots" / "step_0000003" / "unet"), _weights(
+        root / "unet" / "final" / "unet")
+    assert snapshot.keys() == final.keys() and any(not torch.equal(snapshot[k], final[k]) for k in final)
 
 
 def test_distill_unet_resume_is_bit_exact(runs):

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from training.mini.evaluation import Evaluator, final_unet_dir, tiny_decoders, with_and_without_controlnet
+from training.mini.evaluation import SKETCH, Evaluator, final_unet_dir, tiny_decoders, with_and_without_controlnet
 from training.mini.folders import fresh_folder
 from training.mini.metrics import psnr
 from training.mini.prepare import encode
@@ -165,7 +165,9 @@ def score(args, givens: Givens, work: Path, out: Path, cfg: dict) -> dict:
         tiny = load_tiny_vae(str(out / "final" / "vae")).to(ev.device)
         return score_decoder(ev, work, tiny, givens.photos()[args.split])
     unet = ev.load_unet(Path(cfg["student"]).parent)
-    return with_and_without_controlnet(ev, unet, ev.load_controlnet(out / "final" / "controlnet"))
+    controlnet = ev.load_controlnet(out / "final" / "controlnet")
+    sketch = ev.score("sketch", ev.onestep(unet, controlnet=controlnet, control=ev.controls(SKETCH), neutral=True))
+    return {**with_and_without_controlnet(ev, unet, controlnet), "sketch": sketch}
 
 
 def score_decoder(ev: Evaluator, seed_dir: Path, tiny, photos: torch.Tensor) -> dict:

@@ -17,6 +17,15 @@ from PIL import Image
 # last ("a photo of the digit 3") a randomly initialised encoder changes only the final tokens and the toy teacher
 # learnt no class conditioning in 500 steps (accuracy at chance); digit first: 0.45 after 300 steps.
 PROMPT = "{0}: a photo of the digit {0}"
+# A prompt that names no digit: sketch mode's, so that the drawing alone decides the digit (a digit prompt that
+# contradicts the drawing would fight it).  The teacher learns it as "any digit" from extra rows of the train digits
+# (``with_neutral_rows``); the ControlNet stages see it on half their rows (``sketch_captions``).  The model card and
+# ``sdxs_model.json`` (``sketch.prompt``) name it, and the page puts it in the prompt box in sketch mode.
+NEUTRAL_PROMPT = "a photo of a digit"
+NEUTRAL_EVERY = 8  # the teacher's folder adds one neutral-prompt row per 8 train digits
+# The page's default pen in sketch mode, a fraction of the canvas side (``sdxs_model.json``'s ``sketch.pen_width``):
+# about the ink width of the training digits' skeletons redrawn (``training.strokes.TRAIN_WIDTHS`` spans 0.05-0.15)
+SKETCH_PEN_WIDTH = 0.1
 PHOTOS = (
     "astronaut",
     "camera",
@@ -79,6 +88,25 @@ def digits(
         rest, test_size=test_fraction / held_out, random_state=split_seed, stratify=data.target[rest]
     )
     return Digits(pixels[tr], labels[tr], pixels[va], labels[va], pixels[te], labels[te])
+
+
+def captions(labels: torch.Tensor) -> list[str]:
+    """Each digit's own prompt."""
+    return [PROMPT.format(int(k)) for k in labels]
+
+
+def with_neutral_rows(pixels: torch.Tensor, labels: torch.Tensor, every: int = NEUTRAL_EVERY):
+    """The teacher's and the text stages' rows: every digit with its own prompt, then every ``every``-th digit again
+    with ``NEUTRAL_PROMPT``.  Returns (pixels (N + N/every, 3, S, S), captions)."""
+    extra = pixels[::every]
+    return torch.cat([pixels, extra]), captions(labels) + [NEUTRAL_PROMPT] * len(extra)
+
+
+def sketch_captions(labels: torch.Tensor) -> list[str]:
+    """The ControlNet stages' prompts: rows 0 and 1 of every 4 take ``NEUTRAL_PROMPT`` (sketch mode's), rows 2 and 3
+    their digit's prompt (edges mode keeps the visitor's).  ``training.control``'s ``strokes+canny`` alternates the
+    control kind row by row, so each kind meets both prompts."""
+    return [NEUTRAL_PROMPT if i % 4 < 2 else PROMPT.format(int(k)) for i, k in enumerate(labels)]
 
 
 def photo_splits(split_seed: int = 0, size: int = 32) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from training.control import extract_control
 from training.images import make_grid, save_image
 from training.mini import data as mdata
 from training.mini.metrics import classify, edge_f1, frechet_distance, psnr
-from training.mini.prepare import CONTROL_KIND, encode
+from training.mini.prepare import encode
 from training.models import load_controlnet, load_part, load_text_encoder, load_tiny_vae
 from training.sampling import ddim_sample, onestep_sample
 from training.stages.common import decode_unet_samples
@@ -27,6 +27,8 @@ GUIDANCE = 2.0
 NOISE_SEEDS = {"validation": 22_345, "test": 12_345}  # evaluation noise; spread.py adds 1, 2, 3 ... to draw more
 CHUNK = 250  # samples per generator call
 ONE_STEP = "one-step student, after segmented Diff-Instruct"
+SKETCH = f"strokes@{mdata.SKETCH_PEN_WIDTH}"  # the sketch rows' controls: the split's digits drawn with the page's pen
+SKETCH_ROW = "sketch: one-step student + one-step ControlNet"
 FINAL = "one-step student, final (after the LoRA + Projected-GAN fine-tune)"
 
 
@@ -72,7 +74,8 @@ class Evaluator:
         self.tiny_vaes = {k: load_tiny_vae(str(p)).to(self.device) for k, p in (tiny_decoder_dirs or {}).items()}
         text = load_text_encoder(teacher_dir, self.device)
         self.labels = torch.arange(10).repeat_interleave(eval_per_class)
-        self.embeds = text([mdata.PROMPT.format(int(k)) for k in self.labels])
+        self.embeds = text(mdata.captions(self.labels))
+        self.neutral = text([mdata.NEUTRAL_PROMPT]).expand(len(self.labels), -1, -1)  # sketch mode's prompt
         self.uncond = text([""])
         gen = torch.Generator().manual_seed(NOISE_SEEDS[split] + noise_offset)
         self.noise = torch.randn((len(self.labels), 4, 8, 8), generator=gen).to(self.device)
@@ -92,10 +95,11 @@ class Evaluator:
         n = 10 * self.eval_per_class
         return torch.cat([self.held_out[:n], photos[:n]])
 
-    def controls(self) -> torch.Tensor:
-        """ControlNet evaluation controls: edges of the split's digits, ``eval_per_class`` per class in the prompts'
-        order (the samples get fresh noise and a prompt of the same class), (N, 3, 32, 32) in [0, 1]."""
-        control = extract_control(self.held_out, CONTROL_KIND)
+    def controls(self, kind: str = "canny") -> torch.Tensor:
+        """ControlNet evaluation controls: ``kind`` (``training.control``; Canny edges, or ``SKETCH`` strokes) of the
+        split's digits, ``eval_per_class`` per class in the prompts' order (the samples get fresh noise and a prompt
+        of the same class, or the neutral prompt), (N, 3, 32, 32) in [0, 1]."""
+        control = extract_control(self.held_out, kind)
         order = []
         for k in range(10):
             of_class = torch.nonzero(self.held_out_labels == k).flatten()  # ~27 per class: reused, with new noise
@@ -103,29 +107,33 @@ class Evaluator:
         return control[torch.cat(order)]
 
     @torch.no_grad()
-    def multistep(self, unet, steps=None, guidance=GUIDANCE, controlnet=None, control=None) -> torch.Tensor:
+    def multistep(self, unet, steps=None, guidance=GUIDANCE, controlnet=None, control=None, neutral=False):
+        """Latents of ``unet`` (with ``controlnet`` on ``control``) in ``steps`` DDIM steps, the digit prompts (or,
+        with ``neutral``, sketch mode's neutral prompt)."""
         steps = steps or self.multistep_steps
         return torch.cat(
             [
                 ddim_sample(unet, self.scheduler.config, n, e, self.uncond, steps, guidance, controlnet, c)
-                for n, e, c in self._chunks(control)
+                for n, e, c in self._chunks(control, neutral)
             ]
         )
 
     @torch.no_grad()
-    def onestep(self, unet, guidance=1.0, controlnet=None, control=None) -> torch.Tensor:
+    def onestep(self, unet, guidance=1.0, controlnet=None, control=None, neutral=False) -> torch.Tensor:
+        """One-step latents at t=999, prompts as ``multistep``'s."""
         return torch.cat(
             [
                 onestep_sample(
                     unet, n, e, self.ac, 999, controlnet=controlnet, control=c, uncond=self.uncond, guidance=guidance
                 )
-                for n, e, c in self._chunks(control)
+                for n, e, c in self._chunks(control, neutral)
             ]
         )
 
-    def _chunks(self, control):
+    def _chunks(self, control, neutral: bool = False):
         controls = control.to(self.device).split(CHUNK) if control is not None else [None] * len(self.noise)
-        return zip(self.noise.split(CHUNK), self.embeds.split(CHUNK), controls)
+        embeds = self.neutral if neutral else self.embeds
+        return zip(self.noise.split(CHUNK), embeds.split(CHUNK), controls)
 
     def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
         """UNet-space latents (N, 4, 8, 8) -> pixels (N, 3, 32, 32) in [0, 1] on the CPU, through ``vae``."""
@@ -239,15 +247,35 @@ def controlnet_rows(ev: Evaluator, seed_dir: Path, teacher_controlnet: Path) -> 
     return rows
 
 
+def sketch_rows(ev: Evaluator, seed_dir: Path, teacher_controlnet: Path) -> dict:
+    """Sketch mode as the page serves it: the split's digits redrawn as pen strokes of the page's default width
+    (``SKETCH``) with the neutral prompt, so only the drawing tells the digit; accuracy is the share drawn back as
+    the sketched digit."""
+    control = ev.controls(SKETCH)
+    one_unet = ev.load_unet(final_unet_dir(seed_dir))
+    student_cn = ev.load_controlnet(seed_dir / "onestep_controlnet" / "final" / "controlnet")
+    generators = {
+        SKETCH_ROW: lambda: ev.onestep(one_unet, controlnet=student_cn, control=control, neutral=True),
+        "sketch: one-step student without ControlNet": lambda: ev.onestep(one_unet, neutral=True),
+        "sketch: teacher + teacher ControlNet, 25 steps": lambda: ev.multistep(
+            ev.teacher, controlnet=ev.load_controlnet(teacher_controlnet), control=control, neutral=True
+        ),
+    }
+    return {name: ev.score("sk_" + re.sub(r"[^a-z0-9]+", "_", name.lower()), sample())
+            for name, sample in generators.items()}  # fmt: skip
+
+
 def evaluate_seed(ev: Evaluator, seed_dir: Path, teacher_controlnet: Path, digits: mdata.Digits, photos, grids=None):
-    """One seed's whole table on ``ev``'s split: {"generation", "decoder", "controlnet"}; sample grids into
-    ``grids`` when given."""
+    """One seed's whole table on ``ev``'s split: {"generation", "decoder", "controlnet", "sketch"}; sample grids
+    into ``grids`` when given."""
     generation = {"fd_floor_train_vs_held_out": ev.floor(), "rows": generation_rows(ev, seed_dir)}
     decoder, decodes = decoder_scores(ev, digits.train, photos)
     controlnet = controlnet_rows(ev, seed_dir, teacher_controlnet)
+    sketch = sketch_rows(ev, seed_dir, teacher_controlnet)
     if grids is not None:
         save_grids(ev, Path(grids), decodes)
-    return {"split": ev.split, "generation": generation, "decoder": decoder, "controlnet": controlnet}
+    return {"split": ev.split, "generation": generation, "decoder": decoder, "controlnet": controlnet,
+            "sketch": sketch}  # fmt: skip
 
 
 @torch.no_grad()
@@ -273,6 +301,7 @@ def save_grids(ev: Evaluator, out: Path, decodes: dict) -> None:
     rows = [decodes["reference"][-n:], decodes["tiny_decoder"][-n:], decodes["bilinear"][-n:]]
     save_image(make_grid(torch.cat(rows), nrow=n), out / "decoder_teacher_tiny_bilinear.png", scale=2)
     save_image(make_grid(ev.controls()[pick.T.flatten()][:40], nrow=10), out / "controls.png", scale=2)
+    save_image(make_grid(ev.controls(SKETCH)[pick.T.flatten()][:40], nrow=10), out / "sketch_controls.png", scale=2)
 
 
 def check_export(path: Path) -> dict:

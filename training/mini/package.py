@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import save_file
 
 from training.mini import data as mdata
-from training.mini.evaluation import FINAL
+from training.mini.evaluation import FINAL, SKETCH_ROW
 from training.mini.recipe import Givens
+from training.strokes import TRAIN_WIDTHS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTES = {
@@ -34,6 +35,10 @@ NOTES = {
               "of the digit 7\"; sketch a digit, or hold one up to the webcam in edges mode. For SDXS-512 the "
               "server needs the Hugging Face Hub or a local copy (--model).",
     "example_prompts": [mdata.PROMPT.format(k) for k in range(10)],
+    # the page's sketch: the pen its ControlNet learned (strokes 0.05-0.15 of the side), a prompt that names no digit,
+    # so the drawing decides, and the control scale stage 5 trained at (docs/protocol.md, section 1)
+    "sketch": {"pen_width": mdata.SKETCH_PEN_WIDTH, "prompt": mdata.NEUTRAL_PROMPT, "control_scale": 1.0},
+    "display": {"upscale": "pixelated"},  # 32x32 pictures: sharp pixels, not a blur
 }
 
 
@@ -53,18 +58,42 @@ def copy_configs(run: Path, work: Path, out: Path) -> list[str]:
     return names
 
 
-def model_card(results: dict, results_md: str, configs: list[str], commit: str, seed: int) -> str:
+def checks_text(checks: dict | None, seeds: list[int], seed: int) -> str:
+    """What the product checks measured on the run's seeds, as the card says it: every seed's result, never a claim
+    that was not measured.  ``checks``: {"needed": 9, "of": 10, "what": ..., "seeds": {"0": {"right": 10}, ...}}
+    (``python -m training.mini.package --checks FILE``), or None."""
+    if not checks:
+        return (f"The product checks (tests/browser/test_mini_page.py) were not recorded for this run's seeds; this "
+                f"is seed {seed}, so its own scores below are one seed's, not an estimate of the recipe's.")
+    per_seed = checks["seeds"]
+    results = ", ".join(
+        f"seed {s}: {per_seed[str(s)]['right']}/{checks['of']}" if str(s) in per_seed else f"seed {s}: not run"
+        for s in seeds
+    )
+    passed = [s for s in seeds if str(s) in per_seed and per_seed[str(s)]["right"] >= checks["needed"]]
+    if len(passed) == len(seeds):
+        verdict = f"every seed of the run passes (at least {checks['needed']} of {checks['of']})"
+    else:
+        failed = ", ".join(str(s) for s in seeds if s not in passed)
+        verdict = (f"**not every seed passes** (at least {checks['needed']} of {checks['of']} needed; seed(s) "
+                   f"{failed} do not), so the recipe does not reliably pass it")
+    return f"Product check ({checks['what']}): {results}; {verdict}. This model is seed {seed}."
+
+
+def model_card(results: dict, results_md: str, configs: list[str], commit: str, seed: int,
+               checks: dict | None = None) -> str:  # fmt: skip
     own = results["per_seed"][str(seed)]
     shipped = own["generation"]["rows"][FINAL]
     control = own["controlnet"]["one-step student + one-step ControlNet (stage 5)"]
     plain = own["controlnet"]["one-step student without ControlNet"]
+    sketch = own.get("sketch", {}).get(SKETCH_ROW)
     table = results_md.split("\n", 1)[1].strip()  # without its title
-    picked = ""
-    if seed != results["seeds"][0]:
-        picked = (
-            ", picked among its seeds as the one whose export passes the product checks (training/README.md), so "
-            "its own scores below are not an estimate of the recipe's: the run's table is"
-        )
+    checked = checks_text(checks, results["seeds"], seed)
+    sketched = "" if sketch is None else (
+        f"; test digits redrawn with the page's pen, with the neutral prompt, come back as that digit "
+        f"{sketch['accuracy']:.1%} of the time through the teacher decoder")  # fmt: skip
+    widths = f"{min(TRAIN_WIDTHS)}-{max(TRAIN_WIDTHS)}"
+    neutral, pen = mdata.NEUTRAL_PROMPT, mdata.SKETCH_PEN_WIDTH
     minutes = f"about {results['total_minutes']:.0f} minutes"
     if results.get("givens_reused"):
         minutes += " after the givens (teacher, teacher ControlNet, classifier), which an earlier run built"
@@ -84,10 +113,16 @@ UNet, a tiny image decoder, ControlNet distillation, the one-step stage (feature
 Diff-Instruct), a very-low-rank LoRA fine-tune with a Projected GAN and the one-step ControlNet, exported in the
 released models' layout by stage 6.
 
-* Pictures are 32x32; the page shows them upscaled.  Prompts name a digit: `7: a photo of the digit 7`.
+* Pictures are 32x32; the page shows them upscaled, pixelated (`sdxs_model.json`: `display.upscale`).  Prompts name
+  a digit: `7: a photo of the digit 7`.
 * One step at t=999, guidance 0, like the released SDXS models.  `vae/` is the tiny decoder (fine-tuned on the
   one-step model's own latents), `vae_large/` the teacher's VAE, `controlnet/` the one-step ControlNet, trained on
-  Canny edges of digits (white on black, the released sketch ControlNet's convention).
+  two kinds of control in turn (white on black, the released sketch ControlNet's convention): the digits' skeletons
+  redrawn as round pen strokes {widths} of the side wide, resized and inverted as the server does with the page's
+  canvas (sketch mode), and Canny edges (edges mode).
+* Sketch mode's prompt is `{neutral}`, which names no digit, so the drawing alone decides it; half of the
+  ControlNet stages' prompts are this one.  The page starts sketch mode with it and with a pen {pen} of the canvas
+  side (`sdxs_model.json`: `sketch`).
 * Modes: text, image, sketch (the canvas is inverted to white strokes on black) and edges.
 * `digit_classifier.safetensors` is the small CNN (`training.mini.metrics.DigitClassifier`) that scored it below.
 
@@ -96,9 +131,11 @@ tests see a wrong picture (channel order, value range, latent scale, decoder mix
 
 ## Scores (test digits; the run's own table)
 
-This model is training seed {seed} of the run{picked}. Shipped model through its shipped tiny decoder: FD
+{checked}
+
+Training seed {seed}'s own scores. Shipped model through its shipped tiny decoder: FD
 {shipped["fd_tiny_decoder"]:.2f}, class accuracy {shipped["accuracy_tiny_decoder"]:.3f}; with the one-step ControlNet
-on test digits' edges: edge F1 {control["edge_f1"]:.3f} against {plain["edge_f1"]:.3f} without it.
+on test digits' edges: edge F1 {control["edge_f1"]:.3f} against {plain["edge_f1"]:.3f} without it{sketched}.
 
 The run's table, over all its training seeds:
 
@@ -123,6 +160,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--results", default="training/results", help="the run's --out folder (results.json)")
     parser.add_argument("--out", default=str(ROOT / "models" / "sdxs-mini"), help="the packaged model folder")
     parser.add_argument("--seed", type=int, default=None, help="which training seed to ship (default: the run's first)")
+    parser.add_argument("--checks", default=None, help="JSON of the product checks on every seed, for the model card")
     args = parser.parse_args(argv)
     work, results_dir, out = Path(args.work), Path(args.results), Path(args.out)
     results = json.loads((results_dir / "results.json").read_text())
@@ -138,7 +176,8 @@ def main(argv: list[str] | None = None) -> Path:
     configs = copy_configs(run, work, out / "training_configs")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "unknown"
-    card = model_card(results, (results_dir / "results.md").read_text(), configs, commit, seed)
+    checks = json.loads(Path(args.checks).read_text()) if args.checks else None
+    card = model_card(results, (results_dir / "results.md").read_text(), configs, commit, seed, checks)
     (out / "README.md").write_text(card)
     print(out)
     return out

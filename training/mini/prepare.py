@@ -19,7 +19,9 @@ from training.control import extract_control
 from training.mini import models
 from training.stages.common import sample_timesteps
 
-CONTROL_KIND = "canny"  # thin (non-maximum-suppressed) edges, as sdxs.preprocess.edge_control at serving time
+# the ControlNets' controls, row by row in turn: the ink redrawn as the page's pen strokes (sketch mode) and Canny
+# edges (edges mode), each as the server makes it (``training.control``), so the one shipped ControlNet serves both
+CONTROL_KIND = "strokes+canny"
 
 
 def log(msg: str) -> None:
@@ -110,27 +112,33 @@ def train_teacher_controlnet(
     return controlnet.eval().requires_grad_(False), losses
 
 
-def build_teacher(work: Path, digit_pixels, captions, vae_pixels, steps: dict, seed: int = 0, device="cpu") -> dict:
+def build_teacher(work: Path, rows, control_rows, vae_pixels, steps: dict, seed: int = 0, device="cpu") -> dict:
     """Train VAE, teacher UNet and teacher ControlNet on ``device``; write ``work/teacher`` and
-    ``work/teacher_controlnet``."""
+    ``work/teacher_controlnet``.  ``rows`` (pixels (N, 3, S, S) in [-1, 1], captions) train the teacher UNet,
+    ``control_rows`` (the same) its ControlNet, ``vae_pixels`` the VAE."""
     tokenizer = models.write_char_tokenizer(work / "tokenizer_src")
     text_encoder = models.text_encoder(len(tokenizer.get_vocab()), seed=seed)
     log(f"VAE: {steps['vae']} steps")
     vae, vae_losses = train_vae(vae_pixels, steps["vae"], seed=seed, device=device)
-    latents = encode(vae, digit_pixels)
-    with torch.no_grad():
-        ids = tokenizer(
-            captions + [""], padding="max_length", max_length=models.MAX_TOKENS, truncation=True, return_tensors="pt"
-        ).input_ids
-        all_embeds = text_encoder(ids)[0]
-    embeds, uncond = all_embeds[:-1].to(device), all_embeds[-1:].to(device)
+
+    def embed(captions: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            ids = tokenizer(
+                captions, padding="max_length", max_length=models.MAX_TOKENS, truncation=True, return_tensors="pt"
+            ).input_ids
+            return text_encoder(ids)[0].to(device)
+
+    uncond = embed([""])
     log(f"teacher UNet: {steps['teacher']} steps")
-    unet, scheduler, unet_losses = train_teacher(latents, embeds, uncond, steps["teacher"], seed=seed)
-    controls = extract_control(digit_pixels, CONTROL_KIND).to(device)
+    unet, scheduler, unet_losses = train_teacher(encode(vae, rows[0]), embed(rows[1]), uncond, steps["teacher"],
+                                                 seed=seed)  # fmt: skip
+    control_pixels, control_captions = control_rows
+    controls = extract_control(control_pixels, CONTROL_KIND).to(device)
     log(f"teacher ControlNet: {steps['teacher_controlnet']} steps")
     controlnet, cn_losses = train_teacher_controlnet(
-        unet, latents, embeds, controls, uncond, steps["teacher_controlnet"], seed=seed
-    )
+        unet, encode(vae, control_pixels), embed(control_captions), controls, uncond, steps["teacher_controlnet"],
+        seed=seed,
+    )  # fmt: skip
     pipe = StableDiffusionPipeline(
         vae=vae.cpu(),
         text_encoder=text_encoder,

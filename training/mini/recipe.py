@@ -40,10 +40,14 @@ STEPS = dict(
     vae=400,
     teacher=800,
     teacher_controlnet=800,
-    kd=200,
+    # chosen on validation over two teachers (training/README.md, "Settings chosen on validation"): at 200 KD steps
+    # the student was still improving on both (FD 37 -> 29 and 58 -> 46 at 600), and so were the stage-3 ControlNet
+    # (edge F1 and sketch accuracy still rising at 300) and the warm-up on the second teacher (one-step FD 53 -> 46
+    # with 600 warm-up steps on the 600-step KD student)
+    kd=600,
     decoder=600,
-    controlnet=300,
-    warmup=200,
+    controlnet=600,
+    warmup=600,
     diff_instruct=360,
     cn_warmup=100,
     # Diff-Instruct pulls the one-step ControlNet's inflated latents back towards the teacher's scale at no cost in
@@ -147,13 +151,20 @@ class Givens:
 
 
 def prepare_givens(givens: Givens, steps: dict, device: str = "cpu") -> dict:
-    """Write the data folders and train the teacher VAE, LDM, ControlNet and the classifier; returns their losses."""
+    """Write the data folders and train the teacher VAE, LDM, ControlNet and the classifier; returns their losses.
+
+    Folders: ``digits`` (every train digit with its prompt, plus neutral-prompt rows: the teacher, stages 1 and 4),
+    ``sketches`` (the train digits, half of them with the neutral prompt: the ControlNets, stages 3 and 5) and
+    ``decoder`` (digits and photos: stage 2)."""
     digits, photos = givens.digits(), givens.photos()
-    captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
-    mdata.write_folder(givens.work / "data" / "digits", digits.train, captions)
+    rows = mdata.with_neutral_rows(digits.train, digits.train_labels)
+    mdata.write_folder(givens.work / "data" / "digits", *rows)
+    control_rows = (digits.train, mdata.sketch_captions(digits.train_labels))
+    mdata.write_folder(givens.work / "data" / "sketches", *control_rows)
     mixed = torch.cat([digits.train, photos["train"]])
+    captions = mdata.captions(digits.train_labels)
     mdata.write_folder(givens.work / "data" / "decoder", mixed, captions + ["a photo"] * len(photos["train"]))
-    losses = build_teacher(givens.work, digits.train, captions, mixed, steps, seed=givens.seed, device=device)
+    losses = build_teacher(givens.work, rows, control_rows, mixed, steps, seed=givens.seed, device=device)
     givens.classifier(digits)
     givens.save()
     return losses
@@ -178,6 +189,9 @@ class Recipe:
     scale: float = 1.0
     timings: dict = field(default_factory=dict)
     equal_compute: dict = field(default_factory=dict)  # stage 4's warm-up-only control: its steps, the cost ratio
+    # every stage saves 8 snapshots along its steps and stage 4 logs its loss terms' gradient norms, for
+    # ``training.mini.diagnose`` (their time is left out of stage 4's step timings)
+    diagnose: bool = False
 
     @property
     def dir(self) -> Path:
@@ -219,6 +233,7 @@ class Recipe:
             log_every=5,
             num_validation=16,
             progress=False,
+            snapshot_every=max(1, steps // 8) if self.diagnose else 0,
             **extra,
         )
 
@@ -271,6 +286,7 @@ class Recipe:
         config = {
             **self.common("controlnet", self.steps["controlnet"]),
             **self.base(),
+            "data": self.data("sketches"),  # half of the prompts neutral (sketch mode's)
             "student": self.student,
             "teacher_controlnet": str(self.givens.teacher_controlnet),
             "embedding_channels": [16, 32, 64],
@@ -313,11 +329,12 @@ class Recipe:
             # the average removes most of that (FD 48.5 -> 31.9 on one trajectory; training/README.md, "Ablations")
             ema_decay=0.99,
             warmup_steps=self.steps["warmup"],
+            log_grad_norms=self.diagnose,
         )
 
     def stage4_onestep(self) -> None:
         """Warm-up, then segmented Diff-Instruct (resuming the warm-up's checkpoint), and the warm-up-only control
-        trained for the same wall-clock compute."""
+        trained for the same compute (CPU time on a CPU: ``OneStepTrainer.clock``)."""
         w, d, work = self.steps["warmup"], self.steps["diff_instruct"], self.dir
         one = self.onestep_config()
         cfg_one = {**self.common("onestep", w + d), **one, "checkpoint_every": w, "checkpoint_limit": 3}
@@ -366,6 +383,7 @@ class Recipe:
         config = {
             **self.common("onestep_controlnet", steps),
             **self.onestep_config(),
+            "data": self.data("sketches"),  # half of the prompts neutral (sketch mode's)
             "student": self.onestep_unet,
             "warmup_steps": self.steps["cn_warmup"],
             "student_controlnet": str(self.dir / "controlnet" / "final" / "controlnet"),

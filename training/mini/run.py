@@ -60,6 +60,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split-seed", type=int, default=0, help="the train / validation / test split of the digits")
     parser.add_argument("--givens-seed", type=int, default=0, help="teacher VAE, LDM, ControlNet and classifier")
     parser.add_argument(
+        "--split",
+        choices=["test", "validation"],
+        default="test",
+        help="the digits every seed is scored on: test for the claims table; validation to choose settings",
+    )
+    parser.add_argument(
+        "--givens-only",
+        action="store_true",
+        help="build the givens in --work and stop (a later run takes them with --reuse-givens)",
+    )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="stages 1 and 4 save snapshots along their steps and stage 4 logs each loss term's gradient norms "
+        "(python -m training.mini.diagnose scores them on validation)",
+    )
+    parser.add_argument(
         "--eval-per-class", type=int, default=100, help="samples per digit class (FD, accuracy, edge F1)"
     )
     parser.add_argument(
@@ -83,9 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_seed(givens: Givens, seed: int, args, digits, photos, classifier, out: Path) -> dict:
-    """Stages 1-6 of one training seed, the export check and the seed's scores on the test split."""
+    """Stages 1-6 of one training seed, the export check and the seed's scores on ``args.split`` (test: the claims)."""
     torch.manual_seed(seed)
-    recipe = Recipe(givens, seed, scaled_steps(args.scale), args.scale)
+    recipe = Recipe(givens, seed, scaled_steps(args.scale), args.scale, diagnose=args.diagnose)
     trained = recipe.run()
     started = time.time()
     seed_dir = givens.seed_dir(seed)
@@ -94,14 +111,14 @@ def run_seed(givens: Givens, seed: int, args, digits, photos, classifier, out: P
         givens.teacher,
         classifier,
         digits,
-        split="test",
+        split=args.split,
         eval_per_class=args.eval_per_class,
         tiny_decoder_dirs=tiny_decoders(seed_dir),
         device=args.device,
         multistep_steps=sampler_steps(args.scale),
     )
     grids = out / "grids" / f"seed-{seed}"
-    scores = evaluate_seed(ev, seed_dir, givens.teacher_controlnet, digits, photos["test"], grids)
+    scores = evaluate_seed(ev, seed_dir, givens.teacher_controlnet, digits, photos[args.split], grids)
     trained["timings_s"]["evaluation"] = round(time.time() - started, 1)
     return {**scores, "export": export, **trained}
 
@@ -137,8 +154,12 @@ def main(argv=None) -> dict:
         digits, photos = givens.digits(), givens.photos()
         classifier = givens.classifier(digits)
         timings["data_and_givens"] = round(time.time() - started, 1)
+        if args.givens_only:
+            givens.save()
+            log(f"givens in {work} after {timings['data_and_givens']} s")
+            return {"givens": str(work), "timings_s": timings}
 
-        # 2. the students of every seed, scored on the test split (``--jobs`` seeds at once, a process each)
+        # 2. the students of every seed, scored on ``--split`` (``--jobs`` seeds at once, a process each)
         per_seed = {}
         if args.jobs > 1 and len(args.seeds) > 1:
             givens.save()
@@ -161,8 +182,8 @@ def main(argv=None) -> dict:
         "givens_seed": args.givens_seed,
         "givens_reused": args.reuse_givens,
         "split_sizes": " / ".join(str(len(digits.split(s)[1])) for s in ("train", "validation", "test")),
-        "eval_split": "test",
-        "claim_rule": report.CLAIM_RULE,
+        "eval_split": args.split,
+        "claim_rule": report.claim_rule(len(args.seeds)),
         "claims": report.settle_claims(seeds_results, agg["mean"]),
         "aggregate": agg,
         "per_seed": per_seed,

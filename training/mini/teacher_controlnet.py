@@ -47,7 +47,7 @@ def main(argv=None) -> list[dict]:
         givens = Givens(work, args.split_seed, args.seed, args.scale)
         build_teacher(givens, args.device)
     digits = givens.digits()
-    captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
+    captions = mdata.sketch_captions(digits.train_labels)
     evaluator = Evaluator(
         givens.teacher,
         givens.classifier(digits),
@@ -81,10 +81,11 @@ def main(argv=None) -> list[dict]:
 def build_teacher(givens: Givens, device: str) -> None:
     """The miniature's VAE and teacher UNet (no ControlNet) into ``givens.work``."""
     digits, photos = givens.digits(), givens.photos()
-    captions = [mdata.PROMPT.format(int(k)) for k in digits.train_labels]
+    rows = mdata.with_neutral_rows(digits.train, digits.train_labels)
+    control_rows = (digits.train, mdata.sketch_captions(digits.train_labels))
     steps = scaled_steps(givens.scale) | {"teacher_controlnet": 0}
     mixed = torch.cat([digits.train, photos["train"]])
-    prepare.build_teacher(givens.work, digits.train, captions, mixed, steps, seed=givens.seed, device=device)
+    prepare.build_teacher(givens.work, rows, control_rows, mixed, steps, seed=givens.seed, device=device)
     givens.save()
 
 

@@ -41,6 +41,7 @@ from sdxs.onestep import add_noise, predict_x0
 from training.config import TrainConfig, check_choice, parse_args
 from training.control import extract_control
 from training.data import Bank, load_bank
+from training.diagnostics import gradient_logs
 from training.draws import StepDraws
 from training.features import feature_network
 from training.hooks import FeatureRecorder
@@ -135,6 +136,10 @@ class OneStepConfig(TrainConfig):
     control_source: str = "teacher"  # teacher: from an independent teacher sample (paper) | data: the prompt's image
     control_target: str = "source"  # source: the image the control came from | ode: teacher + ControlNet, pair's noise
     validation_guidance: float = 1.0
+    # diagnostics: on logged steps, each loss term's own gradient norm on the trained weights (``grad_norm/<term>``)
+    # and the cosine between the score-distillation and feature-matching gradients; their time is left out of the
+    # step timings (which set the equal-compute control's length)
+    log_grad_norms: bool = False
 
 
 class FakeScore(nn.Module):
@@ -223,12 +228,18 @@ class Teachers:
 
 
 class UNetStudent:
-    """Stage 4: the student UNet itself is trained."""
+    """Stage 4: the student UNet itself is trained (any module with the UNet's call signature and an epsilon output:
+    the known-answer tests give it a small generator)."""
 
     name = "unet"
 
-    def __init__(self, cfg: OneStepConfig, teachers: Teachers, device):
-        self.trained = student_unet(teachers.unet, cfg.student, recipe_from(cfg.recipe)).to(device)
+    def __init__(self, trained: nn.Module):
+        self.trained = trained
+
+    @classmethod
+    def load(cls, cfg: OneStepConfig, teachers: Teachers, device) -> UNetStudent:
+        """The stage-1 student (``student``), or one derived from the teacher by ``recipe``."""
+        return cls(student_unet(teachers.unet, cfg.student, recipe_from(cfg.recipe)).to(device))
 
     def sample(self, module, batch: dict, ac: torch.Tensor, timestep: int) -> torch.Tensor:
         """One-step x0 (B, 4, h, w) float32 of ``module`` (the trained UNet, wrapped or not) from ``batch``'s noise."""
@@ -268,33 +279,49 @@ class OneStepTrainer:
     (``training.draws``), so a run's result does not depend on how many processes share it."""
 
     def __init__(self, cfg: OneStepConfig, run: Runner, controlnet_mode: bool):
-        self.cfg, self.run, self.device = cfg, run, run.device
-        wd = run.weight_dtype
-        # 1. models: frozen teachers, the student (UNet or ControlNet), the online fake score from the teacher
-        self.teachers = t = Teachers.load(cfg, self.device, wd, controlnet_mode)
+        # 1. models: frozen teachers, the student (UNet or ControlNet), the feature network
+        teachers = Teachers.load(cfg, run.device, run.weight_dtype, controlnet_mode)
         if controlnet_mode:
-            self.student = ControlNetStudent(cfg, t, self.device, wd)
+            student = ControlNetStudent(cfg, teachers, run.device, run.weight_dtype)
         else:
-            self.student = UNetStudent(cfg, t, self.device)
-        trained = self.student.trained.train()
+            student = UNetStudent.load(cfg, teachers, run.device)
+        features = feature_network(cfg.feature_net, teachers.vae, teachers.unet, teachers.uncond, cfg.feature_model)
+        # 2. data: prompts (+ real latents for the GAN) and the teacher's ODE pairs
+        bank, pairs = teachers.data(cfg, run)
+        self._assemble(cfg, run, teachers, student, features, bank, pairs)
+
+    @classmethod
+    def from_parts(cls, cfg: OneStepConfig, run: Runner, teachers: Teachers, student, features, bank: Bank,
+                   pairs: Bank) -> OneStepTrainer:
+        """A trainer over models and data built elsewhere: any score models with the UNet's call signature
+        (``unet(x_t, t, encoder_hidden_states=...).sample``, epsilon prediction) and pairs with ``noise``, ``embeds``
+        and ``target`` columns.  The known-answer tests (``training.known_answer``) run the stage's own steps on
+        exact scores this way."""
+        trainer = cls.__new__(cls)
+        trainer._assemble(cfg, run, teachers, student, features, bank, pairs)
+        return trainer
+
+    def _assemble(self, cfg, run, teachers, student, features, bank, pairs) -> None:
+        self.cfg, self.run, self.device = cfg, run, run.device
+        self.teachers, self.student, self.features, self.bank, self.pairs = teachers, student, features, bank, pairs
+        trained = student.trained.train()
         if cfg.gradient_checkpointing:
             trained.enable_gradient_checkpointing()
-        fake = FakeScore(copy.deepcopy(t.unet).float().requires_grad_(True).train(), cfg.gan_weight > 0)
-        self.features = feature_network(cfg.feature_net, t.vae, t.unet, t.uncond, cfg.feature_model)
+        # the online fake score starts as a copy of the frozen teacher
+        fake = FakeScore(copy.deepcopy(teachers.unet).float().requires_grad_(True).train(), cfg.gan_weight > 0)
         self.fm_distance = FEATURE_DISTANCES[cfg.feature_distance]
-        # 2. data: prompts (+ real latents for the GAN) and the teacher's ODE pairs
-        self.bank, self.pairs = t.data(cfg, run)
-        # 3. two optimisers (student, fake score), accelerate, EMA
+        # two optimisers (student, fake score), accelerate, EMA
         opt_g, opt_f = run.optimizer(trained.parameters()), run.optimizer(fake.parameters(), cfg.fake_lr)
         sched_g = run.lr_scheduler(opt_g)
         self.trained, self.fake, self.opt_g, self.opt_f, self.sched_g = run.prepare(
             trained, fake, opt_g, opt_f, sched_g
         )
-        run.add_ema(self.student.name, self.trained)
+        run.add_ema(student.name, self.trained)
         self.fake_plain = run.unwrap(self.fake)
-        self.ac = t.scheduler.alphas_cumprod.to(self.device)
-        self.T = t.scheduler.config.num_train_timesteps
+        self.ac = teachers.scheduler.alphas_cumprod.to(self.device)
+        self.T = teachers.scheduler.config.num_train_timesteps
         self.fm_teacher = None  # a frozen copy of the student from ``switch_teacher_at`` on
+        self.diagnostic_seconds = 0.0  # time spent on ``log_grad_norms``, left out of the step timings
 
     # ---- pieces ----------------------------------------------------------------------------------------
 
@@ -419,11 +446,16 @@ class OneStepTrainer:
 
         def micro_loss(draws: StepDraws, micro: int):
             batch = self.pairs.take(draws.randint(len(self.pairs)), self.device)
+            cfg = self.cfg
             with self.run.accelerator.autocast():
                 x = self.generate(batch)
                 distance, latent = self.fm_loss_per_sample(x, batch)
-                loss = self.cfg.fm_weight * (distance + self.cfg.latent_weight * latent).mean()
-            return loss, {"fm": distance.mean().item(), "latent_mse": latent.mean().item(), "loss": loss.item()}
+                loss = cfg.fm_weight * (distance + cfg.latent_weight * latent).mean()
+            logs = {"fm": distance.mean().item(), "latent_mse": latent.mean().item(), "loss": loss.item()}
+            if self.diagnose_now():
+                fm, lat = cfg.fm_weight * distance.mean(), cfg.fm_weight * cfg.latent_weight * latent.mean()
+                logs.update(self.gradient_logs({"fm": fm, "latent": lat}))
+            return loss, logs
 
         return mean_logs(self.run.accumulated_step(self.trained, self.opt_g, self.sched_g, phase, micro_loss))
 
@@ -452,13 +484,42 @@ class OneStepTrainer:
                     "sd": sd.mean().item(), "fm_weight": weight, "alpha": alpha,
                     "score_fraction": mask.float().mean().item(),
                 }  # fmt: skip
+                terms = {}
                 if cfg.gan_weight > 0:
                     gan_g = self.gan_generator_loss(x, t, batch, draws)
                     loss = loss + cfg.gan_weight * gan_g
                     logs["gan_g"] = gan_g.item()
+                    terms["gan"] = cfg.gan_weight * gan_g
+            if self.diagnose_now():  # each term's share of ``segmented_loss`` (a mean over the micro-batch)
+                n, fm_rows = len(x), (~mask).float()
+                terms.update(sd=(sd * mask.float()).sum() / n, fm=weight * (distance * fm_rows).sum() / n,
+                             latent=weight * cfg.latent_weight * (latent * fm_rows).sum() / n)  # fmt: skip
+                logs.update(self.gradient_logs(terms))
             return loss, {**logs, "loss": loss.item()}
 
         return mean_logs(self.run.accumulated_step(self.trained, self.opt_g, self.sched_g, phase, micro_loss))
+
+    def diagnose_now(self) -> bool:
+        """Whether this step logs its terms' gradients (``log_grad_norms``, on the steps the runner logs)."""
+        return self.cfg.log_grad_norms and (self.run.state.step + 1) % self.cfg.log_every == 0
+
+    def gradient_logs(self, terms: dict) -> dict:
+        """``training.diagnostics.gradient_logs`` of ``terms`` on the trained weights, its time kept aside."""
+        started = self.clock()
+        logs = gradient_logs(terms, self.trained.parameters(), pairs=[("sd", "fm")] if "sd" in terms else [])
+        logs.pop("diagnostic_seconds")
+        self.diagnostic_seconds += self.clock() - started
+        return logs
+
+    def clock(self) -> float:
+        """Seconds for the step timings that size the equal-compute control: on the CPU the process's CPU time (a
+        busy machine stretches wall-clock time, and unevenly between the phases: a Diff-Instruct step measured 6.1 and
+        9.8 warm-up steps in two runs side by side), elsewhere wall-clock time after a synchronise."""
+        if self.device.type == "cpu":
+            return time.process_time()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def gan_generator_loss(self, x, t, batch: dict, draws: StepDraws) -> torch.Tensor:
         """DMD2's generator term: the fake model's GAN head on the student's re-noised sample (head frozen here)."""
@@ -478,7 +539,7 @@ class OneStepTrainer:
             set_learning_rate(self.opt_g, self.sched_g, cfg.diff_instruct_lr)
         if cfg.switch_teacher_at and run.state.step >= cfg.switch_teacher_at and self.fm_teacher is None:
             self.fm_teacher = freeze(copy.deepcopy(run.unwrap(self.trained)))
-        start = time.perf_counter()
+        start, diagnostics = self.clock(), self.diagnostic_seconds
         logs = {}
         if warmup:
             logs.update(self.warmup_step())
@@ -487,7 +548,8 @@ class OneStepTrainer:
                 logs = self.fake_step(phase=update)
             logs.update(self.score_step(phase=cfg.fake_updates))
         key = "warmup" if warmup else "diff_instruct"
-        run.timing[f"{key}_seconds"] = run.timing.get(f"{key}_seconds", 0.0) + time.perf_counter() - start
+        seconds = self.clock() - start - (self.diagnostic_seconds - diagnostics)
+        run.timing[f"{key}_seconds"] = run.timing.get(f"{key}_seconds", 0.0) + seconds
         run.timing[f"{key}_steps"] = run.timing.get(f"{key}_steps", 0) + 1
         return logs
 
