@@ -2,7 +2,7 @@
 # The miniature's claims over teachers and splits (issue 26) and the product check on every training seed of the
 # shipped teacher (issue 25), in one command:
 #
-#   bash training/mini/grid.sh [--scale S] [--device cpu|cuda] [--work DIR] [--out DIR] [--checks]
+#   bash training/mini/grid.sh [--scale S] [--eval-per-class N] [--device cpu|cuda] [--work DIR] [--out DIR] [--checks]
 #
 # Runs `python -m training.mini.run` on the test split for 4 teachers (givens seeds 0 and 5 x split seeds 0 and 3)
 # with training seeds 0 and 1 each (the shipped teacher, givens 0 / split 0, also seed 2), all side by side (on
@@ -12,14 +12,16 @@
 # Settings are the recipe's (chosen on validation over givens 0 and 5); nothing here is tuned on the test split.
 #
 # Cost: about 80 CPU-minutes per training seed (one torch thread), so the 9 seeds take about 6 hours on 2 cores;
-# on one H100/H200 the runs share the GPU in about 15 minutes.  --scale 0.01 is the dry run (a few minutes on a CPU).
+# on one H100/H200 the runs share the GPU in about 15 minutes.  `--scale 0.01 --eval-per-class 2` is the dry run
+# (minutes on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python=${PYTHON:-python}
-scale=1 device="" work=/tmp/sdxs-grid out=training/results/grid checks=0
+scale=1 per_class=100 device="" work=/tmp/sdxs-grid out=training/results/grid checks=0
 while [ $# -gt 0 ]; do
   case $1 in
     --scale) scale=$2; shift 2 ;;
+    --eval-per-class) per_class=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
@@ -36,7 +38,8 @@ run_teacher() {  # givens split seeds
   local name=g$1s$2 jobs=1
   [ "$device" = cuda ] && jobs=$(( $(tr -cd , <<<"$3" | wc -c) + 1 ))
   $python -m training.mini.run --givens-seed "$1" --split-seed "$2" --seeds "$3" --scale "$scale" \
-    --device "$device" --jobs "$jobs" --work "$work/$name" --out "$work/$name-results" >"$work/$name.log" 2>&1
+    --eval-per-class "$per_class" --device "$device" --jobs "$jobs" --work "$work/$name" \
+    --out "$work/$name-results" >"$work/$name.log" 2>&1
 }
 
 started=$(date +%s)
