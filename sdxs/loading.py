@@ -50,7 +50,7 @@ def resolve_folder(model: str) -> Path:
 
         folder = sdxs_cache_dir() / "tiny-v1"
         if not (folder / "model_index.json").exists():
-            write_tiny_model(folder)
+            _write_once(folder, write_tiny_model)
         return folder
     path = Path(model).expanduser()
     if path.exists():
@@ -60,6 +60,26 @@ def resolve_folder(model: str) -> Path:
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ValueError(f"model {model!r}: no such folder, and not a Hub id of the form owner/name")
     return _download(model)
+
+
+def _write_once(folder: Path, write) -> None:
+    """``write(tmp)`` into a fresh folder beside ``folder``, then renamed onto it: processes that start together (two
+    servers, test workers) never read a half-written model; the first rename wins and the others' copies go."""
+    import shutil
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        write(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process's copy is already in place (or a stale, incomplete folder: replace it)
+            if not (folder / "model_index.json").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _download(repo_id: str) -> Path:
