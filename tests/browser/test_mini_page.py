@@ -70,10 +70,12 @@ def settled(page) -> None:
 
 
 def montage(shots: list[tuple[bytes, bytes]], seen: list[int], path: Path) -> None:
-    """One row per digit: the sketch canvas as drawn, the output as the page shows it (both 128 px)."""
+    """One row per digit: the sketch canvas as drawn, the output as the page shows it (both 128 px, nearest: the
+    montage adds no blur of its own)."""
     tiles = []
     for sketch_png, output_png in shots:
-        pair = [Image.open(_bytes(png)).convert("RGB").resize((128, 128)) for png in (sketch_png, output_png)]
+        pair = [Image.open(_bytes(png)).convert("RGB").resize((128, 128), Image.Resampling.NEAREST)
+                for png in (sketch_png, output_png)]
         tiles.append(pair)
     sheet = Image.new("RGB", (2 * 128 * 5 + 4 * 8, 2 * 128 + 8), "white")
     for digit, (drawn, shown) in enumerate(tiles):
