@@ -65,8 +65,9 @@ def markdown(grid: dict) -> str:
     lines = [
         "# The miniature's claims over teachers (test split)",
         "",
-        f"{len(teachers)} teachers ({'; '.join(names)}), training seeds "
-        f"{', '.join(str(s) for s in teachers[0]['seeds'])} each: {sum(len(t['seeds']) for t in teachers)} runs. "
+        f"{len(teachers)} teachers, with their training seeds: "
+        + "; ".join(f"{t['teacher']} (seeds {', '.join(str(s) for s in t['seeds'])})" for t in teachers)
+        + f": {sum(len(t['seeds']) for t in teachers)} runs. "
         "Settings were chosen on the validation split before this grid ran; nothing was changed after it.",
         "",
         POOLED_RULE,
