@@ -9,6 +9,7 @@ output as shown) and its verdicts in $SDXS_ARTIFACTS.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -74,7 +75,7 @@ def montage(shots: list[tuple[bytes, bytes]], seen: list[int], path: Path) -> No
     montage adds no blur of its own)."""
     tiles = []
     for sketch_png, output_png in shots:
-        pair = [Image.open(_bytes(png)).convert("RGB").resize((128, 128), Image.Resampling.NEAREST)
+        pair = [Image.open(io.BytesIO(png)).convert("RGB").resize((128, 128), Image.Resampling.NEAREST)
                 for png in (sketch_png, output_png)]
         tiles.append(pair)
     sheet = Image.new("RGB", (2 * 128 * 5 + 4 * 8, 2 * 128 + 8), "white")
@@ -88,12 +89,6 @@ def montage(shots: list[tuple[bytes, bytes]], seen: list[int], path: Path) -> No
                                                      "right": sum(s == d for d, s in enumerate(seen))}))
 
 
-def _bytes(png: bytes):
-    import io
-
-    return io.BytesIO(png)
-
-
 def test_the_page_says_what_the_miniature_is(mini_app, open_page):
     page = open_page(mini_app.url)
     page.wait_for_selector("#model-banner", state="visible")
@@ -104,6 +99,9 @@ def test_the_page_says_what_the_miniature_is(mini_app, open_page):
     assert not page.errors
 
 
+NOTED_SKETCH = {"pen_width": 0.1, "prompt": mdata.NEUTRAL_PROMPT, "control_scale": 1.0}
+
+
 @pytest.fixture(scope="module")
 def noted_app(app_factory, tmp_path_factory):
     """The miniature with every sketch note (pen, prompt, control scale), as `training.mini.package` writes them."""
@@ -112,14 +110,12 @@ def noted_app(app_factory, tmp_path_factory):
     for item in MODEL_DIR.iterdir():
         if item.name != NOTES:
             (folder / item.name).symlink_to(item)
-    notes = model_notes(MODEL_DIR)
-    notes["sketch"] = {"pen_width": 0.1, "prompt": mdata.NEUTRAL_PROMPT, "control_scale": 1.0}
-    (folder / NOTES).write_text(json.dumps(notes))
+    (folder / NOTES).write_text(json.dumps({**model_notes(MODEL_DIR), "sketch": NOTED_SKETCH}))
     return app_factory("--model", str(folder))
 
 
 def test_sketch_mode_takes_the_models_pen_and_prompt_and_gives_the_visitors_back(noted_app, open_page):
-    notes = {"pen_width": 0.1, "prompt": mdata.NEUTRAL_PROMPT, "control_scale": 1.0}
+    notes = NOTED_SKETCH
     page = open_page(noted_app.url)
     page.wait_for_selector("#preset")
     page.select_option("#preset", mdata.PROMPT.format(3))
