@@ -159,15 +159,61 @@ def test_givens_are_reused_only_where_they_match(toy_run, tmp_path):
     assert set(losses) >= {"vae", "teacher_unet"} and not (work / "seed-7").exists() and (work / "seed-0").is_dir()
 
 
+def test_the_teacher_controlnet_is_rebuilt_in_place_keeping_the_other_givens(toy_run, tmp_path):
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from training.mini.prepare import rebuild_teacher_controlnet
+    from training.mini.recipe import Givens
+    from training.mini.run import main
+
+    root, _ = toy_run
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work, ignore=shutil.ignore_patterns("seed-*"))
+    with pytest.raises(SystemExit, match="--reuse-givens"):
+        main(["--work", str(work), "--rebuild-teacher-controlnet", "--scale", "0.01"])
+    assert (work / "teacher").is_dir()  # refused before anything was touched
+    weights = "diffusion_pytorch_model.safetensors"
+    before, unet = load_file(work / "teacher_controlnet" / weights), load_file(work / "teacher" / "unet" / weights)
+    givens = Givens.load(work)
+    losses = rebuild_teacher_controlnet(work, givens.control_rows(), 3, seed=1)
+    after = load_file(work / "teacher_controlnet" / weights)
+    assert len(losses) == 3 and json.loads((work / "prepare_losses.json").read_text())["teacher_controlnet"] == losses
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(unet[k], v) for k, v in load_file(work / "teacher" / "unet" / weights).items())
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith("teacher")) == ["teacher", "teacher_controlnet"]
+
+
 def test_teacher_controlnet_tool_scores_each_variant(toy_run):
     """On the toy run's teacher (the tool trains one only where its --work has none)."""
     from training.mini import teacher_controlnet
 
     root, _ = toy_run
     common = ["--work", str(root / "work"), "--scale", "0.01", "--per-class", "1", "--threads", "1"]
-    rows = teacher_controlnet.main(["none", "2:cubic", *common])
-    assert [r["variant"] for r in rows] == ["none", "2:cubic"] and "train_s" in rows[1]
+    rows = teacher_controlnet.main(["none", "given", "2:cubic:slanted1", *common])
+    assert [r["variant"] for r in rows] == ["none", "given", "2:cubic:slanted1"] and "train_s" in rows[2]
     assert all(0 <= r["edge_f1"] <= 1 and r["fd"] >= 0 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert all(0 <= r["sketch_accuracy"] <= 1 for r in rows[1:]) and "sketch_accuracy" not in rows[0]
+
+
+def test_slanted_copies_are_new_shapes_of_the_same_digits_fixed_by_their_seed():
+    import torch
+
+    from training.mini import data as mdata
+
+    digits = mdata.digits(32)
+    pixels, labels = digits.train[:40], digits.train_labels[:40]
+    rows, captions = mdata.sketch_rows(pixels, labels, 2, seed=3)
+    assert rows.shape == (120, 3, 32, 32) and captions == mdata.sketch_captions(labels.repeat(3))
+    assert torch.equal(rows[:40], pixels) and torch.equal(rows[40:80], mdata.slanted(pixels, 3))
+    assert not torch.equal(rows[40:80], rows[80:]) and rows.min() >= -1 and rows.max() <= 1
+    moved = (rows[40:80] - pixels).abs().mean((1, 2, 3))
+    assert (moved > 0.05).float().mean() > 0.9  # nearly every digit changed shape
+    ink = ((rows + 1) / 2).mean((1, 2, 3))
+    assert (ink[40:80] / ink[:40]).mean().item() == pytest.approx(0.95, abs=0.15)  # the ink is kept, not lost
 
 
 def test_three_disjoint_stratified_splits_fixed_by_the_split_seed_alone():

@@ -109,6 +109,43 @@ def sketch_captions(labels: torch.Tensor) -> list[str]:
     return [NEUTRAL_PROMPT if i % 4 < 2 else PROMPT.format(int(k)) for i, k in enumerate(labels)]
 
 
+def slanted(pixels: torch.Tensor, seed: int = 0, rotate: float = 12.0, shear: float = 0.35,
+            widths: tuple[float, float] = (0.75, 1.15), heights: tuple[float, float] = (0.85, 1.05),
+            shift: float = 0.08) -> torch.Tensor:
+    """Each digit (N, 3, S, S) in [-1, 1] under its own random affine map (drawn from ``seed``): a rotation up to
+    ``rotate`` degrees, a horizontal shear (slant) up to ``shear``, a width and height scale in ``widths`` /
+    ``heights`` and a shift up to ``shift`` of the side; bilinear, black (-1) outside.  The sketches a visitor draws
+    are slanted, narrow, wide and off-centre in ways scikit-learn's 1797 scanned digits barely cover."""
+    n = len(pixels)
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=gen)
+
+    angle = torch.deg2rad(uniform(-rotate, rotate))
+    slant, sx, sy = uniform(-shear, shear), uniform(*widths), uniform(*heights)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # output -> input coordinates (affine_grid's convention): the inverse of scale, then shear, then rotation
+    forward = torch.zeros(n, 3, 3)
+    forward[:, 0, 0], forward[:, 0, 1] = sx * cos, sx * (slant * cos - sin)
+    forward[:, 1, 0], forward[:, 1, 1] = sy * sin, sy * (slant * sin + cos)
+    forward[:, :2, 2] = torch.stack([uniform(-shift, shift), uniform(-shift, shift)], 1) * 2
+    forward[:, 2, 2] = 1
+    theta = torch.linalg.inv(forward)[:, :2]
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    moved = F.grid_sample(pixels.float() + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (moved - 1).clamp(-1, 1)
+
+
+def sketch_rows(pixels: torch.Tensor, labels: torch.Tensor, slanted_copies: int = 0, seed: int = 0):
+    """The ControlNets' rows (the teacher's, stages 3 and 5): the train digits with ``sketch_captions``, then
+    ``slanted_copies`` more copies of them under ``slanted`` (copy k drawn with ``seed + k``).  Returns (pixels
+    (N * (1 + copies), 3, S, S) in [-1, 1], captions)."""
+    copies = [pixels] + [slanted(pixels, seed + k) for k in range(slanted_copies)]
+    labels = labels.repeat(1 + slanted_copies)
+    return torch.cat(copies), sketch_captions(labels)
+
+
 def photo_splits(split_seed: int = 0, size: int = 32) -> dict[str, torch.Tensor]:
     """Stage 2's photo crops (N, 3, S, S) in [-1, 1] by split: 480 to train on, 60 each to score PSNR on."""
     photos = photo_crops(600, size, seed=split_seed)

@@ -26,7 +26,7 @@ import torch
 from training.mini import report
 from training.mini.evaluation import Evaluator, check_export, evaluate_seed, tiny_decoders
 from training.mini.folders import fresh_folder
-from training.mini.prepare import log
+from training.mini.prepare import log, rebuild_teacher_controlnet
 from training.mini.recipe import Givens, Recipe, prepare_givens, sampler_steps, scaled_steps, stage_device
 
 # the stage runs whose loss curves are plotted (the first seed's)
@@ -85,6 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="keep --work's teacher, ControlNet, classifier and data from an earlier run with the same split seed, "
         "givens seed and scale (they do not depend on the student stages); every seed's stages run anew",
     )
+    parser.add_argument(
+        "--rebuild-teacher-controlnet",
+        action="store_true",
+        help="with --reuse-givens: train the teacher ControlNet anew (the recipe's steps), keeping the VAE, teacher "
+        "UNet and classifier: after a change to the ControlNet's settings",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--jobs", type=int, default=1, help="seeds trained at once, a process each with one torch thread (CPU: cores)"
@@ -134,6 +140,8 @@ def _seed_job(work: Path, seed: int, args, out: Path) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.rebuild_teacher_controlnet and not args.reuse_givens:
+        raise SystemExit("--rebuild-teacher-controlnet goes with --reuse-givens (a new --work trains one anyway)")
     threads = args.threads or (1 if os.getloadavg()[0] > os.cpu_count() else os.cpu_count())
     torch.set_num_threads(threads)
     steps = scaled_steps(args.scale)
@@ -149,6 +157,10 @@ def main(argv=None) -> dict:
         torch.manual_seed(args.givens_seed)
         if args.reuse_givens:
             prepare_losses = givens.reuse(args.seeds)
+            if args.rebuild_teacher_controlnet:
+                prepare_losses["teacher_controlnet"] = rebuild_teacher_controlnet(
+                    work, givens.control_rows(), steps["teacher_controlnet"], seed=args.givens_seed, device=args.device
+                )
         else:
             prepare_losses = prepare_givens(givens, steps, args.device)
         digits, photos = givens.digits(), givens.photos()
