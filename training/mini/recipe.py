@@ -39,9 +39,10 @@ from training.stages import (
 STEPS = dict(
     vae=400,
     teacher=800,
-    # chosen on validation (training/README.md, "The sketch gap is the teacher's"): 800 -> 1600 steps raised the
-    # teacher's sketch accuracy 0.890 -> 0.903, its legible typed-sketch accuracy 0.823 -> 0.871 and edge F1 0.495 ->
-    # 0.564 (``python -m training.mini.teacher_controlnet given 1600:cubic``); slanted copies of the digits lowered all
+    # chosen on validation over two teachers (training/README.md, "The sketch gap is the teacher's"): 800 -> 1600
+    # steps raised the teacher's sketch accuracy 0.890 -> 0.903 and 0.853 -> 0.917, its legible typed-sketch accuracy
+    # 0.823 -> 0.871 and 0.617 -> 0.642, edge F1 0.495 -> 0.564 and 0.508 -> 0.532 (givens 0 / split 0, givens 5 /
+    # split 3; ``python -m training.mini.teacher_controlnet given 1600:cubic``); slanted copies lowered every figure
     teacher_controlnet=1600,
     # chosen on validation over two teachers (training/README.md, "Settings chosen on validation"): at 200 KD steps
     # the student was still improving on both (FD 37 -> 29 and 58 -> 46 at 600), and so were the stage-3 ControlNet
