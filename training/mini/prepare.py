@@ -6,6 +6,7 @@ ControlNet (edges of the digit).  Writes the teacher as a ``StableDiffusionPipel
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -180,9 +181,7 @@ def rebuild_teacher_controlnet(work: Path, control_rows, steps: int, seed: int =
     old = work / "teacher_controlnet.old"
     (work / "teacher_controlnet").rename(old)
     fresh.rename(work / "teacher_controlnet")
-    for leftover in old.iterdir():
-        leftover.unlink()
-    old.rmdir()
+    shutil.rmtree(old)
     record = json.loads((work / "prepare_losses.json").read_text())
     record["teacher_controlnet"] = losses
     (work / "prepare_losses.json").write_text(json.dumps(record))

@@ -129,7 +129,7 @@ class Givens:
     def control_rows(self, digits: mdata.Digits | None = None) -> tuple[torch.Tensor, list[str]]:
         """The ControlNets' rows (the teacher's, stages 3 and 5): the train digits, half with sketch mode's prompt."""
         digits = digits or self.digits()
-        return digits.train, mdata.sketch_captions(digits.train_labels)
+        return mdata.sketch_rows(digits.train, digits.train_labels)
 
     def save(self) -> None:
         record = {"split_seed": self.split_seed, "seed": self.seed, "scale": self.scale}

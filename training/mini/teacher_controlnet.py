@@ -66,17 +66,13 @@ def main(argv=None) -> list[dict]:
     uncond = text([""])
     held_out, sketches = evaluator.controls(), evaluator.controls(SKETCH)
     rows = []
+    teacher = typed_sketches.Teacher(unet, evaluator.vae, text, dict(evaluator.scheduler.config))
     for variant in args.variants:
         started, row = time.time(), {"variant": variant}
-        if variant == "none":
-            latents_out = evaluator.multistep(unet)
-            row.update(evaluator.score(variant, latents_out), edge_f1=edge_f1(evaluator.samples[variant], held_out))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            continue
+        controlnet = None
         if variant == "given":
             controlnet = ControlNetModel.from_pretrained(givens.teacher_controlnet).to(evaluator.device).eval()
-        else:
+        elif variant != "none":
             steps, timesteps, *extra = variant.split(":")
             copies = int(extra[0].removeprefix("slanted")) if extra else 0
             pixels, captions = mdata.sketch_rows(digits.train, digits.train_labels, copies, seed=givens.seed)
@@ -91,19 +87,20 @@ def main(argv=None) -> list[dict]:
                 timesteps=timesteps,
             )
             row["train_s"] = round(time.time() - started)
-        latents_out = evaluator.multistep(unet, controlnet=controlnet, control=held_out)
+        control = None if controlnet is None else held_out
+        latents_out = evaluator.multistep(unet, controlnet=controlnet, control=control)
         row.update(evaluator.score(variant, latents_out), edge_f1=edge_f1(evaluator.samples[variant], held_out))
-        sketched = evaluator.score(
-            f"{variant} sketch", evaluator.multistep(unet, controlnet=controlnet, control=sketches, neutral=True)
-        )
-        row.update(sketch_fd=sketched["fd"], sketch_accuracy=sketched["accuracy"])
-        if args.judge:
+        if controlnet is not None:
+            sketched = evaluator.score(
+                f"{variant} sketch", evaluator.multistep(unet, controlnet=controlnet, control=sketches, neutral=True)
+            )
+            row.update(sketch_fd=sketched["fd"], sketch_accuracy=sketched["accuracy"])
+        if controlnet is not None and args.judge:
             fonts = typed_sketches.installed_fonts()
             typed = typed_sketches.score_teacher(
-                work, args.judge, mdata.SKETCH_PEN_WIDTH, [0, 1, 2], fonts, controlnet=controlnet.cpu()
+                teacher, controlnet, args.judge, mdata.SKETCH_PEN_WIDTH, [0, 1, 2], fonts, name=variant
             )
             row.update(typed_legible_accuracy=typed["legible_accuracy"], typed_legible=typed["legible"])
-            controlnet.to(evaluator.device)
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.out:

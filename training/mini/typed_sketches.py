@@ -18,12 +18,14 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file
 
+from training.mini.metrics import DigitClassifier, classify
 from training.strokes import RENDER, redraw, skeleton
 
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation"))
@@ -78,8 +80,6 @@ class Judge:
     """The model's digit classifier, and which typed sketches it can read at all (its verdict on each control)."""
 
     def __init__(self, model_dir: Path):
-        from training.mini.metrics import DigitClassifier
-
         self.classifier = DigitClassifier()
         self.classifier.load_state_dict(load_file(str(model_dir / "digit_classifier.safetensors")))
         self.classifier.eval()
@@ -88,8 +88,7 @@ class Judge:
         """Digit classes of pictures: float (N, 3, 32, 32) in [0, 1], or uint8 RGB arrays (S, S, 3)."""
         if not isinstance(pictures, torch.Tensor):
             pictures = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255.0
-        with torch.no_grad():
-            return self.classifier(pictures)[1].argmax(1).numpy()
+        return classify(self.classifier, pictures)[1]
 
 
 def served_controls(sketches: list[np.ndarray], size: int = 32) -> torch.Tensor:
@@ -122,6 +121,12 @@ def row(name: str, scale: float, pen: float, results: list[tuple[float, float]],
     return out
 
 
+def typed_set(fonts: Sequence[Path], pen_width: float) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every digit in every font as ``typed_sketch``es, and their digits (N,)."""
+    sketches = [typed_sketch(d, f, pen_width) for f in fonts for d in range(10)]
+    return sketches, np.array([d for _ in fonts for d in range(10)])
+
+
 def score(
     model_dir: Path, scales: Sequence[float], pens: Sequence[float], noise_seeds: Sequence[int], fonts: Sequence[Path]
 ) -> list[dict]:
@@ -133,10 +138,9 @@ def score(
 
     pipe, judge = SDXSPipeline.from_pretrained(str(model_dir)), Judge(model_dir)
     prompt = model_notes(model_dir).get("sketch", {}).get("prompt", "")
-    labels = np.array([d for _ in fonts for d in range(10)])
     rows = []
     for pen in pens:
-        sketches = [typed_sketch(d, f, pen) for f in fonts for d in range(10)]
+        sketches, labels = typed_set(fonts, pen)
         legible = judge.read(served_controls(sketches)) == labels
         for scale in scales:
             results = []
@@ -151,37 +155,70 @@ def score(
     return rows
 
 
-def score_teacher(
-    work: Path, judge_dir: Path, pen: float, noise_seeds: Sequence[int], fonts: Sequence[Path], controlnet=None
-) -> dict:
-    """The run's teacher (``work``'s givens: 25 DDIM steps, guidance 2, the teacher ControlNet at scale 1, the neutral
-    prompt) on the typed sketches drawn ``pen`` wide: is a gap the students' or already the teacher's?  ``controlnet``
-    (a ``ControlNetModel``) replaces the teacher ControlNet of ``work``."""
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+class Teacher(NamedTuple):
+    """A run's teacher as the typed check samples it (25 DDIM steps, guidance 2, the neutral prompt)."""
 
+    unet: Any
+    vae: Any
+    text: Any  # ``training.models.TextEncoder``
+    scheduler_config: dict
+
+
+def load_teacher(work: Path) -> Teacher:
+    """``work``'s givens teacher (the ``teacher/`` pipeline folder), on the CPU."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from training.models import load_text_encoder
+
+    teacher = work / "teacher"
+    return Teacher(
+        UNet2DConditionModel.from_pretrained(teacher / "unet").eval(),
+        AutoencoderKL.from_pretrained(teacher / "vae").eval(),
+        load_text_encoder(teacher, "cpu"),
+        json.loads((teacher / "scheduler" / "scheduler_config.json").read_text()),
+    )
+
+
+def score_teacher(
+    teacher: Teacher,
+    controlnet,
+    judge_dir: Path,
+    pen: float,
+    noise_seeds: Sequence[int],
+    fonts: Sequence[Path],
+    name: str = "teacher",
+) -> dict:
+    """``teacher`` with ``controlnet`` (at scale 1, on the teacher's device) on the typed sketches drawn ``pen`` wide:
+    is a gap the students' or already the teacher's?"""
     from training.mini import data as mdata
     from training.mini.evaluation import GUIDANCE
-    from training.models import load_text_encoder
     from training.sampling import ddim_sample
     from training.stages.common import decode_unet_samples
 
-    unet = UNet2DConditionModel.from_pretrained(work / "teacher" / "unet").eval()
-    vae = AutoencoderKL.from_pretrained(work / "teacher" / "vae").eval()
-    controlnet = controlnet or ControlNetModel.from_pretrained(work / "teacher_controlnet").eval()
-    scheduler_config = json.loads((work / "teacher" / "scheduler" / "scheduler_config.json").read_text())
-    text = load_text_encoder(work / "teacher", "cpu")
     judge = Judge(judge_dir)
-    labels = np.array([d for _ in fonts for d in range(10)])
-    controls = served_controls([typed_sketch(d, f, pen) for f in fonts for d in range(10)])
+    sketches, labels = typed_set(fonts, pen)
+    controls = served_controls(sketches)
     legible = judge.read(controls) == labels
+    device = teacher.unet.device
     results = []
     with torch.no_grad():
-        neutral, uncond = text([mdata.NEUTRAL_PROMPT]).expand(len(labels), -1, -1), text([""])
+        neutral = teacher.text([mdata.NEUTRAL_PROMPT]).expand(len(labels), -1, -1)
+        uncond = teacher.text([""])
         for seed in noise_seeds:
-            noise = torch.randn((len(labels), 4, 8, 8), generator=torch.Generator().manual_seed(seed))
-            latents = ddim_sample(unet, scheduler_config, noise, neutral, uncond, 25, GUIDANCE, controlnet, controls)
-            results.append(scored(judge, labels, legible, decode_unet_samples(vae, latents).float()))
-    return row(f"teacher:{work}", 1.0, pen, results, legible)
+            noise = torch.randn((len(labels), 4, 8, 8), generator=torch.Generator().manual_seed(seed)).to(device)
+            latents = ddim_sample(
+                teacher.unet,
+                teacher.scheduler_config,
+                noise,
+                neutral,
+                uncond,
+                25,
+                GUIDANCE,
+                controlnet,
+                controls.to(device),
+            )
+            results.append(scored(judge, labels, legible, decode_unet_samples(teacher.vae, latents).float().cpu()))
+    return row(name, 1.0, pen, results, legible)
 
 
 def choose(rows: list[dict], current: tuple[float, float], tolerance: float = 0.01) -> dict:
@@ -229,7 +266,18 @@ def main(argv=None) -> dict:
     choice = choose(rows, (notes.get("control_scale", 1.0), notes.get("pen_width", 0.1)))
     summary = {"fonts": [f.name for f in fonts], "choice": choice, "rows": rows}
     if args.teacher:
-        summary["teacher"] = score_teacher(args.teacher, args.models[0], choice["pen_width"], seeds, fonts)
+        from diffusers import ControlNetModel
+
+        controlnet = ControlNetModel.from_pretrained(args.teacher / "teacher_controlnet").eval()
+        summary["teacher"] = score_teacher(
+            load_teacher(args.teacher),
+            controlnet,
+            args.models[0],
+            choice["pen_width"],
+            seeds,
+            fonts,
+            name=f"teacher:{args.teacher}",
+        )
     print(json.dumps(choice))
     if args.out:
         args.out.write_text(json.dumps(summary, indent=1))
