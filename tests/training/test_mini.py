@@ -159,6 +159,63 @@ def test_givens_are_reused_only_where_they_match(toy_run, tmp_path):
     assert set(losses) >= {"vae", "teacher_unet"} and not (work / "seed-7").exists() and (work / "seed-0").is_dir()
 
 
+def test_a_run_resumed_at_stage_5_keeps_the_earlier_stages_and_remakes_the_same_later_ones(toy_run, tmp_path):
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from training.mini.recipe import RUN_RECORD, Givens, Recipe, scaled_steps
+    from training.mini.run import main
+
+    root, results = toy_run
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    seed_dir = work / "seed-0"
+    for pairs in (seed_dir / "cache").glob("pairs_controlnet.*"):  # recorded with the toy run's paths: made again
+        pairs.unlink()
+    common = ["--out", str(tmp_path / "r"), "--work", str(work), "--scale", "0.01", "--seeds", "0"]
+    with pytest.raises(SystemExit, match="--from-stage goes with --reuse-givens"):
+        main([*common, "--from-stage", "stage5_onestep_controlnet"])
+    weights = "diffusion_pytorch_model.safetensors"
+    kept_unet = (seed_dir / "lora_gan" / "final" / "unet" / weights).stat().st_mtime_ns
+    controlnet = load_file(seed_dir / "onestep_controlnet" / "final" / "controlnet" / weights)
+    (seed_dir / "export" / "stale").write_text("made by the earlier run")
+    resumed = main(
+        [
+            *common,
+            "--reuse-givens",
+            "--from-stage",
+            "stage5_onestep_controlnet",
+            "--eval-per-class",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
+    assert resumed["resumed_from_stage"] == "stage5_onestep_controlnet"
+    assert (seed_dir / "lora_gan" / "final" / "unet" / weights).stat().st_mtime_ns == kept_unet  # not trained again
+    remade = load_file(seed_dir / "onestep_controlnet" / "final" / "controlnet" / weights)
+    assert controlnet.keys() == remade.keys() and all(torch.equal(controlnet[k], remade[k]) for k in controlnet)
+    assert not (seed_dir / "export" / "stale").exists() and resumed["per_seed"]["0"]["export"]["diffusers_loads"]
+    before, after = results["per_seed"]["0"], resumed["per_seed"]["0"]
+    for name in ("stage1_unet_kd_and_control", "stage4_onestep", "stage4c_lora_gan"):  # the kept stages' timings
+        assert after["timings_s"][name] == before["timings_s"][name]
+    assert after["equal_compute_control_steps"] == before["equal_compute_control_steps"]
+    assert after["sketch"] == before["sketch"]  # the same stage 5, decoder and scores
+    # a record whose kept stages were trained with other steps, or none at all, is refused before anything is deleted
+    record = json.loads((seed_dir / RUN_RECORD).read_text())
+    (seed_dir / RUN_RECORD).write_text(json.dumps({**record, "steps": {**record["steps"], "kd": 1}}))
+    recipe = Recipe(Givens.load(work), 0, scaled_steps(0.01), 0.01)
+    with pytest.raises(ValueError, match="other steps \\(kd 1 -> 6\\)"):
+        recipe.run("stage5_onestep_controlnet")
+    (seed_dir / RUN_RECORD).unlink()
+    with pytest.raises(ValueError, match="holds no record of an earlier run"):
+        recipe.run("stage3_controlnet")
+    assert (seed_dir / "controlnet" / "final").is_dir() and (seed_dir / "onestep_controlnet" / "final").is_dir()
+
+
 def test_the_teacher_controlnet_is_rebuilt_in_place_keeping_the_other_givens(toy_run, tmp_path):
     import json
     import shutil

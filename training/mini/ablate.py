@@ -117,8 +117,10 @@ def configure(args, work: Path, out: Path, overrides: dict, from_scratch: bool, 
     ``out/config.yaml``."""
     path = work / "configs" / CONFIGS[args.stage]
     if not path.exists():
-        raise SystemExit(f"{path} not found: seed {args.run_seed} of --work has not run that stage (an unfinished run, "
-                         "or one from before stage 4c joined the recipe: rerun python -m training.mini.run)")
+        raise SystemExit(
+            f"{path} not found: seed {args.run_seed} of --work has not run that stage (an unfinished run, "
+            "or one from before stage 4c joined the recipe: rerun python -m training.mini.run)"
+        )
     cfg = yaml.safe_load(path.read_text())
     if args.stage in ("2", "2s"):  # the same teacher samples as the run's decoders
         shutil.copytree(work / "decoder" / "cache", out / "cache")

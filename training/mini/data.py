@@ -109,9 +109,15 @@ def sketch_captions(labels: torch.Tensor) -> list[str]:
     return [NEUTRAL_PROMPT if i % 4 < 2 else PROMPT.format(int(k)) for i, k in enumerate(labels)]
 
 
-def slanted(pixels: torch.Tensor, seed: int = 0, rotate: float = 12.0, shear: float = 0.35,
-            widths: tuple[float, float] = (0.75, 1.15), heights: tuple[float, float] = (0.85, 1.05),
-            shift: float = 0.08) -> torch.Tensor:
+def slanted(
+    pixels: torch.Tensor,
+    seed: int = 0,
+    rotate: float = 12.0,
+    shear: float = 0.35,
+    widths: tuple[float, float] = (0.75, 1.15),
+    heights: tuple[float, float] = (0.85, 1.05),
+    shift: float = 0.08,
+) -> torch.Tensor:
     """Each digit (N, 3, S, S) in [-1, 1] under its own random affine map (drawn from ``seed``): a rotation up to
     ``rotate`` degrees, a horizontal shear (slant) up to ``shear``, a width and height scale in ``widths`` /
     ``heights`` and a shift up to ``shift`` of the side; bilinear, black (-1) outside.  The sketches a visitor draws

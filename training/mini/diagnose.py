@@ -196,14 +196,24 @@ def plot(runs: list[dict], out: Path) -> None:
         axes[0].axhline(r["teacher_25"]["fd"], color=colour, lw=0.8, ls="--")
         for name, style in (("onestep", "-o"), ("onestep_fm_only", ":")):
             pts = [(x["compute"], x["fd"]) for x in u[name]]
-            axes[1].plot(*zip(*pts), style, ms=3, color=colour,
-                         label=f"{label}: {'warm-up, then Diff-Instruct' if name == 'onestep' else 'warm-up only'}")
+            axes[1].plot(
+                *zip(*pts),
+                style,
+                ms=3,
+                color=colour,
+                label=f"{label}: {'warm-up, then Diff-Instruct' if name == 'onestep' else 'warm-up only'}",
+            )
         axes[1].axvline(r["warmup_steps"], color="grey", lw=0.6)
         axes[1].axhline(r["teacher_25"]["fd"], color=colour, lw=0.8, ls="--")
         for name, style in (("controlnet", ":"), ("onestep_controlnet", "-")):
             c = r["controlnets"][name]
-            axes[2].plot([x["step"] for x in c], [x["edge_f1"] for x in c], style, color=colour,
-                         label=f"{label}: stage {3 if name == 'controlnet' else 5} edge F1")
+            axes[2].plot(
+                [x["step"] for x in c],
+                [x["edge_f1"] for x in c],
+                style,
+                color=colour,
+                label=f"{label}: stage {3 if name == 'controlnet' else 5} edge F1",
+            )
             axes[2].plot([x["step"] for x in c], [x["sketch_accuracy"] for x in c], style, color=colour, alpha=0.45)
         for name, style in (("decoder", "-"), ("decoder_onestep", ":")):
             d = r["decoders"][name]

@@ -16,8 +16,10 @@ def fresh_folder(path: Path, what: str) -> Path:
         if not path.is_dir():
             raise ValueError(f"{what} {path} is a file; give a folder")
         if any(path.iterdir()) and not (path / MARKER).exists():
-            raise ValueError(f"{what} {path} is not empty and was not made by a previous miniature run; "
-                             "give a new or empty folder (nothing was deleted)")
+            raise ValueError(
+                f"{what} {path} is not empty and was not made by a previous miniature run; "
+                "give a new or empty folder (nothing was deleted)"
+            )
         shutil.rmtree(path)
     path.mkdir(parents=True)
     (path / MARKER).write_text(f"made by training.mini ({what}); a rerun replaces this folder\n")

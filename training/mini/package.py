@@ -31,9 +31,9 @@ from training.strokes import TRAIN_WIDTHS
 ROOT = Path(__file__).resolve().parents[2]
 NOTES = {
     "notice": "Miniature model, trained on a 2-core CPU by this project's own code (training/mini): it draws "
-              "handwritten digits at 32x32, shown upscaled, and nothing else. Prompts name a digit, e.g. \"7: a photo "
-              "of the digit 7\"; sketch a digit, or hold one up to the webcam in edges mode. For SDXS-512 the "
-              "server needs the Hugging Face Hub or a local copy (--model).",
+    'handwritten digits at 32x32, shown upscaled, and nothing else. Prompts name a digit, e.g. "7: a photo '
+    'of the digit 7"; sketch a digit, or hold one up to the webcam in edges mode. For SDXS-512 the '
+    "server needs the Hugging Face Hub or a local copy (--model).",
     "example_prompts": [mdata.PROMPT.format(k) for k in range(10)],
     # the page's sketch: the pen its ControlNet learned (strokes 0.05-0.15 of the side), a prompt that names no digit,
     # so the drawing decides, and the control scale stage 5 trained at (docs/protocol.md, section 1)
@@ -63,8 +63,10 @@ def checks_text(checks: dict | None, seeds: list[int], seed: int) -> str:
     that was not measured.  ``checks``: {"needed": 9, "of": 10, "what": ..., "seeds": {"0": {"right": 10}, ...}}
     (``python -m training.mini.package --checks FILE``), or None."""
     if not checks:
-        return (f"The product checks (tests/browser/test_mini_page.py) were not recorded for this run's seeds; this "
-                f"is seed {seed}, so its own scores below are one seed's, not an estimate of the recipe's.")
+        return (
+            f"The product checks (tests/browser/test_mini_page.py) were not recorded for this run's seeds; this "
+            f"is seed {seed}, so its own scores below are one seed's, not an estimate of the recipe's."
+        )
     per_seed = checks["seeds"]
     results = ", ".join(
         f"seed {s}: {per_seed[str(s)]['right']}/{checks['of']}" if str(s) in per_seed else f"seed {s}: not run"
@@ -75,8 +77,10 @@ def checks_text(checks: dict | None, seeds: list[int], seed: int) -> str:
         verdict = f"every seed of the run passes (at least {checks['needed']} of {checks['of']})"
     else:
         failed = ", ".join(str(s) for s in seeds if s not in passed)
-        verdict = (f"**not every seed passes** (at least {checks['needed']} of {checks['of']} needed; seed(s) "
-                   f"{failed} do not), so the recipe does not reliably pass it")
+        verdict = (
+            f"**not every seed passes** (at least {checks['needed']} of {checks['of']} needed; seed(s) "
+            f"{failed} do not), so the recipe does not reliably pass it"
+        )
     return f"Product check ({checks['what']}): {results}; {verdict}. This model is seed {seed}."
 
 
@@ -174,8 +178,10 @@ def main(argv: list[str] | None = None) -> Path:
     (out / "sdxs_model.json").write_text(json.dumps(NOTES, indent=2) + "\n")
     save_file(classifier_weights(work), str(out / "digit_classifier.safetensors"))
     configs = copy_configs(run, work, out / "training_configs")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        or "unknown"
+    )
     checks = json.loads(Path(args.checks).read_text()) if args.checks else None
     card = model_card(results, (results_dir / "results.md").read_text(), configs, commit, seed, checks)
     (out / "README.md").write_text(card)

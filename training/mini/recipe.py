@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,30 @@ STEPS = dict(
     lora_gan=100,
     decoder_onestep=200,
 )
+# a seed's stages in the order they run, what each writes in the seed's folder (besides its configs and the caches,
+# whose settings are checked where they are read) and the ``STEPS`` it trains for
+STAGE_OUTPUTS = {
+    "stage1_unet_kd_and_control": ("unet_kd", "unet_nokd"),
+    "stage2_decoder": ("decoder",),
+    "stage3_controlnet": ("controlnet",),
+    "stage4_onestep": ("onestep", "onestep_warmup_final", "onestep_warmup_timing.json", "onestep_fm_only"),
+    "stage4c_lora_gan": ("lora_gan",),
+    "stage5_onestep_controlnet": ("onestep_controlnet",),
+    "stage2_decoder_onestep_fine_tune": ("decoder_onestep",),
+    "stage6_export": ("export",),
+}
+STAGES = tuple(STAGE_OUTPUTS)
+STAGE_STEPS = {
+    "stage1_unet_kd_and_control": ("kd",),
+    "stage2_decoder": ("decoder",),
+    "stage3_controlnet": ("controlnet",),
+    "stage4_onestep": ("warmup", "diff_instruct"),
+    "stage4c_lora_gan": ("lora_gan",),
+    "stage5_onestep_controlnet": ("cn_warmup", "cn_diff_instruct"),
+    "stage2_decoder_onestep_fine_tune": ("decoder_onestep",),
+    "stage6_export": (),
+}
+RUN_RECORD = "recipe_run.json"  # a seed's stage timings, steps and equal-compute sizing, written after every stage
 # stage 4c on the miniature (the paper gives no settings): a short fine-tune of the one-step UNet with a rank-4 LoRA,
 # the dataset's digits as the Projected GAN's real rows, stage 4's feature matching kept at its end weight
 LORA_GAN = dict(lora_rank=4, lr=1e-3, disc_lr=1e-3, gan_weight=0.1, disc_hidden=32)
@@ -142,9 +167,10 @@ class Givens:
         path = Path(work) / "givens.json"
         return cls(Path(work), **(json.loads(path.read_text()) if path.exists() else {}))
 
-    def reuse(self, seeds) -> dict:
+    def reuse(self, seeds, keep_students: bool = False) -> dict:
         """Keep the givens already in ``work`` (made by an earlier run with the same split seed, givens seed and
-        scale) and remove ``seeds``' earlier students; returns the givens' training losses.  Raises ValueError, and
+        scale) and remove ``seeds``' earlier students (unless ``keep_students``: a run resumed at a later stage,
+        ``Recipe.run``); returns the givens' training losses.  Raises ValueError, and
         deletes nothing, when ``work`` holds no givens or other ones."""
         if not (self.work / "givens.json").exists() or not (self.work / "prepare_losses.json").exists():
             raise ValueError(f"--reuse-givens: {self.work} holds no finished givens; run once without it")
@@ -154,7 +180,7 @@ class Givens:
                 f"--reuse-givens: {self.work} holds givens with split seed {found.split_seed}, givens seed "
                 f"{found.seed}, scale {found.scale}; this run asks for {self.split_seed}, {self.seed}, {self.scale}"
             )
-        for seed in seeds:
+        for seed in seeds if not keep_students else ():
             shutil.rmtree(self.seed_dir(seed), ignore_errors=True)
         return json.loads((self.work / "prepare_losses.json").read_text())
 
@@ -215,22 +241,61 @@ class Recipe:
         """The final one-step UNet: stage 4's, fine-tuned by stage 4c (what stages 5, 2 again and 6 build on)."""
         return str(final_unet_dir(self.dir) / "unet")
 
-    def run(self) -> dict:
-        started = time.time()
-        for name, step in (
-            ("stage1_unet_kd_and_control", self.stage1_unet),
-            ("stage2_decoder", self.stage2_decoder),
-            ("stage3_controlnet", self.stage3_controlnet),
-            ("stage4_onestep", self.stage4_onestep),
-            ("stage4c_lora_gan", self.stage4c_lora_gan),
-            ("stage5_onestep_controlnet", self.stage5_onestep_controlnet),
-            ("stage2_decoder_onestep_fine_tune", self.stage2_decoder_onestep),
-            ("stage6_export", self.stage6_export),
-        ):
+    def stages(self) -> list[tuple[str, Callable[[], None]]]:
+        """The stages in the order they run (``STAGE_OUTPUTS`` names what each writes)."""
+        steps = (
+            self.stage1_unet,
+            self.stage2_decoder,
+            self.stage3_controlnet,
+            self.stage4_onestep,
+            self.stage4c_lora_gan,
+            self.stage5_onestep_controlnet,
+            self.stage2_decoder_onestep,
+            self.stage6_export,
+        )
+        return list(zip(STAGES, steps, strict=True))
+
+    def run(self, from_stage: str | None = None) -> dict:
+        """Every stage, or (``from_stage``) that stage and the ones after it, keeping the earlier ones' folders from a
+        finished or interrupted run of this seed (``RUN_RECORD``, which every run writes after each stage).  Raises
+        ValueError, and deletes nothing, when that record is missing, lacks a kept stage or was trained with other
+        steps for one."""
+        kept = STAGES[: STAGES.index(from_stage)] if from_stage else ()
+        if kept:
+            self._keep(kept)
+        for name, step in self.stages()[len(kept) :]:
             log(f"seed {self.seed}: {name}")
+            started = time.time()
             step()
-            self.timings[name] = round(time.time() - started - sum(self.timings.values()), 1)
-        return {"timings_s": self.timings, **self.equal_compute}
+            self.timings[name] = round(time.time() - started, 1)
+            self._record()
+        return {"timings_s": dict(self.timings), **self.equal_compute}
+
+    def _record(self) -> None:
+        record = {"steps": self.steps, "timings_s": self.timings, "equal_compute": self.equal_compute}
+        (self.dir / RUN_RECORD).write_text(json.dumps(record, indent=1))
+
+    def _keep(self, kept: tuple[str, ...]) -> None:
+        path = self.dir / RUN_RECORD
+        if not path.exists():
+            raise ValueError(
+                f"--from-stage: {self.dir} holds no record of an earlier run ({RUN_RECORD}); run it in full"
+            )
+        record = json.loads(path.read_text())
+        missing = [name for name in kept if name not in record["timings_s"]]
+        if missing:
+            raise ValueError(f"--from-stage: {self.dir}'s earlier run did not finish {', '.join(missing)}")
+        changed = sorted(k for name in kept for k in STAGE_STEPS[name] if record["steps"].get(k) != self.steps[k])
+        if changed:
+            detail = ", ".join(f"{k} {record['steps'].get(k)} -> {self.steps[k]}" for k in changed)
+            raise ValueError(f"--from-stage: the kept stages were trained with other steps ({detail}); start earlier")
+        self.timings = {name: record["timings_s"][name] for name in kept}
+        if "stage4_onestep" in kept:
+            self.equal_compute = record["equal_compute"]
+        for name in STAGES[len(kept) :]:  # what the rerun stages make anew
+            for output in STAGE_OUTPUTS[name]:
+                target = self.dir / output
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
 
     def common(self, name: str, steps: int, **extra) -> dict:
         return dict(

@@ -51,7 +51,9 @@ def claim_sides(r: dict) -> dict[str, tuple[float, str, float]]:
         "edge F1 with ControlNet >= 2x without": (cn[WITH_CN]["edge_f1"], ">=", 2 * cn[WITHOUT_CN]["edge_f1"]),
         # the product's, not the paper's: a digit sketched with the page's pen and the neutral prompt comes back
         f"sketch: accuracy with the one-step ControlNet >= {SKETCH_ACCURACY}": (
-            r["sketch"][SKETCH_ROW]["accuracy"], ">=", SKETCH_ACCURACY,
+            r["sketch"][SKETCH_ROW]["accuracy"],
+            ">=",
+            SKETCH_ACCURACY,
         ),
     }
 

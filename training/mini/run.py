@@ -27,7 +27,15 @@ from training.mini import report
 from training.mini.evaluation import Evaluator, check_export, evaluate_seed, tiny_decoders
 from training.mini.folders import fresh_folder
 from training.mini.prepare import log, rebuild_teacher_controlnet
-from training.mini.recipe import Givens, Recipe, prepare_givens, sampler_steps, scaled_steps, stage_device
+from training.mini.recipe import (
+    STAGES,
+    Givens,
+    Recipe,
+    prepare_givens,
+    sampler_steps,
+    scaled_steps,
+    stage_device,
+)
 
 # the stage runs whose loss curves are plotted (the first seed's)
 STAGE_RUNS = (
@@ -91,6 +99,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --reuse-givens: train the teacher ControlNet anew (the recipe's steps), keeping the VAE, teacher "
         "UNet and classifier: after a change to the ControlNet's settings",
     )
+    parser.add_argument(
+        "--from-stage",
+        choices=STAGES[1:],
+        help="with --reuse-givens: keep every seed's earlier stages from a run in the same --work (their steps "
+        "checked against the recipe's) and train this stage and the later ones anew: after a change to those only",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--jobs", type=int, default=1, help="seeds trained at once, a process each with one torch thread (CPU: cores)"
@@ -109,7 +123,7 @@ def run_seed(givens: Givens, seed: int, args, digits, photos, classifier, out: P
     """Stages 1-6 of one training seed, the export check and the seed's scores on ``args.split`` (test: the claims)."""
     torch.manual_seed(seed)
     recipe = Recipe(givens, seed, scaled_steps(args.scale), args.scale, diagnose=args.diagnose)
-    trained = recipe.run()
+    trained = recipe.run(args.from_stage)
     started = time.time()
     seed_dir = givens.seed_dir(seed)
     export = check_export(seed_dir / "export")
@@ -142,6 +156,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.rebuild_teacher_controlnet and not args.reuse_givens:
         raise SystemExit("--rebuild-teacher-controlnet goes with --reuse-givens (a new --work trains one anyway)")
+    if args.from_stage and (not args.reuse_givens or args.rebuild_teacher_controlnet):
+        raise SystemExit(
+            "--from-stage goes with --reuse-givens and without --rebuild-teacher-controlnet (a new "
+            "teacher ControlNet changes stages 3 and 5: run every stage)"
+        )
     threads = args.threads or (1 if os.getloadavg()[0] > os.cpu_count() else os.cpu_count())
     torch.set_num_threads(threads)
     steps = scaled_steps(args.scale)
@@ -156,7 +175,7 @@ def main(argv=None) -> dict:
         # 1. givens, shared by every seed
         torch.manual_seed(args.givens_seed)
         if args.reuse_givens:
-            prepare_losses = givens.reuse(args.seeds)
+            prepare_losses = givens.reuse(args.seeds, keep_students=bool(args.from_stage))
             if args.rebuild_teacher_controlnet:
                 prepare_losses["teacher_controlnet"] = rebuild_teacher_controlnet(
                     work, givens.control_rows(), steps["teacher_controlnet"], seed=args.givens_seed, device=args.device
@@ -193,6 +212,7 @@ def main(argv=None) -> dict:
         "split_seed": args.split_seed,
         "givens_seed": args.givens_seed,
         "givens_reused": args.reuse_givens,
+        "resumed_from_stage": args.from_stage,  # the earlier stages (and their timings) kept from a previous run
         "split_sizes": " / ".join(str(len(digits.split(s)[1])) for s in ("train", "validation", "test")),
         "eval_split": args.split,
         "claim_rule": report.claim_rule(len(args.seeds)),
