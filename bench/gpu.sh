@@ -58,8 +58,7 @@ if [ "$device" = cpu ]; then  # the dry run: the same steps on the tiny model, s
   export OMP_NUM_THREADS=1  # a CPU shared with other work stalls threads that wait for each other at every op
   model=tiny; dtype=float32; size=64; clients=1; duration=1; fps=30; batches="1 2"; iters=1; max_batch=2
   pipeline_modes="image"; server_modes="image"  # one mode each: the steps' code paths, in seconds
-  pipeline_args=(--model "$($py -c 'from sdxs.loading import resolve_folder; print(resolve_folder("tiny"))')" --sizes 64
-                 --dtypes float32)
+  pipeline_args=(--model tiny --sizes 64 --dtypes float32)
 else
   model=random; dtype=float16; size=512; clients=1,16; duration=8; fps=120; batches="1 16"; iters=10; max_batch=16
   pipeline_modes="text image sketch"; server_modes="image,sketch"

@@ -35,6 +35,7 @@ from bench.timing import (  # noqa: E402
 )
 from sdxs import GenerationParams, GenerationRequest, SDXSPipeline, control, frames  # noqa: E402  # noqa: E402
 from sdxs.device import DTYPES, cpu_bf16_speedup, resolve_device  # noqa: E402
+from sdxs.loading import resolve_folder  # noqa: E402
 
 PROMPT = "a portrait photo of an astronaut, studio light"
 MODELS = Path(__file__).parent / "models"
@@ -122,7 +123,9 @@ def measure(call, modules: dict, device, iters: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="model folder (default: random SDXS-512 shapes)")
+    parser.add_argument("--model", default=None,
+                        help="model folder or a name the server takes (tiny, mini, a Hub id; default: random SDXS-512 "
+                        "shapes)")
     parser.add_argument("--modes", nargs="+", default=["text", "image", "sketch", "edges"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     channels_last = {"auto": "auto", "on": True, "off": False}[args.channels_last]
     dtypes = args.dtypes or (["float16"] if device.type == "cuda" else ["float32", "bfloat16"])
-    folder = args.model or MODELS / "sdxs-512-dreamshaper"
+    folder = resolve_folder(args.model) if args.model else MODELS / "sdxs-512-dreamshaper"
     if not (folder / "model_index.json").exists():
         from sdxs.tiny import write_random_variant
 
