@@ -99,7 +99,12 @@ def model_card(results: dict, results_md: str, configs: list[str], commit: str, 
     widths = f"{min(TRAIN_WIDTHS)}-{max(TRAIN_WIDTHS)}"
     neutral, pen = mdata.NEUTRAL_PROMPT, mdata.SKETCH_PEN_WIDTH
     minutes = f"about {results['total_minutes']:.0f} minutes"
-    if results.get("givens_reused"):
+    if results.get("resumed_from_stage"):
+        minutes += (
+            f" for {results['resumed_from_stage']} and the stages after it; the givens (teacher, teacher ControlNet, "
+            "classifier) and the earlier stages are an earlier run's, trained with the same steps"
+        )
+    elif results.get("givens_reused"):
         minutes += " after the givens (teacher, teacher ControlNet, classifier), which an earlier run built"
     return f"""---
 library_name: diffusers

@@ -146,6 +146,15 @@ def markdown(r: dict) -> str:
         f"its own evaluation noise. {spread}",
         "",
         f"Total {r['total_minutes']} min on {r['device']} (scale {r['scale']}); steps {r['steps']}.",
+        *(
+            [
+                f"Resumed at {r['resumed_from_stage']}: every seed's earlier stages (and their timings) were kept from "
+                "an earlier run in the same work folder, trained with the same steps; this stage and the later ones, "
+                "and every score, are this run's."
+            ]
+            if r.get("resumed_from_stage")
+            else []
+        ),
         "",
         f"Frechet distance in the digit classifier's features vs the {split} digits; floor (train vs {split} digits): "
         f"{cell('generation', 'fd_floor_train_vs_held_out')}.",
