@@ -75,8 +75,9 @@ def test_a_2fps_camera_reads_2fps_and_the_latency_of_real_inference(slow_app, op
     server = statistics.median(f["server"] for f in generated)
 
     assert sent <= 3 * CAMERA_FPS * 1.3 + 1, f"{sent} frames uploaded in 3 s from a {CAMERA_FPS} fps camera"
-    assert float(shown["in"]) <= CAMERA_FPS * 1.3, shown
-    assert 0 < float(shown["out"]) <= CAMERA_FPS * 1.3, shown
+    # the readouts count frames in a 2 s window: one frame of a loaded machine's jitter in it is 0.5 fps
+    assert float(shown["in"]) <= CAMERA_FPS * 1.3 + 0.5, shown
+    assert 0 < float(shown["out"]) <= CAMERA_FPS * 1.3 + 0.5, shown
     latency = float(shown["latency"].removesuffix(" ms"))
     assert 0.8 * inference <= latency <= server + 1000, f"latency {latency} ms, inference {inference:.0f} ms"
     assert not page.errors

@@ -32,7 +32,7 @@ def toy_run(tmp_path_factory):
             "--eval-per-class",
             "2",
             "--threads",
-            "0",
+            "1",  # the other test worker shares the 2 cores: a second thread would spin-wait on it
             "--seeds",
             "0",
         ]
@@ -160,13 +160,15 @@ def test_givens_are_reused_only_where_they_match(toy_run, tmp_path):
 
 
 def test_a_run_resumed_at_stage_5_keeps_the_earlier_stages_and_remakes_the_same_later_ones(toy_run, tmp_path):
+    """Through ``Recipe.run`` (the CLI's path without the scoring: equal weights give equal scores)."""
     import json
     import shutil
 
     import torch
     from safetensors.torch import load_file
 
-    from training.mini.recipe import RUN_RECORD, Givens, Recipe, scaled_steps
+    from training.mini import report
+    from training.mini.recipe import RUN_RECORD, Givens, Recipe, scaled_steps, stage_device
     from training.mini.run import main
 
     root, results = toy_run
@@ -175,36 +177,35 @@ def test_a_run_resumed_at_stage_5_keeps_the_earlier_stages_and_remakes_the_same_
     seed_dir = work / "seed-0"
     for pairs in (seed_dir / "cache").glob("pairs_controlnet.*"):  # recorded with the toy run's paths: made again
         pairs.unlink()
-    common = ["--out", str(tmp_path / "r"), "--work", str(work), "--scale", "0.01", "--seeds", "0"]
     with pytest.raises(SystemExit, match="--from-stage goes with --reuse-givens"):
-        main([*common, "--from-stage", "stage5_onestep_controlnet"])
+        main(["--work", str(work), "--scale", "0.01", "--from-stage", "stage5_onestep_controlnet"])
     weights = "diffusion_pytorch_model.safetensors"
+    made = {
+        part: load_file(seed_dir / part / "final" / name / weights)
+        for part, name in (("onestep_controlnet", "controlnet"), ("decoder_onestep", "vae"), ("lora_gan", "unet"))
+    }
     kept_unet = (seed_dir / "lora_gan" / "final" / "unet" / weights).stat().st_mtime_ns
-    controlnet = load_file(seed_dir / "onestep_controlnet" / "final" / "controlnet" / weights)
     (seed_dir / "export" / "stale").write_text("made by the earlier run")
-    resumed = main(
-        [
-            *common,
-            "--reuse-givens",
-            "--from-stage",
-            "stage5_onestep_controlnet",
-            "--eval-per-class",
-            "2",
-            "--threads",
-            str(results["threads"]),  # bitwise only at the toy run's thread count (the reductions' order)
-        ]
-    )
-    assert resumed["resumed_from_stage"] == "stage5_onestep_controlnet"
-    assert "Resumed at stage5_onestep_controlnet" in (tmp_path / "r" / "results.md").read_text()
+    recipe = Recipe(Givens.load(work), 0, scaled_steps(0.01), 0.01)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(results["threads"])  # bitwise only at the toy run's thread count (the reductions' order)
+    try:
+        torch.manual_seed(0)
+        with stage_device("cpu"):
+            trained = recipe.run("stage5_onestep_controlnet")
+    finally:
+        torch.set_num_threads(threads)
     assert (seed_dir / "lora_gan" / "final" / "unet" / weights).stat().st_mtime_ns == kept_unet  # not trained again
-    remade = load_file(seed_dir / "onestep_controlnet" / "final" / "controlnet" / weights)
-    assert controlnet.keys() == remade.keys() and all(torch.equal(controlnet[k], remade[k]) for k in controlnet)
-    assert not (seed_dir / "export" / "stale").exists() and resumed["per_seed"]["0"]["export"]["diffusers_loads"]
-    before, after = results["per_seed"]["0"], resumed["per_seed"]["0"]
+    for part, name in (("onestep_controlnet", "controlnet"), ("decoder_onestep", "vae")):
+        remade = load_file(seed_dir / part / "final" / name / weights)
+        assert made[part].keys() == remade.keys() and all(torch.equal(made[part][k], remade[k]) for k in remade), part
+    assert not (seed_dir / "export" / "stale").exists() and (seed_dir / "export" / "model_index.json").exists()
+    before = results["per_seed"]["0"]
     for name in ("stage1_unet_kd_and_control", "stage4_onestep", "stage4c_lora_gan"):  # the kept stages' timings
-        assert after["timings_s"][name] == before["timings_s"][name]
-    assert after["equal_compute_control_steps"] == before["equal_compute_control_steps"]
-    assert after["sketch"] == before["sketch"]  # the same stage 5, decoder and scores
+        assert trained["timings_s"][name] == before["timings_s"][name]
+    assert trained["equal_compute_control_steps"] == before["equal_compute_control_steps"]
+    md = report.markdown({**results, "resumed_from_stage": "stage5_onestep_controlnet"})
+    assert "Resumed at stage5_onestep_controlnet" in md and "Resumed at" not in report.markdown(results)
     # a record whose kept stages were trained with other steps, or none at all, is refused before anything is deleted
     record = json.loads((seed_dir / RUN_RECORD).read_text())
     (seed_dir / RUN_RECORD).write_text(json.dumps({**record, "steps": {**record["steps"], "kd": 1}}))
