@@ -15,9 +15,9 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import yaml
@@ -63,29 +63,40 @@ STEPS = dict(
     lora_gan=100,
     decoder_onestep=200,
 )
-# a seed's stages in the order they run, what each writes in the seed's folder (besides its configs and the caches,
-# whose settings are checked where they are read) and the ``STEPS`` it trains for
-STAGE_OUTPUTS = {
-    "stage1_unet_kd_and_control": ("unet_kd", "unet_nokd"),
-    "stage2_decoder": ("decoder",),
-    "stage3_controlnet": ("controlnet",),
-    "stage4_onestep": ("onestep", "onestep_warmup_final", "onestep_warmup_timing.json", "onestep_fm_only"),
-    "stage4c_lora_gan": ("lora_gan",),
-    "stage5_onestep_controlnet": ("onestep_controlnet",),
-    "stage2_decoder_onestep_fine_tune": ("decoder_onestep",),
-    "stage6_export": ("export",),
-}
-STAGES = tuple(STAGE_OUTPUTS)
-STAGE_STEPS = {
-    "stage1_unet_kd_and_control": ("kd",),
-    "stage2_decoder": ("decoder",),
-    "stage3_controlnet": ("controlnet",),
-    "stage4_onestep": ("warmup", "diff_instruct"),
-    "stage4c_lora_gan": ("lora_gan",),
-    "stage5_onestep_controlnet": ("cn_warmup", "cn_diff_instruct"),
-    "stage2_decoder_onestep_fine_tune": ("decoder_onestep",),
-    "stage6_export": (),
-}
+
+
+class Stage(NamedTuple):
+    """One of a seed's stages: its ``Recipe`` method, what it writes in the seed's folder (besides its configs and the
+    caches, whose settings are checked where they are read) and the ``STEPS`` it trains for."""
+
+    name: str
+    method: str
+    outputs: tuple[str, ...]
+    steps: tuple[str, ...]
+
+
+# a seed's stages in the order they run
+SEED_STAGES = (
+    Stage("stage1_unet_kd_and_control", "stage1_unet", ("unet_kd", "unet_nokd"), ("kd",)),
+    Stage("stage2_decoder", "stage2_decoder", ("decoder",), ("decoder",)),
+    Stage("stage3_controlnet", "stage3_controlnet", ("controlnet",), ("controlnet",)),
+    Stage(
+        "stage4_onestep",
+        "stage4_onestep",
+        ("onestep", "onestep_warmup_final", "onestep_warmup_timing.json", "onestep_fm_only"),
+        ("warmup", "diff_instruct"),
+    ),
+    Stage("stage4c_lora_gan", "stage4c_lora_gan", ("lora_gan",), ("lora_gan",)),
+    Stage(
+        "stage5_onestep_controlnet",
+        "stage5_onestep_controlnet",
+        ("onestep_controlnet",),
+        ("cn_warmup", "cn_diff_instruct"),
+    ),
+    Stage("stage2_decoder_onestep_fine_tune", "stage2_decoder_onestep", ("decoder_onestep",), ("decoder_onestep",)),
+    Stage("stage6_export", "stage6_export", ("export",), ()),
+)
+STAGES = tuple(stage.name for stage in SEED_STAGES)
 RUN_RECORD = "recipe_run.json"  # a seed's stage timings, steps and equal-compute sizing, written after every stage
 # stage 4c on the miniature (the paper gives no settings): a short fine-tune of the one-step UNet with a rank-4 LoRA,
 # the dataset's digits as the Projected GAN's real rows, stage 4's feature matching kept at its end weight
@@ -182,8 +193,9 @@ class Givens:
                 f"--reuse-givens: {self.work} holds givens with split seed {found.split_seed}, givens seed "
                 f"{found.seed}, scale {found.scale}; this run asks for {self.split_seed}, {self.seed}, {self.scale}"
             )
-        for seed in seeds if not keep_students else ():
-            shutil.rmtree(self.seed_dir(seed), ignore_errors=True)
+        if not keep_students:
+            for seed in seeds:
+                shutil.rmtree(self.seed_dir(seed), ignore_errors=True)
         return json.loads((self.work / "prepare_losses.json").read_text())
 
 
@@ -243,33 +255,19 @@ class Recipe:
         """The final one-step UNet: stage 4's, fine-tuned by stage 4c (what stages 5, 2 again and 6 build on)."""
         return str(final_unet_dir(self.dir) / "unet")
 
-    def stages(self) -> list[tuple[str, Callable[[], None]]]:
-        """The stages in the order they run (``STAGE_OUTPUTS`` names what each writes)."""
-        steps = (
-            self.stage1_unet,
-            self.stage2_decoder,
-            self.stage3_controlnet,
-            self.stage4_onestep,
-            self.stage4c_lora_gan,
-            self.stage5_onestep_controlnet,
-            self.stage2_decoder_onestep,
-            self.stage6_export,
-        )
-        return list(zip(STAGES, steps, strict=True))
-
     def run(self, from_stage: str | None = None) -> dict:
         """Every stage, or (``from_stage``) that stage and the ones after it, keeping the earlier ones' folders from a
         finished or interrupted run of this seed (``RUN_RECORD``, which every run writes after each stage).  Raises
         ValueError, and deletes nothing, when that record is missing, lacks a kept stage or was trained with other
         steps for one."""
-        kept = STAGES[: STAGES.index(from_stage)] if from_stage else ()
-        if kept:
-            self._keep(kept)
-        for name, step in self.stages()[len(kept) :]:
-            log(f"seed {self.seed}: {name}")
+        first = STAGES.index(from_stage) if from_stage else 0
+        if first:
+            self._keep(SEED_STAGES[:first], SEED_STAGES[first:])
+        for stage in SEED_STAGES[first:]:
+            log(f"seed {self.seed}: {stage.name}")
             started = time.time()
-            step()
-            self.timings[name] = round(time.time() - started, 1)
+            getattr(self, stage.method)()
+            self.timings[stage.name] = round(time.time() - started, 1)
             self._record()
         return {"timings_s": dict(self.timings), **self.equal_compute}
 
@@ -277,25 +275,25 @@ class Recipe:
         record = {"steps": self.steps, "timings_s": self.timings, "equal_compute": self.equal_compute}
         (self.dir / RUN_RECORD).write_text(json.dumps(record, indent=1))
 
-    def _keep(self, kept: tuple[str, ...]) -> None:
+    def _keep(self, kept: tuple[Stage, ...], rerun: tuple[Stage, ...]) -> None:
         path = self.dir / RUN_RECORD
         if not path.exists():
             raise ValueError(
                 f"--from-stage: {self.dir} holds no record of an earlier run ({RUN_RECORD}); run it in full"
             )
         record = json.loads(path.read_text())
-        missing = [name for name in kept if name not in record["timings_s"]]
+        missing = [stage.name for stage in kept if stage.name not in record["timings_s"]]
         if missing:
             raise ValueError(f"--from-stage: {self.dir}'s earlier run did not finish {', '.join(missing)}")
-        changed = sorted(k for name in kept for k in STAGE_STEPS[name] if record["steps"].get(k) != self.steps[k])
+        changed = sorted(k for stage in kept for k in stage.steps if record["steps"].get(k) != self.steps[k])
         if changed:
             detail = ", ".join(f"{k} {record['steps'].get(k)} -> {self.steps[k]}" for k in changed)
             raise ValueError(f"--from-stage: the kept stages were trained with other steps ({detail}); start earlier")
-        self.timings = {name: record["timings_s"][name] for name in kept}
-        if "stage4_onestep" in kept:
+        self.timings = {stage.name: record["timings_s"][stage.name] for stage in kept}
+        if "stage4_onestep" in self.timings:
             self.equal_compute = record["equal_compute"]
-        for name in STAGES[len(kept) :]:  # what the rerun stages make anew
-            for output in STAGE_OUTPUTS[name]:
+        for stage in rerun:  # what the rerun stages make anew
+            for output in stage.outputs:
                 target = self.dir / output
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
 
